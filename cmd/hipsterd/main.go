@@ -1,0 +1,110 @@
+// Command hipsterd is a WebSocket-aware, TLS-capable HTTP reverse proxy and
+// load balancer configured by one INI file.
+//
+//	hipsterd -config /etc/hipsterd.ini      run
+//	hipsterd -t -config /etc/hipsterd.ini   check the file and exit
+//	hipsterd -version                       print the version and exit
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("hipsterd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "configuration `file` (INI)")
+	var check bool
+	fs.BoolVar(&check, "t", false, "check the configuration and exit")
+	fs.BoolVar(&check, "check", false, "same as -t")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: hipsterd -config FILE [-t]\n       hipsterd -version\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintf(stdout, "hipsterd %s\n", version)
+		return 0
+	}
+	if *configPath == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		for _, e := range config.List(err) {
+			fmt.Fprintf(stderr, "hipsterd: %v\n", e)
+		}
+		return 1
+	}
+	if check {
+		fmt.Fprintln(stdout, "configuration OK")
+		return 0
+	}
+
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	srv := server.New(log)
+	// Signals are caught before binding, so a TERM during start is not lost.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+	if err := srv.Start(cfg); err != nil {
+		fmt.Fprintf(stderr, "hipsterd: %v\n", err)
+		return 1
+	}
+	log.Info("hipsterd started", "version", version, "config", *configPath)
+
+	for {
+		select {
+		case err := <-srv.Errors():
+			log.Error("shutting down", "err", err)
+			shutdown(srv, cfg.Global.ShutdownTimeout)
+			return 1
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGUSR1:
+				log.Info("reopening access logs")
+				srv.ReopenLogs()
+			case syscall.SIGHUP:
+				log.Warn("SIGHUP: reload is not supported yet; restart to apply a new config")
+			default:
+				log.Info("shutting down", "signal", sig.String(), "timeout", cfg.Global.ShutdownTimeout)
+				shutdown(srv, cfg.Global.ShutdownTimeout)
+				log.Info("stopped")
+				return 0
+			}
+		}
+	}
+}
+
+func shutdown(srv *server.Server, timeout time.Duration) {
+	ctx := context.Background()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	srv.Shutdown(ctx)
+}

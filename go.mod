@@ -1,0 +1,8 @@
+module github.com/hipsterd/hipsterd
+
+go 1.26.8
+
+require (
+	github.com/gorilla/websocket v1.5.3
+	gopkg.in/ini.v1 v1.67.3
+)

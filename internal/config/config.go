@@ -1,0 +1,142 @@
+// Package config turns a hipsterd INI file into plain, validated structs.
+//
+// It is pure: it reads the file (and the TLS files it names, to check them) and
+// returns data. Runtime objects are built from the result elsewhere, so a
+// reload can parse a new Config, build new objects and swap them in.
+//
+// Every problem is collected, not only the first, and each names the file, the
+// section and the key, so an operator sees the whole list at once.
+package config
+
+import (
+	"errors"
+	"strings"
+	"time"
+)
+
+// Defaults. They live here, next to the keys they belong to; the README's key
+// table repeats them.
+const (
+	DefaultConnectTimeout    = 5 * time.Second
+	DefaultResponseTimeout   = 60 * time.Second
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 120 * time.Second
+	DefaultShutdownTimeout   = 30 * time.Second
+)
+
+// Config is one parsed and validated configuration file.
+type Config struct {
+	File      string
+	Global    Global
+	Frontends []Frontend // in file order
+	Hosts     []Host     // in file order
+	Backends  []Backend  // in file order
+}
+
+// Global holds the [global] section.
+type Global struct {
+	AccessLog         string // "" means no access log
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	ShutdownTimeout   time.Duration
+}
+
+// Frontend is one [frontend NAME] section.
+type Frontend struct {
+	Name             string
+	Bind             string
+	Backends         []string // backend names; a name listed twice gets twice the share
+	Hosts            []string // host names (lower case) whose [host] sections apply
+	AddXForwardedFor bool
+	HTTPS            bool
+	CertFile         string
+	KeyFile          string
+	// Zero means no limit.
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	AccessLog         string // resolved: the frontend's own, else [global]'s, else ""
+}
+
+// Host is one [host NAME NAME…] section.
+type Host struct {
+	Names    []string // lower case
+	Backends []string
+}
+
+// Backend is one [backend NAME] section.
+type Backend struct {
+	Name    string
+	Address string // host:port, port filled in
+	// Zero means no limit.
+	ConnectTimeout  time.Duration
+	ResponseTimeout time.Duration
+}
+
+// Backend returns the backend called name, or nil.
+func (c *Config) Backend(name string) *Backend {
+	for i := range c.Backends {
+		if c.Backends[i].Name == name {
+			return &c.Backends[i]
+		}
+	}
+	return nil
+}
+
+// HostFor returns the [host] section that lists name (lower case), or nil.
+func (c *Config) HostFor(name string) *Host {
+	for i := range c.Hosts {
+		for _, n := range c.Hosts[i].Names {
+			if n == name {
+				return &c.Hosts[i]
+			}
+		}
+	}
+	return nil
+}
+
+// Error is one problem in a configuration file. Section and Key are empty when
+// the problem is with the file as a whole.
+type Error struct {
+	File    string
+	Section string
+	Key     string
+	Msg     string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Section != "" {
+		b.WriteString(": [" + e.Section + "]")
+	}
+	if e.Key != "" {
+		b.WriteString(" " + e.Key)
+	}
+	b.WriteString(": " + e.Msg)
+	return b.String()
+}
+
+// Errors is every problem found in one file, in file order.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// List returns the individual problems of err: each *Error of an Errors, or
+// err itself.
+func List(err error) []error {
+	var es Errors
+	if errors.As(err, &es) {
+		out := make([]error, len(es))
+		for i, e := range es {
+			out[i] = e
+		}
+		return out
+	}
+	return []error{err}
+}

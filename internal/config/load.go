@@ -1,0 +1,475 @@
+package config
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/ini.v1"
+)
+
+// The section types and the keys each accepts. A key not listed is an error.
+var knownKeys = map[string][]string{
+	"global":   {"accesslog", "read-header-timeout", "idle-timeout", "shutdown-timeout"},
+	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog"},
+	"host":     {"backends"},
+	"backend":  {"connect", "connect-timeout", "response-timeout"},
+}
+
+var sectionTypes = []string{"global", "frontend", "host", "backend"}
+
+// Load reads and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Errors{{File: path, Msg: err.Error()}}
+	}
+	return Parse(path, data)
+}
+
+// Parse validates data as the contents of the file called name. The error, if
+// any, is an Errors listing every problem.
+func Parse(name string, data []byte) (*Config, error) {
+	f, err := ini.LoadSources(ini.LoadOptions{
+		// Same-named sections and keys are reported, not merged.
+		AllowNonUniqueSections: true,
+		AllowShadows:           true,
+		// drunken-hipster's parser did not care about the case of keys.
+		InsensitiveKeys: true,
+		// Values may hold '#' (a path), as they could in drunken-hipster.
+		SpaceBeforeInlineComment: true,
+	}, data)
+	if err != nil {
+		return nil, Errors{{File: name, Msg: "not a valid INI file: " + err.Error()}}
+	}
+	p := &parser{file: name, cfg: &Config{File: name}}
+	p.cfg.Global = Global{
+		ReadHeaderTimeout: DefaultReadHeaderTimeout,
+		IdleTimeout:       DefaultIdleTimeout,
+		ShutdownTimeout:   DefaultShutdownTimeout,
+	}
+	p.sections(f)
+	p.resolve()
+	if len(p.errs) > 0 {
+		return nil, p.errs
+	}
+	return p.cfg, nil
+}
+
+type parser struct {
+	file string
+	cfg  *Config
+	errs Errors
+	// The sections as the file gives them, for the checks that need them all.
+	frontendSecs []*ini.Section
+	hostSecs     []*ini.Section
+}
+
+func (p *parser) errorf(section, key, format string, args ...any) {
+	p.errs = append(p.errs, &Error{File: p.file, Section: section, Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// sections walks the file once, checking section headers and keys and
+// filling in each section's own values.
+func (p *parser) sections(f *ini.File) {
+	seen := map[string]bool{}
+	for _, sec := range f.Sections() {
+		if sec.Name() == ini.DefaultSection {
+			for _, k := range sec.Keys() {
+				p.errorf("", k.Name(), "key outside any section")
+			}
+			continue
+		}
+		fields := strings.Fields(sec.Name())
+		if len(fields) == 0 {
+			p.errorf(sec.Name(), "", "empty section name")
+			continue
+		}
+		typ := strings.ToLower(fields[0])
+		if _, ok := knownKeys[typ]; !ok {
+			p.errorf(sec.Name(), "", "unknown section type %q%s (sections are global, frontend NAME, host NAME…, backend NAME)", fields[0], didYouMean(fields[0], sectionTypes))
+			continue
+		}
+		canon := typ + " " + strings.Join(fields[1:], " ")
+		if seen[canon] {
+			p.errorf(sec.Name(), "", "section defined twice")
+			continue
+		}
+		seen[canon] = true
+		if !p.keys(sec, typ) {
+			continue
+		}
+		switch typ {
+		case "global":
+			if len(fields) != 1 {
+				p.errorf(sec.Name(), "", "[global] takes no name")
+			}
+			p.global(sec)
+		case "frontend":
+			if len(fields) != 2 {
+				p.errorf(sec.Name(), "", "a frontend needs exactly one name, as in [frontend web]")
+				continue
+			}
+			p.frontendSecs = append(p.frontendSecs, sec)
+		case "host":
+			if len(fields) < 2 {
+				p.errorf(sec.Name(), "", "a host section needs at least one host name, as in [host example.com www.example.com]")
+				continue
+			}
+			p.hostSecs = append(p.hostSecs, sec)
+		case "backend":
+			if len(fields) != 2 {
+				p.errorf(sec.Name(), "", "a backend needs exactly one name, as in [backend app1]")
+				continue
+			}
+			p.backend(sec, fields[1])
+		}
+	}
+	// Frontends and hosts come after [global] and every backend is known, so
+	// that their defaults and references resolve whatever the section order.
+	for _, sec := range p.hostSecs {
+		p.host(sec)
+	}
+	for _, sec := range p.frontendSecs {
+		p.frontend(sec)
+	}
+}
+
+// keys reports unknown and repeated keys; it returns false when the section
+// had an unknown key, whose values are then not checked further.
+func (p *parser) keys(sec *ini.Section, typ string) bool {
+	ok := true
+	for _, k := range sec.Keys() {
+		name := k.Name()
+		if !contains(knownKeys[typ], name) {
+			ok = false
+			hint := didYouMean(name, knownKeys[typ])
+			if hint == "" {
+				for _, other := range sectionTypes {
+					if other != typ && contains(knownKeys[other], name) {
+						hint = fmt.Sprintf(" (%s belongs in a [%s] section)", name, other)
+						break
+					}
+				}
+			}
+			p.errorf(sec.Name(), name, "unknown key%s", hint)
+			continue
+		}
+		if n := len(k.ValueWithShadows()); n > 1 {
+			p.errorf(sec.Name(), name, "key set %d times; set it once", n)
+		}
+	}
+	return ok
+}
+
+func (p *parser) global(sec *ini.Section) {
+	g := &p.cfg.Global
+	g.AccessLog = value(sec, "accesslog")
+	p.duration(sec, "read-header-timeout", &g.ReadHeaderTimeout)
+	p.duration(sec, "idle-timeout", &g.IdleTimeout)
+	p.duration(sec, "shutdown-timeout", &g.ShutdownTimeout)
+}
+
+func (p *parser) frontend(sec *ini.Section) {
+	fe := Frontend{
+		Name:     strings.Fields(sec.Name())[1],
+		Bind:     value(sec, "bind"),
+		Backends: strings.Fields(value(sec, "backends")),
+		Hosts:    strings.Fields(strings.ToLower(value(sec, "hosts"))),
+		CertFile: value(sec, "certfile"),
+		KeyFile:  value(sec, "keyfile"),
+	}
+	// Frontend timeouts default to [global]'s, which may come later in the
+	// file; resolve() fills in those not set here.
+	fe.ReadHeaderTimeout, fe.IdleTimeout = -1, -1
+	p.duration(sec, "read-header-timeout", &fe.ReadHeaderTimeout)
+	p.duration(sec, "idle-timeout", &fe.IdleTimeout)
+	fe.AccessLog = value(sec, "accesslog")
+	p.boolean(sec, "add-x-forwarded-for", &fe.AddXForwardedFor)
+	p.boolean(sec, "https", &fe.HTTPS)
+
+	if fe.Bind == "" {
+		p.errorf(sec.Name(), "bind", "missing: every frontend needs an address to listen on, as in bind = 0.0.0.0:9000")
+	} else if err := checkBind(fe.Bind); err != nil {
+		p.errorf(sec.Name(), "bind", "%q: %v", fe.Bind, err)
+	}
+	if len(fe.Backends) == 0 && len(fe.Hosts) == 0 {
+		p.errorf(sec.Name(), "backends", "the frontend has neither backends nor hosts, so it could serve nothing")
+	}
+	p.backendRefs(sec, fe.Backends)
+	for _, h := range fe.Hosts {
+		if p.cfg.HostFor(h) == nil {
+			p.errorf(sec.Name(), "hosts", "no [host] section lists %q", h)
+		}
+	}
+	if fe.HTTPS {
+		p.tlsFiles(sec, fe.CertFile, fe.KeyFile)
+	} else {
+		for _, k := range []string{"certfile", "keyfile"} {
+			if sec.HasKey(k) {
+				p.errorf(sec.Name(), k, "set but https is not true")
+			}
+		}
+	}
+	p.cfg.Frontends = append(p.cfg.Frontends, fe)
+}
+
+func (p *parser) host(sec *ini.Section) {
+	names := strings.Fields(strings.ToLower(sec.Name()))[1:]
+	for _, n := range names {
+		if p.cfg.HostFor(n) != nil {
+			p.errorf(sec.Name(), "", "host name %q is already listed by another [host] section", n)
+		}
+	}
+	h := Host{Names: names, Backends: strings.Fields(value(sec, "backends"))}
+	if len(h.Backends) == 0 {
+		p.errorf(sec.Name(), "backends", "missing: a host section needs at least one backend")
+	}
+	p.backendRefs(sec, h.Backends)
+	p.cfg.Hosts = append(p.cfg.Hosts, h)
+}
+
+func (p *parser) backend(sec *ini.Section, name string) {
+	b := Backend{Name: name, ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout}
+	connect := value(sec, "connect")
+	if connect == "" {
+		p.errorf(sec.Name(), "connect", "missing: every backend needs an address, as in connect = 127.0.0.1:8000")
+	} else if addr, err := backendAddress(connect); err != nil {
+		p.errorf(sec.Name(), "connect", "%q: %v", connect, err)
+	} else {
+		b.Address = addr
+	}
+	p.duration(sec, "connect-timeout", &b.ConnectTimeout)
+	p.duration(sec, "response-timeout", &b.ResponseTimeout)
+	p.cfg.Backends = append(p.cfg.Backends, b)
+}
+
+// resolve runs the checks that span sections, once every section is read.
+func (p *parser) resolve() {
+	g := p.cfg.Global
+	binds := map[string]string{}
+	for i := range p.cfg.Frontends {
+		fe := &p.cfg.Frontends[i]
+		if fe.ReadHeaderTimeout < 0 {
+			fe.ReadHeaderTimeout = g.ReadHeaderTimeout
+		}
+		if fe.IdleTimeout < 0 {
+			fe.IdleTimeout = g.IdleTimeout
+		}
+		if fe.AccessLog == "" {
+			fe.AccessLog = g.AccessLog
+		}
+		if fe.Bind == "" || checkBind(fe.Bind) != nil {
+			continue
+		}
+		for _, key := range bindKeys(fe.Bind) {
+			if other, ok := binds[key]; ok {
+				p.errorf("frontend "+fe.Name, "bind", "%q is already bound by [frontend %s]", fe.Bind, other)
+				break
+			}
+		}
+		for _, key := range bindKeys(fe.Bind) {
+			binds[key] = fe.Name
+		}
+	}
+}
+
+func (p *parser) backendRefs(sec *ini.Section, names []string) {
+	for _, n := range names {
+		if p.cfg.Backend(n) == nil {
+			known := make([]string, len(p.cfg.Backends))
+			for i, b := range p.cfg.Backends {
+				known[i] = b.Name
+			}
+			p.errorf(sec.Name(), "backends", "unknown backend %q%s", n, didYouMean(n, known))
+		}
+	}
+}
+
+func (p *parser) duration(sec *ini.Section, key string, dst *time.Duration) {
+	if !sec.HasKey(key) {
+		return
+	}
+	s := value(sec, key)
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		p.errorf(sec.Name(), key, "%q is not a duration (write it as 500ms, 5s, 2m or 1h30m)", s)
+		return
+	}
+	if d < 0 {
+		p.errorf(sec.Name(), key, "%q is negative (0 means no limit)", s)
+		return
+	}
+	*dst = d
+}
+
+func (p *parser) boolean(sec *ini.Section, key string, dst *bool) {
+	if !sec.HasKey(key) {
+		return
+	}
+	b, err := sec.Key(key).Bool()
+	if err != nil {
+		p.errorf(sec.Name(), key, "%q is not a boolean (write true or false)", value(sec, key))
+		return
+	}
+	*dst = b
+}
+
+// tlsFiles checks that the certificate and key can be read and belong together.
+func (p *parser) tlsFiles(sec *ini.Section, certFile, keyFile string) {
+	var certPEM, keyPEM []byte
+	for _, f := range []struct {
+		key, path string
+		dst       *[]byte
+	}{{"certfile", certFile, &certPEM}, {"keyfile", keyFile, &keyPEM}} {
+		if f.path == "" {
+			p.errorf(sec.Name(), f.key, "missing: https = true needs certfile and keyfile (PEM files)")
+			continue
+		}
+		data, err := os.ReadFile(f.path)
+		if err != nil {
+			p.errorf(sec.Name(), f.key, "cannot read %s: %v", f.path, unwrapPathError(err))
+			continue
+		}
+		*f.dst = data
+	}
+	if certPEM == nil || keyPEM == nil {
+		return
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		p.errorf(sec.Name(), "certfile", "%s with keyfile %s: %v", certFile, keyFile, err)
+	}
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+// value is the key's value with surrounding space removed; "" when unset.
+func value(sec *ini.Section, key string) string {
+	if !sec.HasKey(key) {
+		return ""
+	}
+	return strings.TrimSpace(sec.Key(key).String())
+}
+
+func checkBind(bind string) error {
+	_, port, err := net.SplitHostPort(bind)
+	if err != nil {
+		return fmt.Errorf("not host:port (%v)", err)
+	}
+	if _, err := parsePort(port); err != nil {
+		return err
+	}
+	return nil
+}
+
+// bindKeys returns the names under which a bind address conflicts with
+// others: its own, and for a wildcard host every address on that port.
+func bindKeys(bind string) []string {
+	host, port, _ := net.SplitHostPort(bind)
+	if port == "0" {
+		return nil // the kernel picks a free port each time
+	}
+	switch strings.ToLower(host) {
+	case "", "0.0.0.0", "::", "[::]":
+		return []string{"*:" + port}
+	}
+	return []string{strings.ToLower(host) + ":" + port, "*:" + port}
+}
+
+// backendAddress completes connect's value to host:port; a host alone means
+// port 80, as in drunken-hipster (which handed it to net/http).
+func backendAddress(s string) (string, error) {
+	if strings.Contains(s, "://") {
+		return "", fmt.Errorf("write host:port without a scheme")
+	}
+	if ip := strings.Trim(s, "[]"); strings.Count(s, ":") > 1 && !strings.Contains(s, "]:") {
+		if net.ParseIP(ip) == nil {
+			return "", fmt.Errorf("not host:port")
+		}
+		return net.JoinHostPort(ip, "80"), nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		if strings.Contains(s, ":") {
+			return "", fmt.Errorf("not host:port (%v)", err)
+		}
+		host, port = s, "80"
+	}
+	if host == "" {
+		return "", fmt.Errorf("no host")
+	}
+	if strings.ContainsAny(host, " /") {
+		return "", fmt.Errorf("not a host name")
+	}
+	n, err := parsePort(port)
+	if err != nil {
+		return "", err
+	}
+	if n == 0 {
+		return "", fmt.Errorf("port 0")
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+func parsePort(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > 65535 {
+		return 0, fmt.Errorf("port %q is not a number from 0 to 65535", s)
+	}
+	return n, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// didYouMean returns ` (did you mean "x"?)` for the candidate nearest to s,
+// or "" when none is near enough to be a likely typo.
+func didYouMean(s string, candidates []string) string {
+	best, bestDist := "", 0
+	for _, c := range candidates {
+		d := editDistance(strings.ToLower(s), c)
+		if best == "" || d < bestDist {
+			best, bestDist = c, d
+		}
+	}
+	if best == "" || bestDist > max(2, len(best)/3) {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -1,0 +1,69 @@
+// Package proxy is a frontend's request handler: it routes a request by its
+// Host header to a pool, takes the pool's next backend, and forwards the
+// request there, over HTTP or, for a WebSocket upgrade, as a byte tunnel.
+package proxy
+
+import (
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/hipsterd/hipsterd/internal/router"
+	"github.com/hipsterd/hipsterd/internal/tunnel"
+)
+
+// NoBackendBody is the body of the 503 sent when no pool applies; it keeps
+// drunken-hipster's words, which scripts may look for.
+const NoBackendBody = "no suitable backend found for request"
+
+// Handler serves one frontend.
+type Handler struct {
+	Router *router.Router
+	// AddXForwardedFor appends the client IP to X-Forwarded-For.
+	AddXForwardedFor bool
+	// Tunnels records open WebSocket tunnels, for shutdown. Required.
+	Tunnels *tunnel.Registry
+	Log     *slog.Logger
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	pool := h.Router.Route(r.Host)
+	if pool == nil {
+		http.Error(w, NoBackendBody, http.StatusServiceUnavailable)
+		return
+	}
+	b := pool.Next()
+	if IsWebSocket(r.Header) {
+		h.serveWebSocket(w, r, b)
+		return
+	}
+	if _, ok := r.Header["Upgrade"]; ok {
+		// Only WebSocket upgrades are tunnelled. Without the header,
+		// ReverseProxy forwards the request as a plain one (and drops the
+		// Connection: upgrade token as a hop-by-hop header).
+		r.Header.Del("Upgrade")
+	}
+	b.Proxy(h.AddXForwardedFor).ServeHTTP(w, r)
+}
+
+// IsWebSocket reports whether h asks for a WebSocket upgrade: an Upgrade
+// header naming websocket and a Connection header holding the token upgrade,
+// in any case and among other tokens ("keep-alive, Upgrade", as Firefox sends).
+func IsWebSocket(h http.Header) bool {
+	return hasToken(h["Upgrade"], "websocket") && hasToken(h["Connection"], "upgrade")
+}
+
+// hasToken reports whether any of the comma-separated lists in values holds
+// token, compared case-insensitively.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for v != "" {
+			var item string
+			item, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(item), token) {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,184 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hipsterd/hipsterd/internal/upstream"
+)
+
+// TunnelRecorder is implemented by response writers that want to know what
+// became of a hijacked connection (the access log's writer does).
+type TunnelRecorder interface {
+	RecordTunnel(status int, bytesToClient int64)
+}
+
+// serveWebSocket dials the backend, forwards the upgrade request and, if the
+// backend switches protocols, hijacks the client connection and splices the
+// two. Until the backend has agreed, the client is answered through w, so a
+// failure is an ordinary 502/504 and a refusal passes through as it is.
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, b *upstream.Backend) {
+	bconn, err := b.Dial(r.Context())
+	if err != nil {
+		h.fail(w, r, b, err)
+		return
+	}
+	hijacked := false
+	defer func() {
+		if !hijacked {
+			bconn.Close()
+		}
+	}()
+
+	if b.ResponseTimeout > 0 {
+		bconn.SetDeadline(time.Now().Add(b.ResponseTimeout))
+	}
+	// Close the backend connection if the client goes away while we wait.
+	stop := context.AfterFunc(r.Context(), func() { bconn.Close() })
+	defer stop()
+
+	if _, err := bconn.Write(upgradeRequest(r, h.AddXForwardedFor)); err != nil {
+		h.fail(w, r, b, err)
+		return
+	}
+	br := bufio.NewReader(bconn)
+	resp, err := http.ReadResponse(br, r)
+	if err != nil {
+		h.fail(w, r, b, err)
+		return
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		passResponse(w, resp)
+		return
+	}
+	if !stop() {
+		return // the client is gone; the deferred Close ends the backend side
+	}
+	bconn.SetDeadline(time.Time{})
+
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		// Not hijacked, so an ordinary answer is still possible.
+		h.Log.Error("websocket: cannot take over the client connection", "err", err)
+		http.Error(w, "websocket upgrade not possible on this connection", http.StatusInternalServerError)
+		return
+	}
+	hijacked = true
+	// Deadlines net/http set while reading the request must not end the tunnel.
+	conn.SetDeadline(time.Time{})
+
+	head := responseHead(resp)
+	// Bytes the backend sent after its 101 sit in br; bytes the client sent
+	// after its request sit in brw. Forward both before splicing raw conns.
+	if n := br.Buffered(); n > 0 {
+		more, _ := br.Peek(n)
+		head = append(head, more...)
+	}
+	if _, err := conn.Write(head); err != nil {
+		conn.Close()
+		bconn.Close()
+		h.record(w, http.StatusSwitchingProtocols, 0)
+		return
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		early, _ := brw.Reader.Peek(n)
+		if _, err := bconn.Write(early); err != nil {
+			conn.Close()
+			bconn.Close()
+			h.record(w, http.StatusSwitchingProtocols, int64(len(head)))
+			return
+		}
+	}
+	toClient, _ := h.Tunnels.Splice(conn, bconn)
+	h.record(w, http.StatusSwitchingProtocols, int64(len(head))+toClient)
+}
+
+func (h *Handler) record(w http.ResponseWriter, status int, n int64) {
+	if rec, ok := w.(TunnelRecorder); ok {
+		rec.RecordTunnel(status, n)
+	}
+}
+
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, b *upstream.Backend, err error) {
+	if r.Context().Err() != nil {
+		return // client gone: logged as 499
+	}
+	status := upstream.StatusFor(err)
+	h.Log.Error("websocket proxy error", "backend", b.Name, "uri", r.RequestURI, "status", status, "err", err)
+	http.Error(w, http.StatusText(status), status)
+}
+
+// wsHopHeaders are removed from a forwarded upgrade request; Connection is
+// rewritten and Upgrade kept.
+var wsHopHeaders = []string{"Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "Proxy-Authenticate", "Te", "Trailer"}
+
+// upgradeRequest is the request to send the backend: the client's request
+// line, Host and headers, minus the hop-by-hop ones but for the upgrade.
+func upgradeRequest(r *http.Request, xff bool) []byte {
+	hdr := r.Header.Clone()
+	for _, name := range r.Header["Connection"] {
+		for _, tok := range splitTokens(name) {
+			if !strings.EqualFold(tok, "upgrade") {
+				hdr.Del(tok)
+			}
+		}
+	}
+	for _, name := range wsHopHeaders {
+		hdr.Del(name)
+	}
+	hdr["Connection"] = []string{"Upgrade"}
+	if xff {
+		upstream.AppendForwardedFor(hdr, r.Header, r.RemoteAddr)
+	}
+	var buf bytes.Buffer
+	buf.WriteString(r.Method + " " + r.RequestURI + " HTTP/1.1\r\nHost: " + r.Host + "\r\n")
+	hdr.Write(&buf)
+	buf.WriteString("\r\n")
+	return buf.Bytes()
+}
+
+// responseHead is the backend's 101 response as the client will see it.
+func responseHead(resp *http.Response) []byte {
+	var buf bytes.Buffer
+	buf.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
+	resp.Header.Write(&buf)
+	buf.WriteString("\r\n")
+	return buf.Bytes()
+}
+
+// respHopHeaders are not copied from a backend's response to the client.
+var respHopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// passResponse sends a backend's refusal of an upgrade on to the client.
+func passResponse(w http.ResponseWriter, resp *http.Response) {
+	defer resp.Body.Close()
+	dst := w.Header()
+	for k, v := range resp.Header {
+		dst[k] = v
+	}
+	for _, name := range resp.Header["Connection"] {
+		for _, tok := range splitTokens(name) {
+			dst.Del(tok)
+		}
+	}
+	for _, name := range respHopHeaders {
+		dst.Del(name)
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+}
+
+func splitTokens(v string) []string {
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		if t := strings.TrimSpace(f); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
+}

@@ -1,0 +1,49 @@
+// Package router picks a frontend's backend pool by the request's Host header.
+package router
+
+import (
+	"net"
+	"strings"
+
+	"github.com/hipsterd/hipsterd/internal/upstream"
+)
+
+// Router maps host names to pools. Its zero value routes everything to nil.
+type Router struct {
+	hosts    map[string]*upstream.Pool // lower-case host, possibly with :port
+	fallback *upstream.Pool
+}
+
+// New returns a router over hosts (keys lower case), falling back to fallback,
+// which may be nil.
+func New(hosts map[string]*upstream.Pool, fallback *upstream.Pool) *Router {
+	return &Router{hosts: hosts, fallback: fallback}
+}
+
+// Route returns the pool for a request with Host header host, or nil when
+// neither a host section nor the frontend's own backends apply.
+//
+// The exact name (which may carry a port, as in drunken-hipster's
+// "localhost:9000") wins; then the name without its port; then the fallback.
+func (rt *Router) Route(host string) *upstream.Pool {
+	if len(rt.hosts) == 0 {
+		return rt.fallback
+	}
+	if p, ok := rt.hosts[host]; ok {
+		return p
+	}
+	lower := strings.ToLower(host)
+	if p, ok := rt.hosts[lower]; ok {
+		return p
+	}
+	if name, _, err := net.SplitHostPort(lower); err == nil {
+		if p, ok := rt.hosts[name]; ok {
+			return p
+		}
+		// An IPv6 literal is listed with its brackets.
+		if p, ok := rt.hosts["["+name+"]"]; ok {
+			return p
+		}
+	}
+	return rt.fallback
+}
