@@ -110,6 +110,9 @@ func (e *Error) Error() string {
 		b.WriteString(": [" + e.Section + "]")
 	}
 	if e.Key != "" {
+		if e.Section == "" {
+			b.WriteString(":")
+		}
 		b.WriteString(" " + e.Key)
 	}
 	b.WriteString(": " + e.Msg)

@@ -178,8 +178,8 @@ func (p *parser) frontend(sec *ini.Section) {
 	fe := Frontend{
 		Name:     strings.Fields(sec.Name())[1],
 		Bind:     value(sec, "bind"),
-		Backends: strings.Fields(value(sec, "backends")),
-		Hosts:    strings.Fields(strings.ToLower(value(sec, "hosts"))),
+		Backends: fields(value(sec, "backends")),
+		Hosts:    fields(strings.ToLower(value(sec, "hosts"))),
 		CertFile: value(sec, "certfile"),
 		KeyFile:  value(sec, "keyfile"),
 	}
@@ -225,7 +225,7 @@ func (p *parser) host(sec *ini.Section) {
 			p.errorf(sec.Name(), "", "host name %q is already listed by another [host] section", n)
 		}
 	}
-	h := Host{Names: names, Backends: strings.Fields(value(sec, "backends"))}
+	h := Host{Names: names, Backends: fields(value(sec, "backends"))}
 	if len(h.Backends) == 0 {
 		p.errorf(sec.Name(), "backends", "missing: a host section needs at least one backend")
 	}
@@ -426,6 +426,14 @@ func parsePort(s string) (int, error) {
 		return 0, fmt.Errorf("port %q is not a number from 0 to 65535", s)
 	}
 	return n, nil
+}
+
+// fields splits a list on runs of white space; nil when it is empty.
+func fields(s string) []string {
+	if f := strings.Fields(s); len(f) > 0 {
+		return f
+	}
+	return nil
 }
 
 func contains(list []string, s string) bool {

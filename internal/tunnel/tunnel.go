@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // closeWriter is a connection that can shut down its sending side alone
@@ -15,8 +16,19 @@ type closeWriter interface {
 	CloseWrite() error
 }
 
+// DefaultHalfCloseTimeout is how long a tunnel stays half-closed.
+const DefaultHalfCloseTimeout = 5 * time.Second
+
 // Registry tracks open tunnels. Its zero value is ready to use.
 type Registry struct {
+	// HalfCloseTimeout is how long the other side may go on sending after one
+	// side ended its stream; then the tunnel is closed. A peer that closed
+	// its connection entirely cannot be told apart from one that only shut
+	// down its sending half, and WebSocket has no use for half-open tunnels,
+	// so this bounds how long such a tunnel lingers. Zero means
+	// DefaultHalfCloseTimeout.
+	HalfCloseTimeout time.Duration
+
 	mu   sync.Mutex
 	open map[*tunnel]struct{}
 }
@@ -44,28 +56,33 @@ func (r *Registry) Splice(a, b net.Conn) (toA, toB int64) {
 	defer r.remove(t)
 	defer t.close()
 
+	linger := r.HalfCloseTimeout
+	if linger <= 0 {
+		linger = DefaultHalfCloseTimeout
+	}
 	done := make(chan int64, 1)
-	go copyHalf(done, t, b, a)
-	toA = pipe(t, a, b)
+	go copyHalf(done, t, b, a, linger)
+	toA = pipe(t, a, b, linger)
 	toB = <-done
 	return toA, toB
 }
 
 // copyHalf is a goroutine of its own so that a stack dump names it.
-func copyHalf(done chan<- int64, t *tunnel, dst, src net.Conn) {
-	done <- pipe(t, dst, src)
+func copyHalf(done chan<- int64, t *tunnel, dst, src net.Conn, linger time.Duration) {
+	done <- pipe(t, dst, src, linger)
 }
 
-func pipe(t *tunnel, dst, src net.Conn) int64 {
+// pipe copies src to dst. When src ends cleanly it passes the half-close on
+// to dst and gives dst linger to finish the other direction.
+func pipe(t *tunnel, dst, src net.Conn, linger time.Duration) int64 {
 	n, err := io.Copy(dst, src)
 	if err != nil {
 		t.close()
 		return n
 	}
-	if cw, ok := dst.(closeWriter); ok {
-		if cw.CloseWrite() == nil {
-			return n
-		}
+	if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
+		dst.SetReadDeadline(time.Now().Add(linger))
+		return n
 	}
 	t.close()
 	return n

@@ -1,0 +1,323 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hipsterd/hipsterd/internal/testcert"
+)
+
+func parse(t *testing.T, src string) (*Config, error) {
+	t.Helper()
+	return Parse("test.ini", []byte(src))
+}
+
+func TestDrunkenHipsterExamples(t *testing.T) {
+	t.Parallel()
+	// The configurations of drunken-hipster's README, unchanged.
+	simple := `
+[frontend frontend1]
+bind = 0.0.0.0:9000
+backends = backend1
+
+[backend backend1]
+connect = 127.0.0.1:8000
+`
+	hosts := `
+[frontend frontend1]
+bind = 0.0.0.0:9000
+hosts = example.com www.example.com foobar.com www.foobar.com
+backends = fallback
+
+[host example.com www.example.com]
+backends = backend1
+
+[host foobar.com www.foobar.com]
+backends = backend2
+
+[backend backend1]
+connect = 127.0.0.1:8000
+
+[backend backend2]
+connect = 192.168.0.1:8000
+
+[backend fallback]
+connect = 192.168.0.2:7000
+`
+	xff := `
+[global]
+accesslog = /var/log/hipsterd.access.log
+
+[frontend foo]
+bind = 0.0.0.0:8000
+backends = bar baz quux
+add-x-forwarded-for = true
+
+[backend bar]
+connect = a:1
+[backend baz]
+connect = b
+[backend quux]
+connect = [::1]:3
+`
+	c, err := parse(t, simple)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Frontend{Name: "frontend1", Bind: "0.0.0.0:9000", Backends: []string{"backend1"},
+		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout}
+	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
+		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
+	}
+	wantB := Backend{Name: "backend1", Address: "127.0.0.1:8000", ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout}
+	if !reflect.DeepEqual(c.Backends, []Backend{wantB}) {
+		t.Errorf("backends = %+v, want %+v", c.Backends, wantB)
+	}
+	if c.Global.ShutdownTimeout != DefaultShutdownTimeout || c.Global.AccessLog != "" {
+		t.Errorf("global = %+v", c.Global)
+	}
+
+	c, err = parse(t, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.HostFor("www.foobar.com"); got == nil || !reflect.DeepEqual(got.Backends, []string{"backend2"}) {
+		t.Errorf("www.foobar.com → %+v", got)
+	}
+	if got := c.Frontends[0].Hosts; len(got) != 4 {
+		t.Errorf("hosts = %v", got)
+	}
+
+	c, err = parse(t, xff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe := c.Frontends[0]
+	if !fe.AddXForwardedFor || fe.AccessLog != "/var/log/hipsterd.access.log" {
+		t.Errorf("frontend = %+v", fe)
+	}
+	var addrs []string
+	for _, b := range c.Backends {
+		addrs = append(addrs, b.Address)
+	}
+	if want := []string{"a:1", "b:80", "[::1]:3"}; !reflect.DeepEqual(addrs, want) {
+		t.Errorf("addresses = %v, want %v", addrs, want)
+	}
+}
+
+func TestValues(t *testing.T) {
+	t.Parallel()
+	c, err := parse(t, `
+[global]
+read-header-timeout = 3s
+idle-timeout = 1m
+shutdown-timeout = 0
+accesslog = /tmp/all.log
+
+[frontend a]
+bind = [::1]:0
+backends =   b1    b1	b2
+hosts = Example.COM
+idle-timeout = 5s
+accesslog = /tmp/a.log
+add-x-forwarded-for = yes
+
+[frontend b]
+bind = :9001
+backends = b2
+
+[host example.com EXAMPLE.org:9000]
+backends = b2
+
+[backend b1]
+connect = ::1
+connect-timeout = 250ms
+response-timeout = 0s
+
+[backend b2]
+Connect = localhost:81
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := c.Frontends[0], c.Frontends[1]
+	if !reflect.DeepEqual(a.Backends, []string{"b1", "b1", "b2"}) {
+		t.Errorf("backends split on white space: %q", a.Backends)
+	}
+	if !reflect.DeepEqual(a.Hosts, []string{"example.com"}) {
+		t.Errorf("hosts = %q, want lower case", a.Hosts)
+	}
+	if a.ReadHeaderTimeout != 3*time.Second || a.IdleTimeout != 5*time.Second {
+		t.Errorf("a timeouts: %v %v", a.ReadHeaderTimeout, a.IdleTimeout)
+	}
+	if b.ReadHeaderTimeout != 3*time.Second || b.IdleTimeout != time.Minute {
+		t.Errorf("b timeouts from [global]: %v %v", b.ReadHeaderTimeout, b.IdleTimeout)
+	}
+	if a.AccessLog != "/tmp/a.log" || b.AccessLog != "/tmp/all.log" {
+		t.Errorf("access logs: %q %q", a.AccessLog, b.AccessLog)
+	}
+	if !a.AddXForwardedFor || b.AddXForwardedFor {
+		t.Errorf("xff: %v %v", a.AddXForwardedFor, b.AddXForwardedFor)
+	}
+	if c.Global.ShutdownTimeout != 0 {
+		t.Errorf("shutdown-timeout = %v", c.Global.ShutdownTimeout)
+	}
+	b1, b2 := c.Backend("b1"), c.Backend("b2")
+	if b1.Address != "[::1]:80" || b1.ConnectTimeout != 250*time.Millisecond || b1.ResponseTimeout != 0 {
+		t.Errorf("b1 = %+v", b1)
+	}
+	if b2.Address != "localhost:81" {
+		t.Errorf("b2 = %+v", b2)
+	}
+	if h := c.HostFor("example.org:9000"); h == nil {
+		t.Errorf("host names of a section are lower-cased")
+	}
+}
+
+func TestErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := testcert.Files(t, dir, "localhost")
+	other, _ := testcert.Files(t, filepath.Join(dir, "other"), "other")
+	const backend = "\n[backend b]\nconnect = 127.0.0.1:8000\n"
+	tests := []struct {
+		name string
+		src  string
+		want []string // each must appear in the one error line, in order
+	}{
+		{"missing bind", "[frontend f]\nbackends = b\n" + backend, []string{"test.ini: [frontend f] bind: missing"}},
+		{"bad bind", "[frontend f]\nbind = 9000\nbackends = b\n" + backend, []string{"[frontend f] bind:", "not host:port"}},
+		{"bad bind port", "[frontend f]\nbind = :http\nbackends = b\n" + backend, []string{"[frontend f] bind:", "not a number"}},
+		{"no backends nor hosts", "[frontend f]\nbind = :9000\n", []string{"[frontend f] backends:", "neither backends nor hosts"}},
+		{"undefined backend", "[frontend f]\nbind = :9000\nbackends = c\n" + backend, []string{"[frontend f] backends:", `unknown backend "c"`}},
+		{"undefined backend hint", "[frontend f]\nbind = :9000\nbackends = app1\n[backend app2]\nconnect = x\n", []string{`unknown backend "app1" (did you mean "app2"?)`}},
+		{"undefined host", "[frontend f]\nbind = :9000\nhosts = a.com\n" + backend, []string{"[frontend f] hosts:", `no [host] section lists "a.com"`}},
+		{"host without backends", "[frontend f]\nbind = :9000\nhosts = a.com\n[host a.com]\n", []string{"[host a.com] backends: missing"}},
+		{"host unknown backend", "[frontend f]\nbind = :9000\nhosts = a.com\n[host a.com]\nbackends = x\n", []string{"[host a.com] backends:", `unknown backend "x"`}},
+		{"unknown section", "[frontnd f]\nbind = :9000\n", []string{"[frontnd f]:", `unknown section type "frontnd"`, `did you mean "frontend"?`}},
+		{"unknown key", "[frontend f]\nbind = :9000\nbakends = b\n" + backend, []string{"[frontend f] bakends: unknown key", `did you mean "backends"?`}},
+		{"key of other section", "[frontend f]\nbind = :9000\nbackends = b\nconnect-timeout = 1s\n" + backend, []string{"[frontend f] connect-timeout: unknown key", "belongs in a [backend] section"}},
+		{"key outside section", "bind = 1\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"test.ini: bind: key outside any section"}},
+		{"bad duration", backend + "connect-timeout = 5\n[frontend f]\nbind = :1\nbackends = b\n", []string{"[backend b] connect-timeout:", `"5" is not a duration`}},
+		{"negative duration", "[global]\nidle-timeout = -1s\n[frontend f]\nbind = :1\nbackends = b\n" + backend, []string{"[global] idle-timeout:", "negative"}},
+		{"bad bool", "[frontend f]\nbind = :1\nbackends = b\nhttps = maybe\n" + backend, []string{"[frontend f] https:", "not a boolean"}},
+		{"duplicate bind", "[frontend f]\nbind = :9000\nbackends = b\n[frontend g]\nbind = 127.0.0.1:9000\nbackends = b\n" + backend, []string{"[frontend g] bind:", "already bound by [frontend f]"}},
+		{"duplicate section", "[frontend f]\nbind = :9000\nbackends = b\n[frontend f]\nbind = :9001\nbackends = b\n" + backend, []string{"[frontend f]: section defined twice"}},
+		{"duplicate backend", backend + backend + "[frontend f]\nbind = :9000\nbackends = b\n", []string{"[backend b]: section defined twice"}},
+		{"duplicate key", "[frontend f]\nbind = :9000\nbind = :9001\nbackends = b\n" + backend, []string{"[frontend f] bind: key set 2 times"}},
+		{"host listed twice", "[frontend f]\nbind = :9000\nhosts = a.com\n[host a.com]\nbackends = b\n[host b.com A.com]\nbackends = b\n" + backend, []string{"[host b.com A.com]:", `"a.com" is already listed`}},
+		{"missing connect", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\n", []string{"[backend b] connect: missing"}},
+		{"connect with scheme", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\nconnect = ftp://x\n", []string{"[backend b] connect:", "without a scheme"}},
+		{"connect bad port", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\nconnect = x:99999\n", []string{"[backend b] connect:", "not a number"}},
+		{"frontend without name", "[frontend]\nbind = :9000\n", []string{"[frontend]:", "exactly one name"}},
+		{"backend two names", "[backend a b]\nconnect = x\n", []string{"[backend a b]:", "exactly one name"}},
+		{"https without files", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\n" + backend, []string{"[frontend f] certfile: missing"}},
+		{"https missing key", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\ncertfile = " + cert + "\n" + backend, []string{"[frontend f] keyfile: missing"}},
+		{"https unreadable file", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\ncertfile = /nonexistent/c.pem\nkeyfile = " + key + "\n" + backend, []string{"[frontend f] certfile: cannot read /nonexistent/c.pem"}},
+		{"https mismatched pair", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\ncertfile = " + other + "\nkeyfile = " + key + "\n" + backend, []string{"[frontend f] certfile: " + other}},
+		{"cert without https", "[frontend f]\nbind = :9000\nbackends = b\ncertfile = " + cert + "\n" + backend, []string{"[frontend f] certfile: set but https is not true"}},
+		{"global with name", "[global x]\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"[global x]: [global] takes no name"}},
+		{"not ini", "[frontend f\n", []string{"test.ini: not a valid INI file"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := parse(t, tc.src)
+			if err == nil {
+				t.Fatalf("no error; config %+v", c)
+			}
+			line := firstMatching(err.Error(), tc.want[0])
+			if line == "" {
+				t.Fatalf("no error line contains %q:\n%v", tc.want[0], err)
+			}
+			rest := line
+			for _, w := range tc.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("error line %q lacks %q", line, w)
+				}
+				rest = rest[i+len(w):]
+			}
+		})
+	}
+}
+
+func firstMatching(text, sub string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if strings.Contains(line, sub) {
+			return line
+		}
+	}
+	return ""
+}
+
+func TestErrorsAreCollected(t *testing.T) {
+	t.Parallel()
+	_, err := parse(t, `
+[frontend a]
+backends = nope
+[frontend b]
+bind = :1
+hosts = x
+[backend c]
+connect-timeout = soon
+`)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	errs := List(err)
+	if len(errs) != 5 {
+		t.Fatalf("want 5 errors (a bind, a backends, b hosts, c connect, c connect-timeout), got %d:\n%v", len(errs), err)
+	}
+}
+
+func TestHTTPSValid(t *testing.T) {
+	t.Parallel()
+	cert, key := testcert.Files(t, t.TempDir(), "localhost")
+	c, err := parse(t, "[frontend f]\nbind = :9443\nbackends = b\nhttps = true\ncertfile = "+cert+"\nkeyfile = "+key+"\n[backend b]\nconnect = x\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fe := c.Frontends[0]; !fe.HTTPS || fe.CertFile != cert || fe.KeyFile != key {
+		t.Errorf("frontend = %+v", fe)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	t.Parallel()
+	_, err := Load(filepath.Join(t.TempDir(), "none.ini"))
+	if err == nil || !strings.Contains(err.Error(), "none.ini") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestLoadShippedExample(t *testing.T) {
+	t.Parallel()
+	if _, err := Load("../../configs/hipster.ini"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, seed := range []string{
+		"[frontend f]\nbind = 0.0.0.0:9000\nbackends = b b\nhosts = localhost:9000\n[host localhost:9000 127.0.0.1:9000]\nbackends = b\n[backend b]\nconnect = 127.0.0.1:8000\n",
+		"[global]\naccesslog = /tmp/x\nread-header-timeout = 1s\n[frontend f]\nbind = [::]:443\nhttps = true\nkeyfile = k\ncertfile = c\n",
+		"[backend b]\nconnect = [::1]\nconnect-timeout = 5s\nresponse-timeout = 1m\n",
+		"[frontnd f]\nbakends = x\n[frontend f]\n[frontend f]\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	if data, err := os.ReadFile("../../configs/hipster.ini"); err == nil {
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.ini", data)
+		if (c == nil) == (err == nil) {
+			t.Fatalf("config %v and error %v", c, err)
+		}
+	})
+}

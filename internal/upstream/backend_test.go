@@ -1,0 +1,54 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+)
+
+func TestStatusFor(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"refused", &net.OpError{Op: "dial", Err: errors.New("connection refused")}, 502},
+		{"connect timeout", &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}, 502},
+		{"header timeout", &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}, 504},
+		{"reset", &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}, 502},
+		{"other", context.Canceled, 502},
+	}
+	for _, tc := range tests {
+		if got := StatusFor(tc.err); got != tc.want {
+			t.Errorf("%s: StatusFor(%v) = %d, want %d", tc.name, tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestAppendForwardedFor(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		in     []string
+		remote string
+		want   []string
+	}{
+		{"none sent", nil, "1.2.3.4:5678", []string{"1.2.3.4"}},
+		{"one sent", []string{"10.0.0.1"}, "1.2.3.4:5678", []string{"10.0.0.1, 1.2.3.4"}},
+		{"two lines folded", []string{"10.0.0.1", "10.0.0.2"}, "[::1]:80", []string{"10.0.0.1, 10.0.0.2, ::1"}},
+	}
+	for _, tc := range tests {
+		in, out := http.Header{}, http.Header{}
+		if tc.in != nil {
+			in["X-Forwarded-For"] = tc.in
+		}
+		AppendForwardedFor(out, in, tc.remote)
+		if got := out["X-Forwarded-For"]; len(got) != len(tc.want) || got[0] != tc.want[0] {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
