@@ -121,7 +121,7 @@ connect = %s
 // seen is what a backend received, reported as JSON.
 type seen struct {
 	Method, URI, Host, Body, Proto string
-	Header                          http.Header
+	Header                         http.Header
 }
 
 func mirrorBackend(t *testing.T) string {
