@@ -2,7 +2,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test race vet fmt demo clean
+.PHONY: all build test vet fmt fuzz bench demo clean
 
 all: build
 
@@ -20,6 +20,13 @@ vet:
 
 fmt:
 	gofmt -w .
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/config
+
+# Go benchmarks of the hot paths, with allocations per operation.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 # Runs hipsterd on configs/hipster.ini in front of two demo backends.
 demo: build

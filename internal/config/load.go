@@ -100,9 +100,7 @@ func (p *parser) sections(f *ini.File) {
 			continue
 		}
 		seen[canon] = true
-		if !p.keys(sec, typ) {
-			continue
-		}
+		p.keys(sec, typ)
 		switch typ {
 		case "global":
 			if len(fields) != 1 {
@@ -139,14 +137,11 @@ func (p *parser) sections(f *ini.File) {
 	}
 }
 
-// keys reports unknown and repeated keys; it returns false when the section
-// had an unknown key, whose values are then not checked further.
-func (p *parser) keys(sec *ini.Section, typ string) bool {
-	ok := true
+// keys reports unknown and repeated keys.
+func (p *parser) keys(sec *ini.Section, typ string) {
 	for _, k := range sec.Keys() {
 		name := k.Name()
 		if !contains(knownKeys[typ], name) {
-			ok = false
 			hint := didYouMean(name, knownKeys[typ])
 			if hint == "" {
 				for _, other := range sectionTypes {
@@ -163,7 +158,6 @@ func (p *parser) keys(sec *ini.Section, typ string) bool {
 			p.errorf(sec.Name(), name, "key set %d times; set it once", n)
 		}
 	}
-	return ok
 }
 
 func (p *parser) global(sec *ini.Section) {

@@ -1,0 +1,426 @@
+package main
+
+// End-to-end tests: they build the real binary once and run it against real
+// loopback backends, as a user would.
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/hipsterd/hipsterd/internal/testcert"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hipsterd-e2e")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "hipsterd")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building hipsterd:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort(t *testing.T, network, host string) string {
+	t.Helper()
+	ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Skipf("cannot listen on %s: %v", host, err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hipster.ini")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// syncBuffer collects a process's output safely while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// run runs the binary to completion and returns its exit code and output.
+func runBinary(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.String(), errOut.String()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, out.String(), errOut.String()
+}
+
+type proc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	exited chan struct{}
+	code   int
+}
+
+// startHipsterd starts the binary on config and waits until addr accepts.
+func startHipsterd(t *testing.T, config, addr string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(binary, "-config", config), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.cmd.Wait()
+		p.code = p.cmd.ProcessState.ExitCode()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("hipsterd stderr:\n%s", p.stderr.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return p
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("hipsterd exited with %d:\n%s", p.code, p.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hipsterd did not listen on %s:\n%s", addr, p.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (p *proc) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (p *proc) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return p.code
+	case <-time.After(20 * time.Second):
+		t.Fatal("hipsterd did not exit")
+		return -1
+	}
+}
+
+// backend answers with its name and the X-Forwarded-For it got. /slow takes
+// two seconds, after a send on slowStarted if that is not nil.
+func backend(t *testing.T, name string, slowStarted chan<- struct{}) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			if slowStarted != nil {
+				slowStarted <- struct{}{}
+			}
+			time.Sleep(2 * time.Second)
+		}
+		fmt.Fprintf(w, "%s %s", name, r.Header.Get("X-Forwarded-For"))
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+func body(t *testing.T, client *http.Client, url, host string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Host = host
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestCommandLine(t *testing.T) {
+	t.Parallel()
+	good := writeConfig(t, "[frontend f]\nbind = 127.0.0.1:1\nbackends = b\n[backend b]\nconnect = 127.0.0.1:2\n")
+	bad := writeConfig(t, "[frontend f]\nbakends = b\n[backend b]\nconnect-timeout = x\n")
+
+	code, _, stderr := runBinary(t)
+	if code != 2 || !strings.Contains(stderr, "usage: hipsterd -config FILE") {
+		t.Errorf("no arguments: exit %d, stderr %q", code, stderr)
+	}
+	code, stdout, _ := runBinary(t, "-version")
+	if code != 0 || !strings.HasPrefix(stdout, "hipsterd ") || strings.Count(stdout, "\n") != 1 {
+		t.Errorf("-version: exit %d, %q", code, stdout)
+	}
+	for _, args := range [][]string{{"-t", "-config", good}, {"-check", "--config", good}, {"--config=" + good, "-t"}} {
+		code, stdout, stderr := runBinary(t, args...)
+		if code != 0 || stdout != "configuration OK\n" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, stdout, stderr)
+		}
+	}
+	code, _, stderr = runBinary(t, "-t", "-config", bad)
+	if code != 1 {
+		t.Errorf("-t on a bad config: exit %d", code)
+	}
+	for _, want := range []string{
+		bad + ": [frontend f] bind: missing",
+		bad + `: [frontend f] bakends: unknown key (did you mean "backends"?)`,
+		bad + ": [backend b] connect: missing",
+		bad + `: [backend b] connect-timeout: "x" is not a duration`,
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("-t stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
+func TestBadConfigBindsNothing(t *testing.T) {
+	t.Parallel()
+	addr := freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf("[frontend ok]\nbind = %s\nbackends = b\n[frontend broken]\nbind = 127.0.0.1:1\nbackends = nope\n[backend b]\nconnect = 127.0.0.1:2\n", addr))
+	code, _, stderr := runBinary(t, "-config", cfg)
+	if code != 1 || !strings.Contains(stderr, `[frontend broken] backends: unknown backend "nope"`) {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Errorf("%s accepted connections from a refused config", addr)
+	}
+}
+
+func TestBindFailure(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	free := freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf("[frontend a]\nbind = %s\nbackends = b\n[frontend z]\nbind = %s\nbackends = b\n[backend b]\nconnect = 127.0.0.1:2\n", free, taken.Addr()))
+	code, _, stderr := runBinary(t, "-config", cfg)
+	if code != 1 || !strings.Contains(stderr, taken.Addr().String()) || !strings.Contains(stderr, "frontend z") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestProxyEndToEnd(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := testcert.Files(t, dir, "localhost")
+	logPath := filepath.Join(dir, "access.log")
+	slowStarted := make(chan struct{}, 1)
+	a, b, h := backend(t, "a", slowStarted), backend(t, "b", slowStarted), backend(t, "h", nil)
+	plain, secure := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
+
+	var echoMu sync.Mutex
+	up := websocket.Upgrader{}
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			typ, msg, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			echoMu.Lock()
+			err = c.WriteMessage(typ, msg)
+			echoMu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(echo.Close)
+
+	cfg := writeConfig(t, fmt.Sprintf(`
+[global]
+accesslog = %s
+
+[frontend web]
+bind = %s
+backends = a b
+hosts = localhost:%s
+add-x-forwarded-for = true
+
+[frontend secure]
+bind = %s
+https = true
+certfile = %s
+keyfile = %s
+hosts = ws.example
+backends = a
+
+[host localhost:%s]
+backends = h
+
+[host ws.example]
+backends = echo
+
+[backend a]
+connect = %s
+[backend b]
+connect = %s
+[backend h]
+connect = %s
+[backend echo]
+connect = %s
+`, logPath, plain, port(plain), secure, cert, key, port(plain), a, b, h, echo.Listener.Addr()))
+	p := startHipsterd(t, cfg, plain)
+
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"}}}
+	var got []string
+	for i := 0; i < 4; i++ {
+		_, s := body(t, client, "http://"+plain+"/", "")
+		got = append(got, s)
+	}
+	if want := []string{"a 127.0.0.1", "b 127.0.0.1", "a 127.0.0.1", "b 127.0.0.1"}; strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("round robin: %q, want %q", got, want)
+	}
+	if _, s := body(t, client, "http://"+plain+"/", "localhost:"+port(plain)); s != "h 127.0.0.1" {
+		t.Errorf("host route: %q", s)
+	}
+	if code, s := body(t, client, "https://"+secure+"/", "anything"); code != 200 || s != "a " {
+		t.Errorf("https: %d %q", code, s)
+	}
+
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"}}
+	hdr := http.Header{"Host": {"ws.example"}}
+	ws, _, err := d.Dial("wss://"+secure+"/chat", hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.WriteMessage(websocket.TextMessage, []byte("over wss"))
+	ws.NetConn().SetDeadline(time.Now().Add(10 * time.Second))
+	if _, msg, err := ws.ReadMessage(); err != nil || string(msg) != "over wss" {
+		t.Errorf("wss echo %q %v", msg, err)
+	}
+	ws.Close()
+
+	// SIGTERM during a slow request: it completes, and so does the process.
+	slow := make(chan string)
+	go func() {
+		resp, err := http.Get("http://" + plain + "/slow")
+		if err != nil {
+			slow <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		slow <- fmt.Sprint(resp.StatusCode, " ", string(b))
+	}()
+	select {
+	case <-slowStarted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow request did not reach a backend")
+	}
+	p.signal(t, syscall.SIGTERM)
+	if r := <-slow; !strings.HasPrefix(r, "200 ") {
+		t.Errorf("slow request during shutdown: %s", r)
+	}
+	if code := p.wait(t); code != 0 {
+		t.Errorf("exit code %d after SIGTERM", code)
+	}
+	if c, err := net.Dial("tcp", plain); err == nil {
+		c.Close()
+		t.Error("still accepting after exit")
+	}
+
+	data, _ := os.ReadFile(logPath)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	re := regexp.MustCompile(`^frontend:(web|secure) \d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6} 127\.0\.0\.1:\d+ \S+ "GET /\S* HTTP/1\.1" (200|101) \d+$`)
+	n101 := 0
+	for _, l := range lines {
+		if !re.MatchString(l) {
+			t.Errorf("access log line %q", l)
+		}
+		if strings.Contains(l, " 101 ") {
+			n101++
+		}
+	}
+	if len(lines) != 8 || n101 != 1 {
+		t.Errorf("access log has %d lines (%d of 101), want 8 (1):\n%s", len(lines), n101, data)
+	}
+}
+
+func port(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+func TestIPv6(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "v6 "+r.Header.Get("X-Forwarded-For"))
+	}))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	front := freePort(t, "tcp6", "::1")
+	cfg := writeConfig(t, fmt.Sprintf("[frontend v6]\nbind = %s\nbackends = b\nadd-x-forwarded-for = true\n[backend b]\nconnect = %s\n", front, ln.Addr()))
+	startHipsterd(t, cfg, front)
+	if code, s := body(t, http.DefaultClient, "http://"+front+"/", ""); code != 200 || s != "v6 ::1" {
+		t.Errorf("got %d %q", code, s)
+	}
+}

@@ -1,0 +1,132 @@
+package accesslog
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestLineFormat(t *testing.T) {
+	t.Parallel()
+	r := httptest.NewRequest("GET", "/a?b=c", nil)
+	r.RemoteAddr = "192.0.2.1:1234"
+	r.Host = "example.com"
+	now := time.Date(2012, 11, 3, 14, 5, 6, 789012000, time.Local)
+	got := string(appendLine(nil, "frontend:web ", now, r, 200, 42))
+	want := "frontend:web 2012/11/03 14:05:06.789012 192.0.2.1:1234 example.com \"GET /a?b=c HTTP/1.1\" 200 42\n"
+	if got != want {
+		t.Errorf("line\n%q, want\n%q", got, want)
+	}
+	r.Host = ""
+	if got := string(appendLine(nil, "p ", now, r, 499, 0)); !strings.Contains(got, "192.0.2.1:1234 - \"GET") {
+		t.Errorf("empty host: %q", got)
+	}
+}
+
+// hijackable is a ResponseWriter that also flushes and hijacks.
+type hijackable struct {
+	flushed, hijacked bool
+}
+
+func (h *hijackable) Header() http.Header         { return http.Header{} }
+func (h *hijackable) WriteHeader(int)             {}
+func (h *hijackable) Write(p []byte) (int, error) { return len(p), nil }
+
+func (h *hijackable) Flush() { h.flushed = true }
+func (h *hijackable) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	h.hijacked = true
+	return nil, nil, nil
+}
+
+func TestResponseWriter(t *testing.T) {
+	t.Parallel()
+	inner := &hijackable{}
+	rw := &ResponseWriter{ResponseWriter: inner}
+	rc := http.NewResponseController(rw)
+	if err := rc.Flush(); err != nil || !inner.flushed {
+		t.Errorf("Flush not reachable: %v", err)
+	}
+	if _, _, err := rc.Hijack(); err != nil || !inner.hijacked {
+		t.Errorf("Hijack not reachable: %v", err)
+	}
+	rw.WriteHeader(http.StatusEarlyHints)
+	rw.WriteHeader(http.StatusNotFound)
+	rw.Write([]byte("abc"))
+	if rw.status != 404 || rw.bytes != 3 {
+		t.Errorf("status %d bytes %d, want 404 3 (1xx is interim)", rw.status, rw.bytes)
+	}
+}
+
+func TestFileConcurrentAndReopen(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	f, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, %v; want 0600", fi.Mode(), err)
+	}
+	l := NewLogger("f", f)
+	h := l.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	var wg sync.WaitGroup
+	const writers, each = 8, 500
+	for i := 0; i < writers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < each; j++ {
+				h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+				if j == each/2 && i == 0 {
+					os.Rename(path, path+".1")
+					if err := f.Reopen(); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, p := range []string{path, path + ".1"} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+			if !strings.HasPrefix(line, "frontend:f ") || !strings.HasSuffix(line, " 200 0") {
+				t.Fatalf("torn line %q in %s", line, p)
+			}
+			total++
+		}
+	}
+	if total != writers*each {
+		t.Errorf("%d lines across both files, want %d", total, writers*each)
+	}
+}
+
+func BenchmarkLogLine(b *testing.B) {
+	f, err := Open(filepath.Join(b.TempDir(), "access.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	l := NewLogger("bench", f)
+	r := httptest.NewRequest("GET", "/small", nil)
+	rw := &ResponseWriter{status: 200, bytes: 100}
+	b.ReportAllocs()
+	for b.Loop() {
+		l.log(rw, r)
+	}
+}
