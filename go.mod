@@ -6,3 +6,5 @@ require (
 	github.com/gorilla/websocket v1.5.3
 	gopkg.in/ini.v1 v1.67.3
 )
+
+require golang.org/x/sys v0.49.0

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/sdnotify"
 	"github.com/hipsterd/hipsterd/internal/server"
 )
 
@@ -75,12 +76,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	log.Info("hipsterd started", "version", version, "config", *configPath)
+	notify(log, sdnotify.Ready)
 
 	for {
 		select {
 		case err := <-srv.Errors():
 			log.Error("shutting down", "err", err)
-			shutdown(srv, cfg.Global.ShutdownTimeout)
+			shutdown(log, srv, cfg.Global.ShutdownTimeout)
 			return 1
 		case sig := <-sigs:
 			switch sig {
@@ -88,10 +90,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 				log.Info("reopening access logs")
 				srv.ReopenLogs()
 			case syscall.SIGHUP:
-				log.Warn("SIGHUP: reload is not supported yet; restart to apply a new config")
+				notify(log, sdnotify.Reloading())
+				if next := reload(log, srv, *configPath); next != nil {
+					cfg = next
+				}
+				notify(log, sdnotify.Ready)
 			default:
 				log.Info("shutting down", "signal", sig.String(), "timeout", cfg.Global.ShutdownTimeout)
-				shutdown(srv, cfg.Global.ShutdownTimeout)
+				shutdown(log, srv, cfg.Global.ShutdownTimeout)
 				log.Info("stopped")
 				return 0
 			}
@@ -99,7 +105,32 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func shutdown(srv *server.Server, timeout time.Duration) {
+// reload applies the configuration file at path and returns it, or logs
+// every problem and returns nil, leaving the running configuration as it is.
+func reload(log *slog.Logger, srv *server.Server, path string) *config.Config {
+	log.Info("reloading", "config", path)
+	cfg, err := config.Load(path)
+	if err == nil {
+		err = srv.Reload(cfg)
+	}
+	if err != nil {
+		for _, e := range config.List(err) {
+			log.Error("reload failed; the running configuration stays", "err", e)
+		}
+		return nil
+	}
+	log.Info("reloaded", "config", path)
+	return cfg
+}
+
+func notify(log *slog.Logger, state string) {
+	if err := sdnotify.Notify(state); err != nil {
+		log.Warn("cannot notify systemd", "err", err)
+	}
+}
+
+func shutdown(log *slog.Logger, srv *server.Server, timeout time.Duration) {
+	notify(log, sdnotify.Stopping)
 	ctx := context.Background()
 	if timeout > 0 {
 		var cancel context.CancelFunc

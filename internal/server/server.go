@@ -1,12 +1,16 @@
 // Package server builds hipsterd's runtime from a config.Config and owns its
-// life: binding the frontends, serving, and shutting down.
+// life: binding the frontends, serving, reloading and shutting down.
+//
+// A reload is "build new, swap, drain old": the new configuration's backends
+// and handlers are built beside the running ones, swapped in at once, and the
+// old ones are let go when the last request that started on them ends.
+// Sockets whose bind address stays are kept, so no connection is refused.
 package server
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,73 +19,221 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/accesslog"
 	"github.com/hipsterd/hipsterd/internal/config"
-	"github.com/hipsterd/hipsterd/internal/proxy"
-	"github.com/hipsterd/hipsterd/internal/router"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
-	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
-// tcpKeepAlive is the keep-alive period of accepted client connections, so
-// that idle tunnels to vanished clients are noticed.
-const tcpKeepAlive = 30 * time.Second
+// closeGrace bounds the wait, after shutdown closed every connection, for
+// their handlers to return and write their access log lines.
+const closeGrace = 2 * time.Second
 
-// Server runs the frontends of one configuration.
+// Server runs the frontends of the current configuration.
 type Server struct {
-	log *slog.Logger
-
-	tunnels tunnel.Registry
-	// upgrades counts WebSocket handlers in flight: http.Server.Shutdown
-	// does not wait for hijacked connections.
-	upgrades sync.WaitGroup
+	log       *slog.Logger
+	tunnels   tunnel.Registry
+	live      sync.WaitGroup // generations not yet released
+	serveErrs chan error
 
 	mu        sync.Mutex
-	cfg       *config.Config
-	frontends []*frontend
-	backends  map[string]*upstream.Backend
-	logs      map[string]*accesslog.File // by path
-	serveErrs chan error
-}
+	current   *generation
+	listeners map[string]*listener // by bindKey
+	draining  map[*http.Server]struct{}
 
-type frontend struct {
-	cfg    config.Frontend
-	ln     net.Listener
-	srv    *http.Server
-	served chan struct{} // closed when Serve has returned
+	logMu sync.Mutex
+	logs  map[string]*logFile // by path
 }
 
 // New returns a server that logs its events to log.
 func New(log *slog.Logger) *Server {
-	return &Server{log: log, serveErrs: make(chan error, 1)}
+	return &Server{
+		log:       log,
+		serveErrs: make(chan error, 1),
+		listeners: map[string]*listener{},
+		draining:  map[*http.Server]struct{}{},
+		logs:      map[string]*logFile{},
+	}
 }
 
-// Start binds every frontend of cfg and starts serving. If any bind fails,
-// nothing is left bound and the error names the address.
+// Start binds every frontend of cfg and starts serving. If anything fails,
+// nothing is left bound and the error names the frontend and the address.
 func (s *Server) Start(cfg *config.Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cfg != nil {
+	if s.current != nil {
 		return errors.New("server: already started")
 	}
-	tlsConfs, err := loadTLS(cfg.Frontends)
-	if err != nil {
+	return s.apply(cfg)
+}
+
+// Reload switches to cfg. On error nothing has changed: the old
+// configuration keeps serving.
+func (s *Server) Reload(cfg *config.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.current == nil {
+		return errors.New("server: not running")
+	}
+	return s.apply(cfg)
+}
+
+// apply makes cfg current. Everything that can fail (certificates, binds,
+// log files) is done before anything running is touched.
+func (s *Server) apply(cfg *config.Config) error {
+	tlsConfs := map[string]*tls.Config{}
+	for _, fc := range cfg.Frontends {
+		if fc.HTTPS {
+			tc, err := loadTLS(fc)
+			if err != nil {
+				return err
+			}
+			tlsConfs[fc.Name] = tc
+		}
+	}
+
+	next := map[string]*listener{}
+	var fresh []*listener
+	for _, fc := range cfg.Frontends {
+		key := bindKey(fc)
+		if l := s.listeners[key]; l != nil {
+			next[key] = l
+			continue
+		}
+		sock, err := bind(fc)
+		if err != nil {
+			for _, l := range fresh {
+				l.sock.Close()
+			}
+			return err
+		}
+		l := &listener{key: key, sock: sock, log: s.log}
+		fresh = append(fresh, l)
+		next[key] = l
+	}
+
+	if err := s.openLogs(cfg); err != nil {
+		for _, l := range fresh {
+			l.sock.Close()
+		}
 		return err
 	}
-	lns, err := bindAll(cfg.Frontends)
-	if err != nil {
-		return err
+
+	// Nothing can fail from here on.
+	gen := s.newGeneration(cfg, s.logs)
+	s.live.Add(1)
+	gen.release = func() { go s.releaseGeneration(gen) }
+
+	for _, fc := range cfg.Frontends {
+		l := next[bindKey(fc)]
+		if tc := tlsConfs[fc.Name]; tc != nil {
+			l.tlsConf.Store(tc)
+		}
+		l.route.Store(&route{gen: gen, handler: gen.handlers[fc.Name]})
+		switch {
+		case l.srv == nil:
+			l.startServer(fc, s.serveErrs)
+			s.log.Info("frontend listening", "frontend", fc.Name, "addr", l.sock.Addr().String(), "https", fc.HTTPS)
+		case !sameServer(l.cfg, fc):
+			s.drain(l, cfg.Global.ShutdownTimeout)
+			l.startServer(fc, s.serveErrs)
+			s.log.Info("frontend restarted on its socket", "frontend", fc.Name, "addr", l.sock.Addr().String(), "https", fc.HTTPS)
+		default:
+			l.cfg = fc
+		}
 	}
-	logs, err := openLogs(cfg, nil)
-	if err != nil {
-		closeAll(lns)
-		return err
+	for key, l := range s.listeners {
+		if next[key] == nil {
+			s.log.Info("frontend removed; draining its connections", "frontend", l.cfg.Name, "addr", l.sock.Addr().String())
+			s.drain(l, cfg.Global.ShutdownTimeout)
+			l.sock.Close()
+		}
 	}
-	backends := s.newBackends(cfg)
-	for i, fc := range cfg.Frontends {
-		h := s.newHandler(cfg, fc, backends, logs)
-		s.frontends = append(s.frontends, s.serve(fc, lns[i], tlsConfs[i], h))
+	s.listeners = next
+	old := s.current
+	s.current = gen
+	if old != nil {
+		old.retire()
 	}
-	s.cfg, s.backends, s.logs = cfg, backends, logs
 	return nil
+}
+
+// drain stops l's server from accepting and lets its connections finish in
+// the background for up to timeout (0: no limit).
+func (s *Server) drain(l *listener, timeout time.Duration) {
+	srv := l.srv
+	s.draining[srv] = struct{}{}
+	l.stopAccepting()
+	go func() {
+		ctx := context.Background()
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		if srv.Shutdown(ctx) != nil {
+			srv.Close()
+		}
+		s.mu.Lock()
+		delete(s.draining, srv)
+		s.mu.Unlock()
+	}()
+}
+
+// Shutdown stops accepting at once, lets requests in flight finish and
+// WebSocket tunnels run until ctx ends, then closes whatever is left and
+// flushes the access logs. Reaching the deadline is not an error.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.mu.Lock()
+	listeners, gen := s.listeners, s.current
+	s.listeners, s.current = nil, nil
+	s.mu.Unlock()
+	if gen == nil {
+		return
+	}
+
+	var wg sync.WaitGroup
+	for _, l := range listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.stopAccepting()
+			l.sock.Close()
+			if l.srv.Shutdown(ctx) != nil {
+				l.srv.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	gen.retire()
+
+	released := make(chan struct{})
+	go func() {
+		s.live.Wait()
+		close(released)
+	}()
+	select {
+	case <-released:
+	case <-ctx.Done():
+		// Past the deadline: close what is left, and give the handlers a
+		// moment to return and log.
+		s.tunnels.CloseAll()
+		s.mu.Lock()
+		for srv := range s.draining {
+			srv.Close()
+		}
+		s.mu.Unlock()
+		select {
+		case <-released:
+		case <-time.After(closeGrace):
+			s.log.Warn("requests still running after shutdown; their access log lines may be lost")
+		}
+	}
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	for path, lf := range s.logs {
+		if err := lf.file.Close(); err != nil {
+			s.log.Error("closing access log", "path", path, "err", err)
+		}
+		delete(s.logs, path)
+	}
 }
 
 // Addrs returns the bound address of each frontend, by frontend name.
@@ -89,219 +241,81 @@ func (s *Server) Addrs() map[string]net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]net.Addr{}
-	for _, f := range s.frontends {
-		out[f.cfg.Name] = f.ln.Addr()
+	for _, l := range s.listeners {
+		out[l.cfg.Name] = l.sock.Addr()
 	}
 	return out
 }
 
 // Errors delivers the first error of a frontend that stopped serving on its
-// own (its listener failed).
+// own (its socket failed).
 func (s *Server) Errors() <-chan error { return s.serveErrs }
 
-// Shutdown stops accepting at once, lets requests in flight finish and
-// WebSocket tunnels run until ctx ends, then closes whatever is left and
-// flushes the access logs. Reaching the deadline is not an error.
-func (s *Server) Shutdown(ctx context.Context) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, f := range s.frontends {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if f.srv.Shutdown(ctx) != nil {
-				f.srv.Close()
-			}
-			<-f.served
-		}()
-	}
-	wg.Wait()
-
-	tunnelsDone := make(chan struct{})
-	go func() {
-		s.upgrades.Wait()
-		close(tunnelsDone)
-	}()
-	select {
-	case <-tunnelsDone:
-	case <-ctx.Done():
-		s.tunnels.CloseAll()
-		<-tunnelsDone
-	}
-	for _, b := range s.backends {
-		b.Close()
-	}
-	for path, f := range s.logs {
-		if err := f.Close(); err != nil {
-			s.log.Error("closing access log", "path", path, "err", err)
-		}
-	}
-	s.frontends, s.logs = nil, nil
-}
+// OpenTunnels is the number of WebSocket tunnels open now.
+func (s *Server) OpenTunnels() int { return s.tunnels.Len() }
 
 // ReopenLogs reopens every access log file, for log rotation.
 func (s *Server) ReopenLogs() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for path, f := range s.logs {
-		if err := f.Reopen(); err != nil {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	for path, lf := range s.logs {
+		if err := lf.file.Reopen(); err != nil {
 			s.log.Error("reopening access log; still writing to the old file", "path", path, "err", err)
 		}
 	}
 }
 
-// OpenTunnels is the number of WebSocket tunnels open now.
-func (s *Server) OpenTunnels() int { return s.tunnels.Len() }
-
-func bindAll(fcs []config.Frontend) ([]net.Listener, error) {
-	lc := net.ListenConfig{KeepAlive: tcpKeepAlive}
-	var lns []net.Listener
-	for _, fc := range fcs {
-		ln, err := lc.Listen(context.Background(), "tcp", fc.Bind)
-		if err != nil {
-			closeAll(lns)
-			return nil, fmt.Errorf("frontend %s: cannot listen on %s: %w", fc.Name, fc.Bind, err)
-		}
-		lns = append(lns, ln)
-	}
-	return lns, nil
-}
-
-func closeAll(lns []net.Listener) {
-	for _, ln := range lns {
-		ln.Close()
-	}
-}
-
-// openLogs opens every access log file cfg names, each once, reusing those
-// of have that are still named.
-func openLogs(cfg *config.Config, have map[string]*accesslog.File) (map[string]*accesslog.File, error) {
-	logs := map[string]*accesslog.File{}
+// openLogs opens the access log files cfg names that are not open yet, and
+// takes a reference on each file cfg names. On error it has changed nothing.
+func (s *Server) openLogs(cfg *config.Config) error {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	var opened []string
 	for _, fc := range cfg.Frontends {
 		path := fc.AccessLog
-		if path == "" || logs[path] != nil {
-			continue
-		}
-		if f := have[path]; f != nil {
-			logs[path] = f
+		if path == "" || s.logs[path] != nil {
 			continue
 		}
 		f, err := accesslog.Open(path)
 		if err != nil {
-			for p, f := range logs {
-				if have[p] == nil {
-					f.Close()
-				}
+			for _, p := range opened {
+				s.logs[p].file.Close()
+				delete(s.logs, p)
 			}
-			return nil, fmt.Errorf("frontend %s: access log: %w", fc.Name, err)
+			return errors.New("frontend " + fc.Name + ": access log: " + err.Error())
 		}
-		logs[path] = f
+		s.logs[path] = &logFile{file: f}
+		opened = append(opened, path)
 	}
-	return logs, nil
+	seen := map[string]bool{}
+	for _, fc := range cfg.Frontends {
+		if fc.AccessLog != "" && !seen[fc.AccessLog] {
+			seen[fc.AccessLog] = true
+			s.logs[fc.AccessLog].refs++
+		}
+	}
+	return nil
 }
 
-func (s *Server) newBackends(cfg *config.Config) map[string]*upstream.Backend {
-	out := make(map[string]*upstream.Backend, len(cfg.Backends))
-	for _, bc := range cfg.Backends {
-		out[bc.Name] = upstream.NewBackend(bc, s.log)
+// releaseGeneration lets go of what a retired generation held once nothing
+// runs on it any more.
+func (s *Server) releaseGeneration(g *generation) {
+	defer s.live.Done()
+	for _, b := range g.backends {
+		b.Close()
 	}
-	return out
-}
-
-// newHandler builds a frontend's handler: access log around host routing
-// around the proxy.
-func (s *Server) newHandler(cfg *config.Config, fc config.Frontend, backends map[string]*upstream.Backend, logs map[string]*accesslog.File) http.Handler {
-	pool := func(names []string) *upstream.Pool {
-		bs := make([]*upstream.Backend, len(names))
-		for i, n := range names {
-			bs[i] = backends[n]
-		}
-		return upstream.NewPool(bs)
-	}
-	var fallback *upstream.Pool
-	if len(fc.Backends) > 0 {
-		fallback = pool(fc.Backends)
-	}
-	// One pool per [host] section, shared by the names it lists.
-	hostPools := map[*config.Host]*upstream.Pool{}
-	routes := map[string]*upstream.Pool{}
-	for _, name := range fc.Hosts {
-		hc := cfg.HostFor(name)
-		if hostPools[hc] == nil {
-			hostPools[hc] = pool(hc.Backends)
-		}
-		routes[name] = hostPools[hc]
-	}
-	var h http.Handler = &proxy.Handler{
-		Router:           router.New(routes, fallback),
-		AddXForwardedFor: fc.AddXForwardedFor,
-		Tunnels:          &s.tunnels,
-		Log:              s.log.With("frontend", fc.Name),
-	}
-	if f := logs[fc.AccessLog]; f != nil {
-		h = accesslog.NewLogger(fc.Name, f).Handler(h)
-	}
-	next := h
-	h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if proxy.IsWebSocket(r.Header) {
-			s.upgrades.Add(1)
-			defer s.upgrades.Done()
-		}
-		next.ServeHTTP(w, r)
-	})
-	return h
-}
-
-// serve starts an http.Server for fc on ln.
-func (s *Server) serve(fc config.Frontend, ln net.Listener, tlsConf *tls.Config, h http.Handler) *frontend {
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: fc.ReadHeaderTimeout,
-		IdleTimeout:       fc.IdleTimeout,
-		// Per-connection noise (TLS handshake failures from scanners, bad
-		// requests) stays out of the log unless debugging.
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-		// HTTP/2 is not offered: drunken-hipster spoke HTTP/1.1 only, and
-		// WebSocket upgrades need it.
-		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
-	}
-	f := &frontend{cfg: fc, ln: ln, srv: srv, served: make(chan struct{})}
-	l := ln
-	if tlsConf != nil {
-		l = tls.NewListener(ln, tlsConf)
-	}
-	go func() {
-		defer close(f.served)
-		err := srv.Serve(l)
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("frontend stopped serving", "frontend", fc.Name, "err", err)
-			select {
-			case s.serveErrs <- fmt.Errorf("frontend %s: %w", fc.Name, err):
-			default:
-			}
-		}
-	}()
-	s.log.Info("frontend listening", "frontend", fc.Name, "addr", ln.Addr().String(), "https", fc.HTTPS)
-	return f
-}
-
-// loadTLS returns the TLS configuration of each frontend, nil for plain ones.
-func loadTLS(fcs []config.Frontend) ([]*tls.Config, error) {
-	out := make([]*tls.Config, len(fcs))
-	for i, fc := range fcs {
-		if !fc.HTTPS {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	for _, path := range g.logPaths {
+		lf := s.logs[path]
+		if lf == nil {
 			continue
 		}
-		cert, err := tls.LoadX509KeyPair(fc.CertFile, fc.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("frontend %s: certfile %s, keyfile %s: %w", fc.Name, fc.CertFile, fc.KeyFile, err)
-		}
-		out[i] = &tls.Config{
-			Certificates: []tls.Certificate{cert},
-			MinVersion:   tls.VersionTLS12,
-			NextProtos:   []string{"http/1.1"},
+		if lf.refs--; lf.refs == 0 {
+			if err := lf.file.Close(); err != nil {
+				s.log.Error("closing access log", "path", path, "err", err)
+			}
+			delete(s.logs, path)
 		}
 	}
-	return out, nil
 }

@@ -1,0 +1,116 @@
+package server
+
+import (
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hipsterd/hipsterd/internal/accesslog"
+	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/proxy"
+	"github.com/hipsterd/hipsterd/internal/router"
+	"github.com/hipsterd/hipsterd/internal/upstream"
+)
+
+// A generation is the runtime built from one configuration: its backends,
+// its frontends' handlers and its references to access log files. A reload
+// builds a new generation and retires the old one, which is released (its
+// idle backend connections closed, its log files let go) once the last
+// request or tunnel that started on it has ended.
+type generation struct {
+	cfg      *config.Config
+	backends map[string]*upstream.Backend
+	handlers map[string]http.Handler // by frontend name
+	logPaths []string                // the access log files it holds
+
+	inflight atomic.Int64
+	retired  atomic.Bool
+	once     sync.Once
+	release  func()
+}
+
+// enter and leave bracket a request served by this generation.
+func (g *generation) enter() { g.inflight.Add(1) }
+
+func (g *generation) leave() {
+	if g.inflight.Add(-1) == 0 && g.retired.Load() {
+		g.once.Do(g.release)
+	}
+}
+
+// retire marks the generation as no longer current; it is released as soon
+// as nothing runs on it.
+func (g *generation) retire() {
+	g.retired.Store(true)
+	if g.inflight.Load() == 0 {
+		g.once.Do(g.release)
+	}
+}
+
+// newGeneration builds the runtime of cfg. logs must hold an open file for
+// every access log path cfg names.
+func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile) *generation {
+	g := &generation{
+		cfg:      cfg,
+		backends: make(map[string]*upstream.Backend, len(cfg.Backends)),
+		handlers: make(map[string]http.Handler, len(cfg.Frontends)),
+	}
+	for _, bc := range cfg.Backends {
+		g.backends[bc.Name] = upstream.NewBackend(bc, s.log)
+	}
+	seen := map[string]bool{}
+	for _, fc := range cfg.Frontends {
+		var lf *accesslog.File
+		if fc.AccessLog != "" {
+			lf = logs[fc.AccessLog].file
+			if !seen[fc.AccessLog] {
+				seen[fc.AccessLog] = true
+				g.logPaths = append(g.logPaths, fc.AccessLog)
+			}
+		}
+		g.handlers[fc.Name] = s.newHandler(cfg, fc, g.backends, lf)
+	}
+	return g
+}
+
+// newHandler builds a frontend's handler: access log around host routing
+// around the proxy.
+func (s *Server) newHandler(cfg *config.Config, fc config.Frontend, backends map[string]*upstream.Backend, lf *accesslog.File) http.Handler {
+	pool := func(names []string) *upstream.Pool {
+		bs := make([]*upstream.Backend, len(names))
+		for i, n := range names {
+			bs[i] = backends[n]
+		}
+		return upstream.NewPool(bs)
+	}
+	var fallback *upstream.Pool
+	if len(fc.Backends) > 0 {
+		fallback = pool(fc.Backends)
+	}
+	// One pool per [host] section, shared by the names it lists.
+	hostPools := map[*config.Host]*upstream.Pool{}
+	routes := map[string]*upstream.Pool{}
+	for _, name := range fc.Hosts {
+		hc := cfg.HostFor(name)
+		if hostPools[hc] == nil {
+			hostPools[hc] = pool(hc.Backends)
+		}
+		routes[name] = hostPools[hc]
+	}
+	var h http.Handler = &proxy.Handler{
+		Router:           router.New(routes, fallback),
+		AddXForwardedFor: fc.AddXForwardedFor,
+		Tunnels:          &s.tunnels,
+		Log:              s.log.With("frontend", fc.Name),
+	}
+	if lf != nil {
+		h = accesslog.NewLogger(fc.Name, lf).Handler(h)
+	}
+	return h
+}
+
+// logFile is an open access log file and the number of generations using it.
+type logFile struct {
+	file *accesslog.File
+	refs int
+}

@@ -1,0 +1,177 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/hipsterd/hipsterd/internal/config"
+)
+
+// tcpKeepAlive is the keep-alive period of accepted client connections, so
+// that idle tunnels to vanished clients are noticed.
+const tcpKeepAlive = 30 * time.Second
+
+// A listener is one bound socket and the http.Server serving it. The socket
+// outlives reloads that keep its bind address; the handler and the TLS
+// configuration are swapped under a running server, so open keep-alive
+// connections carry on with the new configuration. Only a change of https
+// or of the server's timeouts needs a new http.Server, which takes over the
+// same socket.
+type listener struct {
+	key  string
+	sock *net.TCPListener
+	log  *slog.Logger
+
+	route   atomic.Pointer[route]
+	tlsConf atomic.Pointer[tls.Config]
+
+	// Guarded by Server.mu.
+	cfg    config.Frontend
+	srv    *http.Server
+	view   *acceptView
+	served chan struct{} // closed when srv.Serve has returned
+}
+
+// route is what a listener serves now: a frontend's handler and the
+// generation it belongs to.
+type route struct {
+	gen     *generation
+	handler http.Handler
+}
+
+// bindKey names the socket a frontend needs: binds that would clash share a
+// key. The wildcard spellings are one; Go listens on both IPv4 and IPv6 for
+// each. Port 0 is a new socket per frontend name.
+func bindKey(fc config.Frontend) string {
+	host, port, _ := net.SplitHostPort(fc.Bind)
+	if port == "0" {
+		return "name " + fc.Name + " " + fc.Bind
+	}
+	switch host = strings.ToLower(host); host {
+	case "", "0.0.0.0", "::":
+		host = "*"
+	}
+	return host + ":" + port
+}
+
+func bind(fc config.Frontend) (*net.TCPListener, error) {
+	lc := net.ListenConfig{KeepAlive: tcpKeepAlive}
+	ln, err := lc.Listen(context.Background(), "tcp", fc.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("frontend %s: cannot listen on %s: %w", fc.Name, fc.Bind, err)
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Enter the route's generation, then make sure it is still current: a
+	// generation retired in between may already be released.
+	for {
+		rt := l.route.Load()
+		rt.gen.enter()
+		if l.route.Load() == rt {
+			defer rt.gen.leave()
+			rt.handler.ServeHTTP(w, r)
+			return
+		}
+		rt.gen.leave()
+	}
+}
+
+// sameServer reports whether a and b can share one http.Server.
+func sameServer(a, b config.Frontend) bool {
+	return a.HTTPS == b.HTTPS && a.ReadHeaderTimeout == b.ReadHeaderTimeout && a.IdleTimeout == b.IdleTimeout
+}
+
+// startServer starts a new http.Server for cfg on the listener's socket.
+func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
+	l.cfg = cfg
+	l.srv = &http.Server{
+		Handler:           l,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		// Per-connection noise (TLS handshake failures from scanners, bad
+		// requests) stays out of the log unless debugging.
+		ErrorLog: slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+		// HTTP/2 is not offered: drunken-hipster spoke HTTP/1.1 only.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
+	l.view = &acceptView{sock: l.sock}
+	l.served = make(chan struct{})
+	var ln net.Listener = l.view
+	if cfg.HTTPS {
+		ln = tls.NewListener(ln, &tls.Config{
+			GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+				return l.tlsConf.Load(), nil
+			},
+		})
+	}
+	srv, served, name := l.srv, l.served, cfg.Name
+	go func() {
+		defer close(served)
+		err := srv.Serve(ln)
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			l.log.Error("frontend stopped serving", "frontend", name, "err", err)
+			select {
+			case errs <- fmt.Errorf("frontend %s: %w", name, err):
+			default:
+			}
+		}
+	}()
+}
+
+// stopAccepting makes the server stop accepting, without closing the
+// socket, and returns once it has: the socket's backlog waits for the next
+// server. The server's open connections are left to the caller to drain.
+func (l *listener) stopAccepting() {
+	l.view.Close()
+	<-l.served
+	l.sock.SetDeadline(time.Time{})
+}
+
+// acceptView is one http.Server's view of a shared socket: closing it ends
+// that server's Accept loop but leaves the socket open and its backlog of
+// connections waiting for the next server.
+type acceptView struct {
+	sock   *net.TCPListener
+	closed atomic.Bool
+}
+
+func (v *acceptView) Accept() (net.Conn, error) {
+	c, err := v.sock.Accept()
+	if err != nil && v.closed.Load() {
+		return nil, net.ErrClosed
+	}
+	// A connection accepted as the view closes is still served, by this
+	// server, which then closes it after its request.
+	return c, err
+}
+
+// Close wakes the blocked Accept with a deadline in the past.
+func (v *acceptView) Close() error {
+	v.closed.Store(true)
+	return v.sock.SetDeadline(time.Unix(1, 0))
+}
+
+func (v *acceptView) Addr() net.Addr { return v.sock.Addr() }
+
+// loadTLS reads the certificate of an https frontend.
+func loadTLS(fc config.Frontend) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(fc.CertFile, fc.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("frontend %s: certfile %s, keyfile %s: %w", fc.Name, fc.CertFile, fc.KeyFile, err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		NextProtos:   []string{"http/1.1"},
+	}, nil
+}
