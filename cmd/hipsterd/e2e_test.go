@@ -106,10 +106,22 @@ type proc struct {
 	code   int
 }
 
+func newCmd(config string) *exec.Cmd {
+	return exec.Command(binary, "-config", config)
+}
+
+// newServer starts a backend with handler h and returns its address.
+func newServer(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
 // startHipsterd starts the binary on config and waits until addr accepts.
 func startHipsterd(t *testing.T, config, addr string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary, "-config", config), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{cmd: newCmd(config), stderr: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -371,6 +383,22 @@ connect = %s
 		t.Fatal("the slow request did not reach a backend")
 	}
 	p.signal(t, syscall.SIGTERM)
+	// New connections are refused at once, while the slow request runs on.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		c, err := net.Dial("tcp", plain)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("still accepting after SIGTERM")
+		}
+	}
+	select {
+	case r := <-slow:
+		t.Fatalf("the slow request ended before the listener closed: %s", r)
+	default:
+	}
 	if r := <-slow; !strings.HasPrefix(r, "200 ") {
 		t.Errorf("slow request during shutdown: %s", r)
 	}

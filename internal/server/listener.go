@@ -36,6 +36,7 @@ type listener struct {
 	// Guarded by Server.mu.
 	cfg    config.Frontend
 	srv    *http.Server
+	conns  *atomic.Int64 // srv's open connections, hijacked ones excluded
 	view   *acceptView
 	served chan struct{} // closed when srv.Serve has returned
 }
@@ -94,6 +95,8 @@ func sameServer(a, b config.Frontend) bool {
 // startServer starts a new http.Server for cfg on the listener's socket.
 func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 	l.cfg = cfg
+	conns := new(atomic.Int64)
+	l.conns = conns
 	l.srv = &http.Server{
 		Handler:           l,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -103,6 +106,14 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		ErrorLog: slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
 		// HTTP/2 is not offered: drunken-hipster spoke HTTP/1.1 only.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				conns.Add(-1)
+			}
+		},
 	}
 	l.view = &acceptView{sock: l.sock}
 	l.served = make(chan struct{})

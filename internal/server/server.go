@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/accesslog"
@@ -35,8 +36,8 @@ type Server struct {
 
 	mu        sync.Mutex
 	current   *generation
-	listeners map[string]*listener // by bindKey
-	draining  map[*http.Server]struct{}
+	listeners map[string]*listener           // by bindKey
+	draining  map[*http.Server]*atomic.Int64 // servers replaced or removed, with their open connections
 
 	logMu sync.Mutex
 	logs  map[string]*logFile // by path
@@ -48,7 +49,7 @@ func New(log *slog.Logger) *Server {
 		log:       log,
 		serveErrs: make(chan error, 1),
 		listeners: map[string]*listener{},
-		draining:  map[*http.Server]struct{}{},
+		draining:  map[*http.Server]*atomic.Int64{},
 		logs:      map[string]*logFile{},
 	}
 }
@@ -156,19 +157,19 @@ func (s *Server) apply(cfg *config.Config) error {
 }
 
 // drain stops l's server from accepting and lets its connections finish in
-// the background for up to timeout (0: no limit).
+// the background, for up to timeout (0: no limit): idle keep-alive
+// connections are closed now, busy ones after their response.
+//
+// http.Server.Shutdown is not used: it drops, unanswered, a request it reads
+// after it started, and a connection accepted a moment before would lose its
+// first request that way.
 func (s *Server) drain(l *listener, timeout time.Duration) {
-	srv := l.srv
-	s.draining[srv] = struct{}{}
+	srv, conns := l.srv, l.conns
+	s.draining[srv] = conns
 	l.stopAccepting()
+	srv.SetKeepAlivesEnabled(false)
 	go func() {
-		ctx := context.Background()
-		if timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
-		}
-		if srv.Shutdown(ctx) != nil {
+		if !waitZero(conns, timeout) {
 			srv.Close()
 		}
 		s.mu.Lock()
@@ -177,31 +178,44 @@ func (s *Server) drain(l *listener, timeout time.Duration) {
 	}()
 }
 
+// waitZero polls n until it is zero, for up to timeout (0: no limit), and
+// reports whether it got there. Polling, as http.Server.Shutdown does:
+// connections end too often to signal each.
+func waitZero(n *atomic.Int64, timeout time.Duration) bool {
+	var deadline <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		deadline = t.C
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for n.Load() > 0 {
+		select {
+		case <-deadline:
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
 // Shutdown stops accepting at once, lets requests in flight finish and
 // WebSocket tunnels run until ctx ends, then closes whatever is left and
 // flushes the access logs. Reaching the deadline is not an error.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
-	listeners, gen := s.listeners, s.current
-	s.listeners, s.current = nil, nil
-	s.mu.Unlock()
+	gen := s.current
 	if gen == nil {
+		s.mu.Unlock()
 		return
 	}
-
-	var wg sync.WaitGroup
-	for _, l := range listeners {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.stopAccepting()
-			l.sock.Close()
-			if l.srv.Shutdown(ctx) != nil {
-				l.srv.Close()
-			}
-		}()
+	for _, l := range s.listeners {
+		s.drain(l, 0)
+		l.sock.Close()
 	}
-	wg.Wait()
+	s.listeners, s.current = nil, nil
+	s.mu.Unlock()
 	gen.retire()
 
 	released := make(chan struct{})
