@@ -2,7 +2,17 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test vet fmt fuzz bench demo clean
+# Installation layout; DESTDIR is prepended to every path (for packaging).
+PREFIX       ?= /usr/local
+SYSCONFDIR   ?= /etc
+LOGDIR       ?= /var/log/hipsterd
+BINDIR       ?= $(PREFIX)/bin
+UNITDIR      ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR  ?= $(PREFIX)/lib/sysusers.d
+LOGROTATEDIR ?= $(SYSCONFDIR)/logrotate.d
+CONFDIR      := $(SYSCONFDIR)/hipsterd
+
+.PHONY: all build test vet fmt fuzz bench demo install clean
 
 all: build
 
@@ -31,6 +41,20 @@ bench:
 # Runs hipsterd on configs/hipster.ini in front of two demo backends.
 demo: build
 	./scripts/demo.sh
+
+# Installs the binary, the example config (never over an existing one, with
+# its access log moved to LOGDIR), the systemd unit, the sysusers entry and
+# the logrotate file.
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(CONFDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(LOGROTATEDIR)
+	install -m 0755 hipsterd $(DESTDIR)$(BINDIR)/hipsterd
+	test -e $(DESTDIR)$(CONFDIR)/hipsterd.ini || \
+		sed 's|^accesslog = .*|accesslog = $(LOGDIR)/access.log|' configs/hipster.ini > $(DESTDIR)$(CONFDIR)/hipsterd.ini
+	sed -e 's|/usr/local/bin/hipsterd|$(BINDIR)/hipsterd|g' -e 's|/etc/hipsterd/|$(CONFDIR)/|g' \
+		configs/hipsterd.service > $(DESTDIR)$(UNITDIR)/hipsterd.service
+	install -m 0644 configs/hipsterd.sysusers $(DESTDIR)$(SYSUSERSDIR)/hipsterd.conf
+	sed 's|/var/log/hipsterd/|$(LOGDIR)/|g' configs/hipsterd.logrotate > $(DESTDIR)$(LOGROTATEDIR)/hipsterd
+	chmod 0644 $(DESTDIR)$(UNITDIR)/hipsterd.service $(DESTDIR)$(LOGROTATEDIR)/hipsterd $(DESTDIR)$(CONFDIR)/hipsterd.ini
 
 clean:
 	rm -f hipsterd hipster-demo hipsterd-access.log
