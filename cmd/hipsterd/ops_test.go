@@ -3,12 +3,14 @@ package main
 // End-to-end tests of operations: reload, log rotation, systemd notification.
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"strings"
@@ -133,6 +135,28 @@ func TestReloadInvalidKeepsRunning(t *testing.T) {
 	path := writeConfig(t, base)
 	p := startHipsterd(t, path, front)
 
+	// A keep-alive connection opened before a reload serves after it.
+	var reused []bool
+	client := &http.Client{Transport: &http.Transport{}}
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = append(reused, info.Reused) }}
+	keepAlive := func() string {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", "http://"+front+"/", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	keepAlive()
+	p.reload(t, path, strings.Replace(base, "backends = a", "backends = b", 1), "msg=reloaded", 1)
+	if got := keepAlive(); got != "b " || len(reused) != 2 || !reused[1] {
+		t.Errorf("after reload: %q, connection reused: %v; want b on the same connection", got, reused)
+	}
+	p.reload(t, path, base, "msg=reloaded", 2)
+
 	// A typo: the whole reload is refused and every error logged.
 	p.reload(t, path, strings.Replace(base, "backends = a", "backends = b\nbakends = a", 1), "reload failed", 1)
 	if !strings.Contains(p.stderr.String(), "bakends: unknown key") {
@@ -143,8 +167,8 @@ func TestReloadInvalidKeepsRunning(t *testing.T) {
 	if _, s := body(t, http.DefaultClient, "http://"+front+"/", ""); s != "a " {
 		t.Errorf("after failed reloads: %q, want the old routing to a", s)
 	}
-	if strings.Contains(p.stderr.String(), "msg=reloaded") {
-		t.Error("a failed reload was reported as done")
+	if n := strings.Count(p.stderr.String(), "msg=reloaded"); n != 2 {
+		t.Errorf("%d reloads reported as done, want the 2 good ones", n)
 	}
 }
 
