@@ -22,6 +22,22 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultHealthTimeout     = 2 * time.Second
+	DefaultHealthInterval    = 2 * time.Second
+	DefaultHealthRise        = 2
+	DefaultHealthFall        = 3
+	DefaultWeight            = 1
+	DefaultBalance           = RoundRobin
+)
+
+// Balance names how a pool picks a backend.
+type Balance string
+
+// The balancing algorithms.
+const (
+	RoundRobin Balance = "roundrobin" // strict rotation (drunken-hipster's)
+	LeastConn  Balance = "leastconn"  // fewest requests and tunnels in flight
+	Source     Balance = "source"     // consistent hashing of the client IP
 )
 
 // Config is one parsed and validated configuration file.
@@ -55,12 +71,14 @@ type Frontend struct {
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
 	AccessLog         string // resolved: the frontend's own, else [global]'s, else ""
+	Balance           Balance
 }
 
 // Host is one [host NAME NAME…] section.
 type Host struct {
 	Names    []string // lower case
 	Backends []string
+	Balance  Balance
 }
 
 // Backend is one [backend NAME] section.
@@ -70,7 +88,32 @@ type Backend struct {
 	// Zero means no limit.
 	ConnectTimeout  time.Duration
 	ResponseTimeout time.Duration
+	// Weight counts as listing the backend that many times.
+	Weight int
+	Health HealthCheck
 }
+
+// HealthCheck is a backend's active check. With Kind HealthNone only
+// failures to connect (passive checks) mark the backend down.
+type HealthCheck struct {
+	Kind     HealthKind
+	Path     string // for HealthHTTP: the path to GET
+	Host     string // for HealthHTTP: the Host header; "" means the backend's address
+	Timeout  time.Duration
+	Interval time.Duration
+	Rise     int // consecutive passes that bring a down backend up
+	Fall     int // consecutive failures that take an up backend down
+}
+
+// HealthKind is the kind of active check.
+type HealthKind int
+
+// The kinds of active check.
+const (
+	HealthNone HealthKind = iota
+	HealthHTTP            // GET Path; 2xx or 3xx passes
+	HealthTCP             // a TCP connect passes
+)
 
 // Backend returns the backend called name, or nil.
 func (c *Config) Backend(name string) *Backend {

@@ -69,11 +69,12 @@ connect = [::1]:3
 		t.Fatal(err)
 	}
 	want := Frontend{Name: "frontend1", Bind: "0.0.0.0:9000", Backends: []string{"backend1"},
-		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout}
+		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, Balance: RoundRobin}
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
 		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
 	}
-	wantB := Backend{Name: "backend1", Address: "127.0.0.1:8000", ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout}
+	wantB := Backend{Name: "backend1", Address: "127.0.0.1:8000", ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout,
+		Weight: 1, Health: HealthCheck{Kind: HealthNone, Timeout: 2 * time.Second, Interval: 2 * time.Second, Rise: 2, Fall: 3}}
 	if !reflect.DeepEqual(c.Backends, []Backend{wantB}) {
 		t.Errorf("backends = %+v, want %+v", c.Backends, wantB)
 	}
@@ -220,6 +221,13 @@ func TestErrors(t *testing.T) {
 		{"https unreadable file", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\ncertfile = /nonexistent/c.pem\nkeyfile = " + key + "\n" + backend, []string{"[frontend f] certfile: cannot read /nonexistent/c.pem"}},
 		{"https mismatched pair", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\ncertfile = " + other + "\nkeyfile = " + key + "\n" + backend, []string{"[frontend f] certfile: " + other}},
 		{"cert without https", "[frontend f]\nbind = :9000\nbackends = b\ncertfile = " + cert + "\n" + backend, []string{"[frontend f] certfile: set but https is not true"}},
+		{"bad balance", "[frontend f]\nbind = :9000\nbackends = b\nbalance = leastcon\n" + backend, []string{"[frontend f] balance:", `"leastcon" is not roundrobin, leastconn or source (did you mean "leastconn"?)`}},
+		{"bad host balance", "[frontend f]\nbind = :9000\nhosts = a\n[host a]\nbackends = b\nbalance = random\n" + backend, []string{"[host a] balance:", "not roundrobin"}},
+		{"bad weight", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "weight = 0\n", []string{"[backend b] weight:", "from 1 to 1000"}},
+		{"bad health-check", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "health-check = health\n", []string{"[backend b] health-check:", "neither a path"}},
+		{"bad health-rise", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "health-check = tcp\nhealth-rise = two\n", []string{"[backend b] health-rise:", "whole number"}},
+		{"zero health-interval", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "health-check = tcp\nhealth-interval = 0s\n", []string{"[backend b] health-interval: must be more than 0"}},
+		{"health host without path", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "health-check = tcp\nhealth-check-host = x\n", []string{"[backend b] health-check-host: set without"}},
 		{"global with name", "[global x]\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"[global x]: [global] takes no name"}},
 		{"not ini", "[frontend f\n", []string{"test.ini: not a valid INI file"}},
 	}
@@ -272,6 +280,46 @@ connect-timeout = soon
 	errs := List(err)
 	if len(errs) != 5 {
 		t.Fatalf("want 5 errors (a bind, a backends, b hosts, c connect, c connect-timeout), got %d:\n%v", len(errs), err)
+	}
+}
+
+func TestBalancingAndHealth(t *testing.T) {
+	t.Parallel()
+	c, err := parse(t, `
+[frontend f]
+bind = :9000
+backends = a b
+hosts = x
+balance = LeastConn
+[host x]
+backends = a
+balance = source
+[backend a]
+connect = 127.0.0.1:1
+weight = 3
+health-check = /healthz
+health-check-host = app.internal
+health-timeout = 500ms
+health-interval = 1s
+health-rise = 1
+health-fall = 5
+[backend b]
+connect = 127.0.0.1:2
+health-check = tcp
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Frontends[0].Balance != LeastConn || c.Hosts[0].Balance != Source {
+		t.Errorf("balance: %q %q", c.Frontends[0].Balance, c.Hosts[0].Balance)
+	}
+	a, b := c.Backend("a"), c.Backend("b")
+	want := HealthCheck{Kind: HealthHTTP, Path: "/healthz", Host: "app.internal", Timeout: 500 * time.Millisecond, Interval: time.Second, Rise: 1, Fall: 5}
+	if a.Weight != 3 || a.Health != want {
+		t.Errorf("a = %+v", a)
+	}
+	if b.Weight != 1 || b.Health.Kind != HealthTCP || b.Health.Rise != 2 || b.Health.Fall != 3 {
+		t.Errorf("b = %+v", b)
 	}
 }
 

@@ -15,9 +15,10 @@ import (
 // The section types and the keys each accepts. A key not listed is an error.
 var knownKeys = map[string][]string{
 	"global":   {"accesslog", "read-header-timeout", "idle-timeout", "shutdown-timeout"},
-	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog"},
-	"host":     {"backends"},
-	"backend":  {"connect", "connect-timeout", "response-timeout"},
+	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "balance"},
+	"host":     {"backends", "balance"},
+	"backend": {"connect", "connect-timeout", "response-timeout", "weight",
+		"health-check", "health-check-host", "health-timeout", "health-interval", "health-rise", "health-fall"},
 }
 
 var sectionTypes = []string{"global", "frontend", "host", "backend"}
@@ -185,6 +186,7 @@ func (p *parser) frontend(sec *ini.Section) {
 	fe.AccessLog = value(sec, "accesslog")
 	p.boolean(sec, "add-x-forwarded-for", &fe.AddXForwardedFor)
 	p.boolean(sec, "https", &fe.HTTPS)
+	fe.Balance = p.balance(sec)
 
 	if fe.Bind == "" {
 		p.errorf(sec.Name(), "bind", "missing: every frontend needs an address to listen on, as in bind = 0.0.0.0:9000")
@@ -219,7 +221,7 @@ func (p *parser) host(sec *ini.Section) {
 			p.errorf(sec.Name(), "", "host name %q is already listed by another [host] section", n)
 		}
 	}
-	h := Host{Names: names, Backends: fields(value(sec, "backends"))}
+	h := Host{Names: names, Backends: fields(value(sec, "backends")), Balance: p.balance(sec)}
 	if len(h.Backends) == 0 {
 		p.errorf(sec.Name(), "backends", "missing: a host section needs at least one backend")
 	}
@@ -228,7 +230,18 @@ func (p *parser) host(sec *ini.Section) {
 }
 
 func (p *parser) backend(sec *ini.Section, name string) {
-	b := Backend{Name: name, ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout}
+	b := Backend{
+		Name:            name,
+		ConnectTimeout:  DefaultConnectTimeout,
+		ResponseTimeout: DefaultResponseTimeout,
+		Weight:          DefaultWeight,
+		Health: HealthCheck{
+			Timeout:  DefaultHealthTimeout,
+			Interval: DefaultHealthInterval,
+			Rise:     DefaultHealthRise,
+			Fall:     DefaultHealthFall,
+		},
+	}
 	connect := value(sec, "connect")
 	if connect == "" {
 		p.errorf(sec.Name(), "connect", "missing: every backend needs an address, as in connect = 127.0.0.1:8000")
@@ -239,7 +252,60 @@ func (p *parser) backend(sec *ini.Section, name string) {
 	}
 	p.duration(sec, "connect-timeout", &b.ConnectTimeout)
 	p.duration(sec, "response-timeout", &b.ResponseTimeout)
+	p.integer(sec, "weight", 1, 1000, &b.Weight)
+
+	hc := &b.Health
+	switch check := value(sec, "health-check"); {
+	case check == "":
+		if sec.HasKey("health-check") {
+			p.errorf(sec.Name(), "health-check", "empty: write a path such as /health, or tcp")
+		}
+	case check == "tcp":
+		hc.Kind = HealthTCP
+	case strings.HasPrefix(check, "/"):
+		hc.Kind, hc.Path = HealthHTTP, check
+	default:
+		p.errorf(sec.Name(), "health-check", "%q is neither a path (/health) nor tcp", check)
+	}
+	hc.Host = value(sec, "health-check-host")
+	if hc.Host != "" && hc.Kind != HealthHTTP {
+		p.errorf(sec.Name(), "health-check-host", "set without an HTTP health-check path")
+	}
+	p.duration(sec, "health-timeout", &hc.Timeout)
+	p.duration(sec, "health-interval", &hc.Interval)
+	if hc.Interval == 0 && sec.HasKey("health-interval") {
+		p.errorf(sec.Name(), "health-interval", "must be more than 0")
+	}
+	p.integer(sec, "health-rise", 1, 1000, &hc.Rise)
+	p.integer(sec, "health-fall", 1, 1000, &hc.Fall)
 	p.cfg.Backends = append(p.cfg.Backends, b)
+}
+
+func (p *parser) balance(sec *ini.Section) Balance {
+	if !sec.HasKey("balance") {
+		return DefaultBalance
+	}
+	v := Balance(strings.ToLower(value(sec, "balance")))
+	switch v {
+	case RoundRobin, LeastConn, Source:
+		return v
+	}
+	p.errorf(sec.Name(), "balance", "%q is not roundrobin, leastconn or source%s", value(sec, "balance"),
+		didYouMean(string(v), []string{string(RoundRobin), string(LeastConn), string(Source)}))
+	return DefaultBalance
+}
+
+func (p *parser) integer(sec *ini.Section, key string, lo, hi int, dst *int) {
+	if !sec.HasKey(key) {
+		return
+	}
+	s := value(sec, key)
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		p.errorf(sec.Name(), key, "%q is not a whole number from %d to %d", s, lo, hi)
+		return
+	}
+	*dst = n
 }
 
 // resolve runs the checks that span sections, once every section is read.

@@ -1,6 +1,6 @@
 // Package proxy is a frontend's request handler: it routes a request by its
-// Host header to a pool, takes the pool's next backend, and forwards the
-// request there, over HTTP or, for a WebSocket upgrade, as a byte tunnel.
+// Host header to a pool and forwards it there, over HTTP or, for a WebSocket
+// upgrade, as a byte tunnel.
 package proxy
 
 import (
@@ -19,7 +19,8 @@ const NoBackendBody = "no suitable backend found for request"
 // Handler serves one frontend.
 type Handler struct {
 	Router *router.Router
-	// AddXForwardedFor appends the client IP to X-Forwarded-For.
+	// AddXForwardedFor appends the client IP to X-Forwarded-For on
+	// WebSocket upgrades (the pools do it for HTTP requests).
 	AddXForwardedFor bool
 	// Tunnels records open WebSocket tunnels, for shutdown. Required.
 	Tunnels *tunnel.Registry
@@ -32,9 +33,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, NoBackendBody, http.StatusServiceUnavailable)
 		return
 	}
-	b := pool.Next()
 	if IsWebSocket(r.Header) {
-		h.serveWebSocket(w, r, b)
+		h.serveWebSocket(w, r, pool)
 		return
 	}
 	if _, ok := r.Header["Upgrade"]; ok {
@@ -43,7 +43,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Connection: upgrade token as a hop-by-hop header).
 		r.Header.Del("Upgrade")
 	}
-	b.Proxy(h.AddXForwardedFor).ServeHTTP(w, r)
+	pool.ServeHTTP(w, r)
 }
 
 // IsWebSocket reports whether h asks for a WebSocket upgrade: an Upgrade

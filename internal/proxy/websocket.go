@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -22,12 +23,13 @@ type TunnelRecorder interface {
 // backend switches protocols, hijacks the client connection and splices the
 // two. Until the backend has agreed, the client is answered through w, so a
 // failure is an ordinary 502/504 and a refusal passes through as it is.
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, b *upstream.Backend) {
-	bconn, err := b.Dial(r.Context())
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
+	bconn, b, err := pool.Dial(r.Context(), r)
 	if err != nil {
-		h.fail(w, r, b, err)
+		h.fail(w, r, err)
 		return
 	}
+	defer b.Release()
 	hijacked := false
 	defer func() {
 		if !hijacked {
@@ -43,13 +45,13 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, b *upst
 	defer stop()
 
 	if _, err := bconn.Write(upgradeRequest(r, h.AddXForwardedFor)); err != nil {
-		h.fail(w, r, b, err)
+		h.fail(w, r, fmt.Errorf("backend %s: %w", b.Name, err))
 		return
 	}
 	br := bufio.NewReader(bconn)
 	resp, err := http.ReadResponse(br, r)
 	if err != nil {
-		h.fail(w, r, b, err)
+		h.fail(w, r, fmt.Errorf("backend %s: %w", b.Name, err))
 		return
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
@@ -104,12 +106,16 @@ func (h *Handler) record(w http.ResponseWriter, status int, n int64) {
 	}
 }
 
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, b *upstream.Backend, err error) {
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
 		return // client gone: logged as 499
 	}
 	status := upstream.StatusFor(err)
-	h.Log.Error("websocket proxy error", "backend", b.Name, "uri", r.RequestURI, "status", status, "err", err)
+	if status == http.StatusServiceUnavailable {
+		http.Error(w, err.Error(), status)
+		return
+	}
+	h.Log.Error("websocket proxy error", "uri", r.RequestURI, "status", status, "err", err)
 	http.Error(w, http.StatusText(status), status)
 }
 

@@ -11,7 +11,7 @@ import (
 
 func pool(name string) *upstream.Pool {
 	b := upstream.NewBackend(config.Backend{Name: name, Address: name + ":80"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	return upstream.NewPool([]*upstream.Backend{b})
+	return upstream.NewPool([]*upstream.Backend{b}, config.RoundRobin, false, slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 func TestRoute(t *testing.T) {

@@ -48,7 +48,9 @@ func (g *generation) retire() {
 }
 
 // newGeneration builds the runtime of cfg. logs must hold an open file for
-// every access log path cfg names.
+// every access log path cfg names. A backend whose section is unchanged is
+// reused; one that changed but still has the same address keeps its up/down
+// state.
 func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile) *generation {
 	g := &generation{
 		cfg:      cfg,
@@ -56,7 +58,16 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile) *ge
 		handlers: make(map[string]http.Handler, len(cfg.Frontends)),
 	}
 	for _, bc := range cfg.Backends {
-		g.backends[bc.Name] = upstream.NewBackend(bc, s.log)
+		old := s.backends[bc.Name]
+		if old != nil && old.Config() == bc {
+			g.backends[bc.Name] = old // idle connections and health carry on
+			continue
+		}
+		b := upstream.NewBackend(bc, s.log)
+		if old != nil && old.Addr == b.Addr {
+			b.KeepStateOf(old)
+		}
+		g.backends[bc.Name] = b
 	}
 	seen := map[string]bool{}
 	for _, fc := range cfg.Frontends {
@@ -76,16 +87,17 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile) *ge
 // newHandler builds a frontend's handler: access log around host routing
 // around the proxy.
 func (s *Server) newHandler(cfg *config.Config, fc config.Frontend, backends map[string]*upstream.Backend, lf *accesslog.File) http.Handler {
-	pool := func(names []string) *upstream.Pool {
+	log := s.log.With("frontend", fc.Name)
+	pool := func(names []string, balance config.Balance) *upstream.Pool {
 		bs := make([]*upstream.Backend, len(names))
 		for i, n := range names {
 			bs[i] = backends[n]
 		}
-		return upstream.NewPool(bs)
+		return upstream.NewPool(bs, balance, fc.AddXForwardedFor, log)
 	}
 	var fallback *upstream.Pool
 	if len(fc.Backends) > 0 {
-		fallback = pool(fc.Backends)
+		fallback = pool(fc.Backends, fc.Balance)
 	}
 	// One pool per [host] section, shared by the names it lists.
 	hostPools := map[*config.Host]*upstream.Pool{}
@@ -93,7 +105,7 @@ func (s *Server) newHandler(cfg *config.Config, fc config.Frontend, backends map
 	for _, name := range fc.Hosts {
 		hc := cfg.HostFor(name)
 		if hostPools[hc] == nil {
-			hostPools[hc] = pool(hc.Backends)
+			hostPools[hc] = pool(hc.Backends, hc.Balance)
 		}
 		routes[name] = hostPools[hc]
 	}
@@ -101,7 +113,7 @@ func (s *Server) newHandler(cfg *config.Config, fc config.Frontend, backends map
 		Router:           router.New(routes, fallback),
 		AddXForwardedFor: fc.AddXForwardedFor,
 		Tunnels:          &s.tunnels,
-		Log:              s.log.With("frontend", fc.Name),
+		Log:              log,
 	}
 	if lf != nil {
 		h = accesslog.NewLogger(fc.Name, lf).Handler(h)

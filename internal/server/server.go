@@ -21,6 +21,7 @@ import (
 	"github.com/hipsterd/hipsterd/internal/accesslog"
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
+	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
 // closeGrace bounds the wait, after shutdown closed every connection, for
@@ -38,6 +39,7 @@ type Server struct {
 	current   *generation
 	listeners map[string]*listener           // by bindKey
 	draining  map[*http.Server]*atomic.Int64 // servers replaced or removed, with their open connections
+	backends  map[string]*upstream.Backend   // the current generation's
 
 	logMu sync.Mutex
 	logs  map[string]*logFile // by path
@@ -148,6 +150,15 @@ func (s *Server) apply(cfg *config.Config) error {
 		}
 	}
 	s.listeners = next
+	for name, b := range s.backends {
+		if gen.backends[name] != b {
+			b.StopChecks()
+		}
+	}
+	for _, b := range gen.backends {
+		b.StartChecks()
+	}
+	s.backends = gen.backends
 	old := s.current
 	s.current = gen
 	if old != nil {
@@ -214,7 +225,10 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.drain(l, 0)
 		l.sock.Close()
 	}
-	s.listeners, s.current = nil, nil
+	for _, b := range s.backends {
+		b.StopChecks()
+	}
+	s.listeners, s.current, s.backends = nil, nil, nil
 	s.mu.Unlock()
 	gen.retire()
 
@@ -315,9 +329,13 @@ func (s *Server) openLogs(cfg *config.Config) error {
 // runs on it any more.
 func (s *Server) releaseGeneration(g *generation) {
 	defer s.live.Done()
-	for _, b := range g.backends {
-		b.Close()
+	s.mu.Lock()
+	for name, b := range g.backends {
+		if s.backends[name] != b {
+			b.Close()
+		}
 	}
+	s.mu.Unlock()
 	s.logMu.Lock()
 	defer s.logMu.Unlock()
 	for _, path := range g.logPaths {

@@ -1,17 +1,18 @@
-// Package upstream holds the runtime side of backends: how to reach one (an
-// HTTP reverse proxy over a tuned transport, a dialer for tunnels) and pools
-// that pick one in turn.
+// Package upstream holds the runtime side of backends: how to reach one (a
+// tuned HTTP transport, a dialer for tunnels), whether it is up (passive and
+// active health checks), and pools that pick one and retry on another when a
+// connect fails.
 package upstream
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
@@ -22,27 +23,32 @@ import (
 const tcpKeepAlive = 30 * time.Second
 
 // Backend is one [backend] section made live. It is shared by every pool that
-// lists it and is safe for concurrent use.
+// lists it, and by successive configurations while its section is unchanged.
+// It is safe for concurrent use.
 type Backend struct {
 	Name string
 	Addr string // host:port
 	// ResponseTimeout bounds the wait for the response header; 0: none.
 	ResponseTimeout time.Duration
 
+	cfg       config.Backend
 	dialer    *net.Dialer
 	transport *http.Transport
-	// proxies[1] adds X-Forwarded-For, proxies[0] does not; a frontend picks
-	// one by its add-x-forwarded-for, so nothing is decided per request.
-	proxies [2]*httputil.ReverseProxy
-	log     *slog.Logger
+	health    *Health
+	inflight  atomic.Int64 // requests and tunnels, for leastconn
+	log       *slog.Logger
+
+	stopChecks chan struct{} // nil unless checks run
 }
 
-// NewBackend builds the backend described by c. Errors are logged to log.
+// NewBackend builds the backend described by c. Its active checks, if any,
+// do not run until StartChecks.
 func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 	b := &Backend{
 		Name:            c.Name,
 		Addr:            c.Address,
 		ResponseTimeout: c.ResponseTimeout,
+		cfg:             c,
 		dialer:          &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: tcpKeepAlive},
 		log:             log.With("backend", c.Name),
 	}
@@ -59,92 +65,133 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 		// No Proxy: HTTP_PROXY in the environment must not divert traffic.
 		ExpectContinueTimeout: time.Second,
 	}
-	errorLog := slog.NewLogLogger(b.log.Handler(), slog.LevelWarn)
-	for i, xff := range []bool{false, true} {
-		b.proxies[i] = &httputil.ReverseProxy{
-			Rewrite:      b.rewrite(xff),
-			Transport:    b.transport,
-			BufferPool:   bufferPool,
-			ErrorHandler: b.proxyError,
-			ErrorLog:     errorLog,
-		}
-	}
+	hc := c.Health
+	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
 	return b
 }
 
-// Proxy returns the handler that forwards a request to this backend, adding
-// X-Forwarded-For when xff is true.
-func (b *Backend) Proxy(xff bool) http.Handler {
-	if xff {
-		return b.proxies[1]
-	}
-	return b.proxies[0]
-}
+// Config is the section the backend was built from.
+func (b *Backend) Config() config.Backend { return b.cfg }
 
-// Dial opens a TCP connection to the backend, for a tunnel.
-func (b *Backend) Dial(ctx context.Context) (net.Conn, error) {
-	return b.dialer.DialContext(ctx, "tcp", b.Addr)
-}
+// Up reports whether the backend may be sent traffic.
+func (b *Backend) Up() bool { return b.health.Up() }
 
-// Close releases the backend's idle connections.
+// Health is the backend's up/down state.
+func (b *Backend) Health() *Health { return b.health }
+
+// InFlight is the number of requests and tunnels the backend serves now.
+func (b *Backend) InFlight() int64 { return b.inflight.Load() }
+
+// Release ends a tunnel opened by Pool.Dial.
+func (b *Backend) Release() { b.inflight.Add(-1) }
+
+// KeepStateOf takes over old's up/down state, for a backend whose section
+// changed in a reload but that is still the same server.
+func (b *Backend) KeepStateOf(old *Backend) { b.health.inherit(old.health) }
+
+// Close stops the active checks and closes idle connections.
 func (b *Backend) Close() {
+	b.StopChecks()
 	b.transport.CloseIdleConnections()
 }
 
-// forwardingHeaders are the headers that ReverseProxy removes before Rewrite
-// is called. drunken-hipster passed them on untouched, and so does hipsterd.
-var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+// StartChecks starts the active health checks, if the section asks for
+// them. Calling it again does nothing.
+func (b *Backend) StartChecks() {
+	if b.cfg.Health.Kind == config.HealthNone || b.stopChecks != nil {
+		return
+	}
+	b.stopChecks = make(chan struct{})
+	go b.checkLoop(b.stopChecks)
+}
 
-func (b *Backend) rewrite(xff bool) func(*httputil.ProxyRequest) {
-	return func(pr *httputil.ProxyRequest) {
-		pr.Out.URL.Scheme = "http"
-		pr.Out.URL.Host = b.Addr
-		// ReverseProxy drops query parameters it cannot parse; the backend
-		// gets the query exactly as the client sent it.
-		pr.Out.URL.RawQuery = pr.In.URL.RawQuery
-		for _, h := range forwardingHeaders {
-			if v, ok := pr.In.Header[h]; ok {
-				pr.Out.Header[h] = v
-			}
-		}
-		if xff {
-			AppendForwardedFor(pr.Out.Header, pr.In.Header, pr.In.RemoteAddr)
-		}
+// StopChecks stops the active health checks.
+func (b *Backend) StopChecks() {
+	if b.stopChecks != nil {
+		close(b.stopChecks)
+		b.stopChecks = nil
 	}
 }
 
-// AppendForwardedFor sets out's X-Forwarded-For to in's, with the client IP of
-// remoteAddr appended, as one header line: a backend may read only the first.
-func AppendForwardedFor(out, in http.Header, remoteAddr string) {
-	ip, _, err := net.SplitHostPort(remoteAddr)
+// checkLoop runs the active checks until stop is closed. Each backend starts
+// at a random point of its interval and every interval varies by ±10%, so
+// that many backends are not probed in the same instant.
+func (b *Backend) checkLoop(stop <-chan struct{}) {
+	hc := b.cfg.Health
+	client := &http.Client{
+		Transport: &http.Transport{
+			DialContext:       b.dialer.DialContext,
+			DisableKeepAlives: true,
+		},
+		Timeout: hc.Timeout,
+		// A redirect is an answer, and 3xx passes.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	timer := time.NewTimer(rand.N(hc.Interval))
+	defer timer.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-timer.C:
+		}
+		if err := b.check(client); err != nil {
+			b.health.Failed(err.Error())
+		} else {
+			b.health.Passed(true)
+		}
+		timer.Reset(hc.Interval - hc.Interval/10 + rand.N(hc.Interval/5+1))
+	}
+}
+
+func (b *Backend) check(client *http.Client) error {
+	hc := b.cfg.Health
+	ctx, cancel := context.WithTimeout(context.Background(), hc.Timeout)
+	defer cancel()
+	if hc.Kind == config.HealthTCP {
+		c, err := b.dialer.DialContext(ctx, "tcp", b.Addr)
+		if err != nil {
+			return fmt.Errorf("tcp check: %w", err)
+		}
+		return c.Close()
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+b.Addr+hc.Path, nil)
 	if err != nil {
-		return
+		return fmt.Errorf("GET %s: %w", hc.Path, err)
 	}
-	if prior := in["X-Forwarded-For"]; len(prior) > 0 {
-		ip = strings.Join(prior, ", ") + ", " + ip
+	if hc.Host != "" {
+		req.Host = hc.Host
 	}
-	out["X-Forwarded-For"] = []string{ip}
+	resp, err := client.Do(req)
+	if err != nil {
+		var ue interface{ Unwrap() error }
+		if errors.As(err, &ue) {
+			err = ue.Unwrap() // drop the *url.Error's repetition of the URL
+		}
+		return fmt.Errorf("GET %s: %w", hc.Path, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 399 {
+		return fmt.Errorf("GET %s: %d", hc.Path, resp.StatusCode)
+	}
+	return nil
 }
 
-// proxyError answers a request that could not be forwarded: 502 when the
-// backend could not be reached or broke the exchange, 504 when it did not
-// answer in time. A client that went away gets nothing; the access log
-// records 499 for it.
-func (b *Backend) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
-		return
-	}
-	status := StatusFor(err)
-	b.log.Error("proxy error", "method", r.Method, "uri", r.RequestURI, "status", status, "err", err)
-	http.Error(w, http.StatusText(status), status)
+// isDial reports whether err is a failure to connect: nothing of the
+// request reached the backend.
+func isDial(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // StatusFor maps an error talking to a backend to the status a client gets:
-// failing to connect is 502 whatever the cause, a timeout after connecting is
-// 504, anything else 502.
+// no backend up is 503; failing to connect is 502 whatever the cause; a
+// timeout after connecting is 504; anything else 502.
 func StatusFor(err error) int {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
+	if errors.Is(err, ErrNoBackend) {
+		return http.StatusServiceUnavailable
+	}
+	if isDial(err) {
 		return http.StatusBadGateway
 	}
 	var ne net.Error
@@ -153,12 +200,3 @@ func StatusFor(err error) int {
 	}
 	return http.StatusBadGateway
 }
-
-// bufferPool lends ReverseProxy 32 KiB copy buffers, so a response body copy
-// allocates nothing.
-var bufferPool = &bytePool{pool: sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}}
-
-type bytePool struct{ pool sync.Pool }
-
-func (p *bytePool) Get() []byte  { return *p.pool.Get().(*[]byte) }
-func (p *bytePool) Put(b []byte) { p.pool.Put(&b) }

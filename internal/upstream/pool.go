@@ -1,28 +1,347 @@
 package upstream
 
-import "sync/atomic"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
 
-// Pool picks backends in strict rotation. A backend listed twice gets two turns
-// per round. It is safe for concurrent use and takes no lock.
+	"github.com/hipsterd/hipsterd/internal/config"
+)
+
+// ErrNoBackend is returned when every backend of a pool is down.
+var ErrNoBackend = errors.New("no backend available: every backend of this pool is down")
+
+// Pool is one list of backends (a frontend's, or a [host] section's within a
+// frontend) and the way it picks among them. It forwards HTTP requests
+// (ServeHTTP) and opens tunnels (Dial); when connecting to the chosen
+// backend fails, it tries the next, until each backend was tried once.
+// It is safe for concurrent use.
 type Pool struct {
-	backends []*Backend
-	next     atomic.Uint64
+	entries []*Backend // as listed, each repeated Weight times
+	unique  []*Backend
+	share   []int64 // per unique backend: its entries
+	balance config.Balance
+	xff     bool
+	next    atomic.Uint64
+	ring    ring
+	proxy   *httputil.ReverseProxy
+	log     *slog.Logger
 }
 
-// NewPool returns a pool over backends, in the given order. It panics on an
-// empty list: config validation rules that out.
-func NewPool(backends []*Backend) *Pool {
-	if len(backends) == 0 {
+// NewPool returns a pool over list (a backend listed twice gets twice the
+// share, as does weight 2) that picks by balance, adding X-Forwarded-For to
+// requests when xff is true. It panics on an empty list: config validation
+// rules that out.
+func NewPool(list []*Backend, balance config.Balance, xff bool, log *slog.Logger) *Pool {
+	if len(list) == 0 {
 		panic("upstream: empty pool")
 	}
-	return &Pool{backends: backends}
+	p := &Pool{balance: balance, xff: xff, log: log}
+	index := map[*Backend]int{}
+	for _, b := range list {
+		i, ok := index[b]
+		if !ok {
+			i = len(p.unique)
+			index[b] = i
+			p.unique = append(p.unique, b)
+			p.share = append(p.share, 0)
+		}
+		for w := 0; w < max(b.cfg.Weight, 1); w++ {
+			p.entries = append(p.entries, b)
+			p.share[i]++
+		}
+	}
+	if balance == config.Source {
+		p.ring = newRing(p.unique, p.share)
+	}
+	p.proxy = &httputil.ReverseProxy{
+		Rewrite:      p.rewrite,
+		Transport:    p,
+		BufferPool:   bufferPool,
+		ErrorHandler: p.proxyError,
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return p
 }
 
-// Next returns the backend whose turn it is.
-func (p *Pool) Next() *Backend {
+// Backends returns the pool's entries, repeats included, in rotation order.
+func (p *Pool) Backends() []*Backend { return p.entries }
+
+// ServeHTTP forwards r to a backend of the pool.
+func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.proxy.ServeHTTP(w, r)
+}
+
+// pick returns the backend to try next, skipping those that are down or
+// already tried; nil when none is left. key is the client's hash (source).
+func (p *Pool) pick(key uint64, tried []*Backend) *Backend {
+	switch p.balance {
+	case config.LeastConn:
+		return p.leastConn(tried)
+	case config.Source:
+		return p.ring.pick(p.unique, key, tried)
+	}
 	n := p.next.Add(1) - 1
-	return p.backends[n%uint64(len(p.backends))]
+	l := uint64(len(p.entries))
+	for i := uint64(0); i < l; i++ {
+		if b := p.entries[(n+i)%l]; b.Up() && !contains(tried, b) {
+			return b
+		}
+	}
+	return nil
 }
 
-// Len is the number of entries, counting repeats.
-func (p *Pool) Len() int { return len(p.backends) }
+// leastConn returns the backend with the fewest requests and tunnels in
+// flight for its share; ties go round-robin.
+func (p *Pool) leastConn(tried []*Backend) *Backend {
+	var bestLoad, bestShare int64
+	ties := uint64(0)
+	for j, b := range p.unique {
+		if !b.Up() || contains(tried, b) {
+			continue
+		}
+		load := b.inflight.Load()
+		// Compare load/share with bestLoad/bestShare, without division.
+		switch l, r := load*bestShare, bestLoad*p.share[j]; {
+		case ties == 0 || l < r:
+			bestLoad, bestShare, ties = load, p.share[j], 1
+		case l == r:
+			ties++
+		}
+	}
+	if ties == 0 {
+		return nil
+	}
+	k := (p.next.Add(1) - 1) % ties
+	for j, b := range p.unique {
+		if b.Up() && !contains(tried, b) && b.inflight.Load()*bestShare == bestLoad*p.share[j] {
+			if k == 0 {
+				return b
+			}
+			k--
+		}
+	}
+	// Loads moved between the two passes; any candidate will do.
+	for _, b := range p.unique {
+		if b.Up() && !contains(tried, b) {
+			return b
+		}
+	}
+	return nil
+}
+
+func contains(list []*Backend, b *Backend) bool {
+	for _, x := range list {
+		if x == b {
+			return true
+		}
+	}
+	return false
+}
+
+// clientKey hashes the client's IP for source balancing: with
+// add-x-forwarded-for, the first address of X-Forwarded-For (the client as
+// the first proxy saw it); otherwise, and when there is none, the peer.
+func (p *Pool) clientKey(r *http.Request) uint64 {
+	if p.balance != config.Source {
+		return 0
+	}
+	if p.xff {
+		if v := r.Header["X-Forwarded-For"]; len(v) > 0 {
+			first, _, _ := strings.Cut(v[0], ",")
+			return hashString(strings.TrimSpace(first))
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return hashString(host)
+}
+
+// triedBackends is the backends one request has tried; a few fit on the
+// stack.
+type triedBackends struct {
+	buf  [4]*Backend
+	list []*Backend
+}
+
+func (t *triedBackends) add(b *Backend) {
+	if t.list == nil {
+		t.list = t.buf[:0]
+	}
+	t.list = append(t.list, b)
+}
+
+// RoundTrip sends req to a backend of the pool. A request that could not be
+// connected is tried on the next backend, whatever its method: none of it
+// reached a backend. A GET, HEAD or OPTIONS without a body that failed
+// before any response is tried on the next backend too. Everything else is
+// sent once.
+func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	key := p.clientKey(req)
+	body := req.Body
+	hasBody := body != nil && body != http.NoBody
+	if hasBody {
+		// The transport closes the body when it fails; after a failed
+		// connect the body is unread and must survive for the next try.
+		req.Body = noCloseBody{body}
+	}
+	idempotent := !hasBody && (req.Method == "GET" || req.Method == "HEAD" || req.Method == "OPTIONS")
+	var tried triedBackends
+	var lastErr error
+	for {
+		b := p.pick(key, tried.list)
+		if b == nil {
+			break
+		}
+		tried.add(b)
+		req.URL.Host = b.Addr
+		b.inflight.Add(1)
+		resp, err := b.transport.RoundTrip(req)
+		if err == nil {
+			b.health.Passed(false)
+			resp.Body = &releaseBody{ReadCloser: resp.Body, b: b}
+			return resp, nil
+		}
+		b.inflight.Add(-1)
+		lastErr = fmt.Errorf("backend %s: %w", b.Name, err)
+		if req.Context().Err() != nil {
+			break
+		}
+		if isDial(err) {
+			b.health.Failed(err.Error())
+			continue
+		}
+		if idempotent && StatusFor(err) != http.StatusGatewayTimeout {
+			continue
+		}
+		break
+	}
+	if hasBody {
+		body.Close()
+	}
+	if lastErr == nil {
+		return nil, ErrNoBackend
+	}
+	return nil, lastErr
+}
+
+// Dial connects to a backend of the pool for a tunnel, trying the next
+// backend when a connect fails. r is the client's request (for source
+// balancing). The caller must call Release on the backend when the tunnel
+// ends.
+func (p *Pool) Dial(ctx context.Context, r *http.Request) (net.Conn, *Backend, error) {
+	key := p.clientKey(r)
+	var tried triedBackends
+	var lastErr error
+	for {
+		b := p.pick(key, tried.list)
+		if b == nil {
+			break
+		}
+		tried.add(b)
+		c, err := b.dialer.DialContext(ctx, "tcp", b.Addr)
+		if err == nil {
+			b.inflight.Add(1)
+			return c, b, nil
+		}
+		lastErr = fmt.Errorf("backend %s: %w", b.Name, err)
+		if ctx.Err() != nil {
+			break
+		}
+		b.health.Failed(err.Error())
+	}
+	if lastErr == nil {
+		return nil, nil, ErrNoBackend
+	}
+	return nil, nil, lastErr
+}
+
+// noCloseBody keeps the transport from closing a request body it may need
+// to send again.
+type noCloseBody struct{ io.ReadCloser }
+
+func (noCloseBody) Close() error { return nil }
+
+// releaseBody counts a response as in flight until its body is closed.
+type releaseBody struct {
+	io.ReadCloser
+	b    *Backend
+	done atomic.Bool
+}
+
+func (r *releaseBody) Close() error {
+	if r.done.CompareAndSwap(false, true) {
+		r.b.inflight.Add(-1)
+	}
+	return r.ReadCloser.Close()
+}
+
+// forwardingHeaders are the headers that ReverseProxy removes before Rewrite
+// is called. drunken-hipster passed them on untouched, and so does hipsterd.
+var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
+	pr.Out.URL.Scheme = "http"
+	// ReverseProxy drops query parameters it cannot parse; the backend gets
+	// the query exactly as the client sent it.
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+	for _, h := range forwardingHeaders {
+		if v, ok := pr.In.Header[h]; ok {
+			pr.Out.Header[h] = v
+		}
+	}
+	if p.xff {
+		AppendForwardedFor(pr.Out.Header, pr.In.Header, pr.In.RemoteAddr)
+	}
+}
+
+// AppendForwardedFor sets out's X-Forwarded-For to in's, with the client IP of
+// remoteAddr appended, as one header line: a backend may read only the first.
+func AppendForwardedFor(out, in http.Header, remoteAddr string) {
+	ip, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return
+	}
+	if prior := in["X-Forwarded-For"]; len(prior) > 0 {
+		ip = strings.Join(prior, ", ") + ", " + ip
+	}
+	out["X-Forwarded-For"] = []string{ip}
+}
+
+// proxyError answers a request that could not be forwarded: 503 when every
+// backend is down, 502 when none could be reached or one broke the exchange,
+// 504 when it did not answer in time. A client that went away gets nothing;
+// the access log records 499 for it.
+func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return
+	}
+	status := StatusFor(err)
+	if status == http.StatusServiceUnavailable {
+		// The backends' going down was logged; each refused request is in
+		// the access log.
+		http.Error(w, ErrNoBackend.Error(), status)
+		return
+	}
+	p.log.Error("proxy error", "method", r.Method, "uri", r.RequestURI, "status", status, "err", err)
+	http.Error(w, http.StatusText(status), status)
+}
+
+// bufferPool lends ReverseProxy 32 KiB copy buffers, so a response body copy
+// allocates nothing.
+var bufferPool = &bytePool{pool: sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}}
+
+type bytePool struct{ pool sync.Pool }
+
+func (p *bytePool) Get() []byte  { return *p.pool.Get().(*[]byte) }
+func (p *bytePool) Put(b []byte) { p.pool.Put(&b) }
