@@ -106,10 +106,6 @@ type proc struct {
 	code   int
 }
 
-func newCmd(config string) *exec.Cmd {
-	return exec.Command(binary, "-config", config)
-}
-
 // newServer starts a backend with handler h and returns its address.
 func newServer(t *testing.T, h http.HandlerFunc) string {
 	t.Helper()
@@ -118,10 +114,11 @@ func newServer(t *testing.T, h http.HandlerFunc) string {
 	return srv.Listener.Addr().String()
 }
 
-// startHipsterd starts the binary on config and waits until addr accepts.
-func startHipsterd(t *testing.T, config, addr string) *proc {
+// launch starts the binary on config, with env added to its environment.
+func launch(t *testing.T, config string, env ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: newCmd(config), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{cmd: exec.Command(binary, "-config", config), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -138,6 +135,13 @@ func startHipsterd(t *testing.T, config, addr string) *proc {
 			t.Logf("hipsterd stderr:\n%s", p.stderr.String())
 		}
 	})
+	return p
+}
+
+// startHipsterd starts the binary on config and waits until addr accepts.
+func startHipsterd(t *testing.T, config, addr string) *proc {
+	t.Helper()
+	p := launch(t, config)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.Dial("tcp", addr)

@@ -361,18 +361,7 @@ func TestSystemdNotify(t *testing.T) {
 	text := fmt.Sprintf("[frontend f]\nbind = %s\nbackends = a\n[backend a]\nconnect = %s\n", front, a)
 	path := writeConfig(t, text)
 
-	p := &proc{cmd: newCmd(path), stderr: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sockPath)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.cmd.Wait()
-		p.code = p.cmd.ProcessState.ExitCode()
-		close(p.exited)
-	}()
-	defer p.cmd.Process.Kill()
+	p := launch(t, path, "NOTIFY_SOCKET="+sockPath)
 
 	next := func() string {
 		t.Helper()
