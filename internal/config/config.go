@@ -28,6 +28,10 @@ const (
 	DefaultHealthFall        = 3
 	DefaultWeight            = 1
 	DefaultBalance           = RoundRobin
+	DefaultTLSMinVersion     = "1.2"
+	DefaultRedirectHTTPSPort = 443
+	// CertExpiryWarning is how close to its end a certificate is warned about.
+	CertExpiryWarning = 14 * 24 * time.Hour
 )
 
 // Balance names how a pool picks a backend.
@@ -42,7 +46,10 @@ const (
 
 // Config is one parsed and validated configuration file.
 type Config struct {
-	File      string
+	File string
+	// Warnings are problems that do not stop hipsterd (a certificate that
+	// expires soon, backend certificates not verified): log them.
+	Warnings  []string
 	Global    Global
 	Frontends []Frontend // in file order
 	Hosts     []Host     // in file order
@@ -72,19 +79,34 @@ type Frontend struct {
 	IdleTimeout       time.Duration
 	AccessLog         string // resolved: the frontend's own, else [global]'s, else ""
 	Balance           Balance
+	TLSMinVersion     string // "1.2" or "1.3"
+	HTTP2             bool   // offer h2 by ALPN (https frontends)
+	// RedirectHTTPS answers every request with a 308 to the same URL on
+	// https, on port RedirectHTTPSPort.
+	RedirectHTTPS     bool
+	RedirectHTTPSPort int
 }
 
 // Host is one [host NAME NAME…] section.
 type Host struct {
-	Names    []string // lower case
+	Names    []string // lower case; "*.example.com" matches one label in SNI
 	Backends []string
 	Balance  Balance
+	// The certificate served, on https frontends listing this host, to
+	// clients whose SNI is one of Names; "" for the frontend's own.
+	CertFile string
+	KeyFile  string
 }
 
 // Backend is one [backend NAME] section.
 type Backend struct {
 	Name    string
 	Address string // host:port, port filled in
+	// TLS speaks TLS to the backend (connect = https://…).
+	TLS           bool
+	CAFile        string // "" means the system's roots
+	TLSServerName string // "" means the host of Address
+	TLSSkipVerify bool
 	// Zero means no limit.
 	ConnectTimeout  time.Duration
 	ResponseTimeout time.Duration

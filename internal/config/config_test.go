@@ -69,7 +69,8 @@ connect = [::1]:3
 		t.Fatal(err)
 	}
 	want := Frontend{Name: "frontend1", Bind: "0.0.0.0:9000", Backends: []string{"backend1"},
-		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, Balance: RoundRobin}
+		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, Balance: RoundRobin,
+		TLSMinVersion: "1.2", HTTP2: true, RedirectHTTPSPort: 443}
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
 		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
 	}
@@ -184,6 +185,7 @@ func TestErrors(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := testcert.Files(t, dir, "localhost")
 	other, _ := testcert.Files(t, filepath.Join(dir, "other"), "other")
+	expired, expiredKey := testcert.Make(t, filepath.Join(dir, "expired"), testcert.Options{Names: []string{"old"}, NotAfter: time.Now().Add(-time.Hour)})
 	const backend = "\n[backend b]\nconnect = 127.0.0.1:8000\n"
 	tests := []struct {
 		name string
@@ -212,7 +214,7 @@ func TestErrors(t *testing.T) {
 		{"duplicate key", "[frontend f]\nbind = :9000\nbind = :9001\nbackends = b\n" + backend, []string{"[frontend f] bind: key set 2 times"}},
 		{"host listed twice", "[frontend f]\nbind = :9000\nhosts = a.com\n[host a.com]\nbackends = b\n[host b.com A.com]\nbackends = b\n" + backend, []string{"[host b.com A.com]:", `"a.com" is already listed`}},
 		{"missing connect", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\n", []string{"[backend b] connect: missing"}},
-		{"connect with scheme", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\nconnect = ftp://x\n", []string{"[backend b] connect:", "without a scheme"}},
+		{"connect with scheme", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\nconnect = ftp://x\n", []string{"[backend b] connect:", "no other scheme"}},
 		{"connect bad port", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\nconnect = x:99999\n", []string{"[backend b] connect:", "not a number"}},
 		{"frontend without name", "[frontend]\nbind = :9000\n", []string{"[frontend]:", "exactly one name"}},
 		{"backend two names", "[backend a b]\nconnect = x\n", []string{"[backend a b]:", "exactly one name"}},
@@ -228,6 +230,13 @@ func TestErrors(t *testing.T) {
 		{"bad health-rise", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "health-check = tcp\nhealth-rise = two\n", []string{"[backend b] health-rise:", "whole number"}},
 		{"zero health-interval", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "health-check = tcp\nhealth-interval = 0s\n", []string{"[backend b] health-interval: must be more than 0"}},
 		{"health host without path", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "health-check = tcp\nhealth-check-host = x\n", []string{"[backend b] health-check-host: set without"}},
+		{"bad tls-min-version", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\ncertfile = " + cert + "\nkeyfile = " + key + "\ntls-min-version = 1.1\n" + backend, []string{"[frontend f] tls-min-version:", `"1.1" is not 1.2 or 1.3`}},
+		{"http2 without https", "[frontend f]\nbind = :9000\nbackends = b\nhttp2 = false\n" + backend, []string{"[frontend f] http2: set but https is not true"}},
+		{"redirect on https", "[frontend f]\nbind = :9000\nhttps = true\ncertfile = " + cert + "\nkeyfile = " + key + "\nredirect-https = true\n", []string{"[frontend f] redirect-https:", "redirect to itself"}},
+		{"expired certificate", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\ncertfile = " + expired + "\nkeyfile = " + expiredKey + "\n" + backend, []string{"[frontend f] certfile: " + expired + " expired on"}},
+		{"host cert without key", "[frontend f]\nbind = :9000\nhosts = a\n[host a]\nbackends = b\ncertfile = " + cert + "\n" + backend, []string{"[host a] keyfile: missing"}},
+		{"ca-file without https", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "ca-file = " + cert + "\n", []string{"[backend b] ca-file: set but connect is not https://"}},
+		{"unreadable ca-file", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\nconnect = https://x\nca-file = /nonexistent/ca.pem\n", []string{"[backend b] ca-file: cannot read /nonexistent/ca.pem"}},
 		{"global with name", "[global x]\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"[global x]: [global] takes no name"}},
 		{"not ini", "[frontend f\n", []string{"test.ini: not a valid INI file"}},
 	}
@@ -320,6 +329,66 @@ health-check = tcp
 	}
 	if b.Weight != 1 || b.Health.Kind != HealthTCP || b.Health.Rise != 2 || b.Health.Fall != 3 {
 		t.Errorf("b = %+v", b)
+	}
+}
+
+func TestTLSSettings(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := testcert.Files(t, dir, "localhost")
+	soon, soonKey := testcert.Make(t, filepath.Join(dir, "soon"), testcert.Options{Names: []string{"*.example.com"}, NotAfter: time.Now().Add(3 * 24 * time.Hour)})
+	c, err := parse(t, `
+[frontend s]
+bind = :443
+https = true
+certfile = `+cert+`
+keyfile = `+key+`
+hosts = *.example.com
+tls-min-version = 1.3
+http2 = false
+[host *.example.com]
+backends = b
+certfile = `+soon+`
+keyfile = `+soonKey+`
+[frontend r]
+bind = :80
+redirect-https = true
+redirect-https-port = 8443
+[backend b]
+connect = https://app.internal
+ca-file = `+cert+`
+tls-server-name = app
+[backend c]
+connect = http://10.0.0.1:8080/
+[backend d]
+connect = https://[::1]:8443
+tls-skip-verify = true
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, r := c.Frontends[0], c.Frontends[1]
+	if s.TLSMinVersion != "1.3" || s.HTTP2 || r.RedirectHTTPS != true || r.RedirectHTTPSPort != 8443 {
+		t.Errorf("frontends: %+v %+v", s, r)
+	}
+	if h := c.HostFor("*.example.com"); h == nil || h.CertFile != soon || h.KeyFile != soonKey {
+		t.Errorf("host: %+v", h)
+	}
+	b, cc, d := c.Backend("b"), c.Backend("c"), c.Backend("d")
+	if !b.TLS || b.Address != "app.internal:443" || b.CAFile != cert || b.TLSServerName != "app" {
+		t.Errorf("b = %+v", b)
+	}
+	if cc.TLS || cc.Address != "10.0.0.1:8080" {
+		t.Errorf("c = %+v", cc)
+	}
+	if !d.TLS || d.Address != "[::1]:8443" || !d.TLSSkipVerify {
+		t.Errorf("d = %+v", d)
+	}
+	warnings := strings.Join(c.Warnings, "\n")
+	for _, want := range []string{"[host *.example.com] certfile: " + soon + " expires on", "[backend d] tls-skip-verify: the backend's certificate is not verified"} {
+		if !strings.Contains(warnings, want) {
+			t.Errorf("warnings lack %q:\n%s", want, warnings)
+		}
 	}
 }
 

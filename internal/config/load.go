@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
@@ -14,10 +15,11 @@ import (
 
 // The section types and the keys each accepts. A key not listed is an error.
 var knownKeys = map[string][]string{
-	"global":   {"accesslog", "read-header-timeout", "idle-timeout", "shutdown-timeout"},
-	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "balance"},
-	"host":     {"backends", "balance"},
-	"backend": {"connect", "connect-timeout", "response-timeout", "weight",
+	"global": {"accesslog", "read-header-timeout", "idle-timeout", "shutdown-timeout"},
+	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "balance",
+		"tls-min-version", "http2", "redirect-https", "redirect-https-port"},
+	"host": {"backends", "balance", "certfile", "keyfile"},
+	"backend": {"connect", "connect-timeout", "response-timeout", "weight", "ca-file", "tls-server-name", "tls-skip-verify",
 		"health-check", "health-check-host", "health-timeout", "health-interval", "health-rise", "health-fall"},
 }
 
@@ -68,6 +70,10 @@ type parser struct {
 	// The sections as the file gives them, for the checks that need them all.
 	frontendSecs []*ini.Section
 	hostSecs     []*ini.Section
+}
+
+func (p *parser) warnf(section, key, format string, args ...any) {
+	p.cfg.Warnings = append(p.cfg.Warnings, (&Error{File: p.file, Section: section, Key: key, Msg: fmt.Sprintf(format, args...)}).Error())
 }
 
 func (p *parser) errorf(section, key, format string, args ...any) {
@@ -187,13 +193,33 @@ func (p *parser) frontend(sec *ini.Section) {
 	p.boolean(sec, "add-x-forwarded-for", &fe.AddXForwardedFor)
 	p.boolean(sec, "https", &fe.HTTPS)
 	fe.Balance = p.balance(sec)
+	fe.TLSMinVersion, fe.HTTP2, fe.RedirectHTTPSPort = DefaultTLSMinVersion, true, DefaultRedirectHTTPSPort
+	if sec.HasKey("tls-min-version") {
+		fe.TLSMinVersion = value(sec, "tls-min-version")
+		if fe.TLSMinVersion != "1.2" && fe.TLSMinVersion != "1.3" {
+			p.errorf(sec.Name(), "tls-min-version", "%q is not 1.2 or 1.3", fe.TLSMinVersion)
+		}
+	}
+	p.boolean(sec, "http2", &fe.HTTP2)
+	p.boolean(sec, "redirect-https", &fe.RedirectHTTPS)
+	p.integer(sec, "redirect-https-port", 1, 65535, &fe.RedirectHTTPSPort)
+	if fe.RedirectHTTPS && fe.HTTPS {
+		p.errorf(sec.Name(), "redirect-https", "set on an https frontend: it would redirect to itself")
+	}
+	if !fe.HTTPS {
+		for _, k := range []string{"tls-min-version", "http2"} {
+			if sec.HasKey(k) {
+				p.errorf(sec.Name(), k, "set but https is not true")
+			}
+		}
+	}
 
 	if fe.Bind == "" {
 		p.errorf(sec.Name(), "bind", "missing: every frontend needs an address to listen on, as in bind = 0.0.0.0:9000")
 	} else if err := checkBind(fe.Bind); err != nil {
 		p.errorf(sec.Name(), "bind", "%q: %v", fe.Bind, err)
 	}
-	if len(fe.Backends) == 0 && len(fe.Hosts) == 0 {
+	if len(fe.Backends) == 0 && len(fe.Hosts) == 0 && !fe.RedirectHTTPS {
 		p.errorf(sec.Name(), "backends", "the frontend has neither backends nor hosts, so it could serve nothing")
 	}
 	p.backendRefs(sec, fe.Backends)
@@ -204,7 +230,10 @@ func (p *parser) frontend(sec *ini.Section) {
 	}
 	if fe.HTTPS {
 		p.tlsFiles(sec, fe.CertFile, fe.KeyFile)
-	} else {
+	} else if sec.HasKey("redirect-https-port") && !fe.RedirectHTTPS {
+		p.errorf(sec.Name(), "redirect-https-port", "set but redirect-https is not true")
+	}
+	if !fe.HTTPS {
 		for _, k := range []string{"certfile", "keyfile"} {
 			if sec.HasKey(k) {
 				p.errorf(sec.Name(), k, "set but https is not true")
@@ -221,7 +250,11 @@ func (p *parser) host(sec *ini.Section) {
 			p.errorf(sec.Name(), "", "host name %q is already listed by another [host] section", n)
 		}
 	}
-	h := Host{Names: names, Backends: fields(value(sec, "backends")), Balance: p.balance(sec)}
+	h := Host{Names: names, Backends: fields(value(sec, "backends")), Balance: p.balance(sec),
+		CertFile: value(sec, "certfile"), KeyFile: value(sec, "keyfile")}
+	if sec.HasKey("certfile") || sec.HasKey("keyfile") {
+		p.tlsFiles(sec, h.CertFile, h.KeyFile)
+	}
 	if len(h.Backends) == 0 {
 		p.errorf(sec.Name(), "backends", "missing: a host section needs at least one backend")
 	}
@@ -243,9 +276,15 @@ func (p *parser) backend(sec *ini.Section, name string) {
 		},
 	}
 	connect := value(sec, "connect")
+	defaultPort := "80"
+	if rest, ok := strings.CutPrefix(connect, "https://"); ok {
+		connect, b.TLS, defaultPort = strings.TrimSuffix(rest, "/"), true, "443"
+	} else if rest, ok := strings.CutPrefix(connect, "http://"); ok {
+		connect = strings.TrimSuffix(rest, "/")
+	}
 	if connect == "" {
 		p.errorf(sec.Name(), "connect", "missing: every backend needs an address, as in connect = 127.0.0.1:8000")
-	} else if addr, err := backendAddress(connect); err != nil {
+	} else if addr, err := backendAddress(connect, defaultPort); err != nil {
 		p.errorf(sec.Name(), "connect", "%q: %v", connect, err)
 	} else {
 		b.Address = addr
@@ -253,6 +292,24 @@ func (p *parser) backend(sec *ini.Section, name string) {
 	p.duration(sec, "connect-timeout", &b.ConnectTimeout)
 	p.duration(sec, "response-timeout", &b.ResponseTimeout)
 	p.integer(sec, "weight", 1, 1000, &b.Weight)
+	b.CAFile = value(sec, "ca-file")
+	b.TLSServerName = value(sec, "tls-server-name")
+	p.boolean(sec, "tls-skip-verify", &b.TLSSkipVerify)
+	for _, k := range []string{"ca-file", "tls-server-name", "tls-skip-verify"} {
+		if sec.HasKey(k) && !b.TLS {
+			p.errorf(sec.Name(), k, "set but connect is not https://")
+		}
+	}
+	if b.CAFile != "" {
+		if data, err := os.ReadFile(b.CAFile); err != nil {
+			p.errorf(sec.Name(), "ca-file", "cannot read %s: %v", b.CAFile, unwrapPathError(err))
+		} else if !x509.NewCertPool().AppendCertsFromPEM(data) {
+			p.errorf(sec.Name(), "ca-file", "%s holds no PEM certificate", b.CAFile)
+		}
+	}
+	if b.TLSSkipVerify {
+		p.warnf(sec.Name(), "tls-skip-verify", "the backend's certificate is not verified")
+	}
 
 	hc := &b.Health
 	switch check := value(sec, "health-check"); {
@@ -400,8 +457,17 @@ func (p *parser) tlsFiles(sec *ini.Section, certFile, keyFile string) {
 	if certPEM == nil || keyPEM == nil {
 		return
 	}
-	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
 		p.errorf(sec.Name(), "certfile", "%s with keyfile %s: %v", certFile, keyFile, err)
+		return
+	}
+	left := time.Until(pair.Leaf.NotAfter)
+	switch {
+	case left <= 0:
+		p.errorf(sec.Name(), "certfile", "%s expired on %s", certFile, pair.Leaf.NotAfter.UTC().Format(time.DateOnly))
+	case left < CertExpiryWarning:
+		p.warnf(sec.Name(), "certfile", "%s expires on %s, in %d days", certFile, pair.Leaf.NotAfter.UTC().Format(time.DateOnly), int(left.Hours()/24))
 	}
 }
 
@@ -446,23 +512,24 @@ func bindKeys(bind string) []string {
 }
 
 // backendAddress completes connect's value to host:port; a host alone means
-// port 80, as in drunken-hipster (which handed it to net/http).
-func backendAddress(s string) (string, error) {
+// defaultPort (80, as in drunken-hipster, which handed it to net/http; 443
+// for https).
+func backendAddress(s, defaultPort string) (string, error) {
 	if strings.Contains(s, "://") {
-		return "", fmt.Errorf("write host:port without a scheme")
+		return "", fmt.Errorf("write host:port, or https://host:port; no other scheme")
 	}
 	if ip := strings.Trim(s, "[]"); strings.Count(s, ":") > 1 && !strings.Contains(s, "]:") {
 		if net.ParseIP(ip) == nil {
 			return "", fmt.Errorf("not host:port")
 		}
-		return net.JoinHostPort(ip, "80"), nil
+		return net.JoinHostPort(ip, defaultPort), nil
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
 		if strings.Contains(s, ":") {
 			return "", fmt.Errorf("not host:port (%v)", err)
 		}
-		host, port = s, "80"
+		host, port = s, defaultPort
 	}
 	if host == "" {
 		return "", fmt.Errorf("no host")

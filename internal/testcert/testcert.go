@@ -16,11 +16,24 @@ import (
 	"time"
 )
 
+// Options describe a certificate.
+type Options struct {
+	Names    []string  // DNS names; the first is the common name
+	NotAfter time.Time // zero: a day from now
+}
+
 // Files writes a self-signed certificate for name (and for 127.0.0.1 and
 // ::1) and its key as PEM files in dir, and returns their paths.
 func Files(t testing.TB, dir, name string) (certFile, keyFile string) {
 	t.Helper()
-	certPEM, keyPEM := PEM(t, name)
+	return Make(t, dir, Options{Names: []string{name}})
+}
+
+// Make writes the self-signed certificate o describes (also valid for 127.0.0.1 and
+// ::1) and its key as cert.pem and key.pem in dir, and returns their paths.
+func Make(t testing.TB, dir string, o Options) (certFile, keyFile string) {
+	t.Helper()
+	certPEM, keyPEM := pemFor(t, o)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -34,21 +47,23 @@ func Files(t testing.TB, dir, name string) (certFile, keyFile string) {
 	return certFile, keyFile
 }
 
-// PEM returns a self-signed certificate for name, 127.0.0.1 and ::1, and
-// its key, PEM encoded.
-func PEM(t testing.TB, name string) (certPEM, keyPEM []byte) {
+func pemFor(t testing.TB, o Options) (certPEM, keyPEM []byte) {
 	t.Helper()
+	notAfter := o.NotAfter
+	if notAfter.IsZero() {
+		notAfter = time.Now().Add(24 * time.Hour)
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: name},
-		DNSNames:              []string{name},
+		Subject:               pkix.Name{CommonName: o.Names[0]},
+		DNSNames:              o.Names,
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotBefore:             time.Now().Add(-48 * time.Hour),
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
