@@ -61,11 +61,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if check {
+		for _, w := range cfg.Warnings {
+			fmt.Fprintf(stderr, "hipsterd: warning: %s\n", w)
+		}
 		fmt.Fprintln(stdout, "configuration OK")
 		return 0
 	}
 
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	warn(log, cfg)
 	srv := server.New(log)
 	// Signals are caught before binding, so a TERM during start is not lost.
 	sigs := make(chan os.Signal, 4)
@@ -119,8 +123,15 @@ func reload(log *slog.Logger, srv *server.Server, path string) *config.Config {
 		}
 		return nil
 	}
+	warn(log, cfg)
 	log.Info("reloaded", "config", path)
 	return cfg
+}
+
+func warn(log *slog.Logger, cfg *config.Config) {
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
 }
 
 func notify(log *slog.Logger, state string) {

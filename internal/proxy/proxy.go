@@ -5,7 +5,9 @@ package proxy
 
 import (
 	"log/slog"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/hipsterd/hipsterd/internal/router"
@@ -66,4 +68,27 @@ func hasToken(values []string, token string) bool {
 		}
 	}
 	return false
+}
+
+// RedirectHTTPS answers every request with a 308 to the same URL on https,
+// at the request's host and the given port.
+func RedirectHTTPS(port int) http.Handler {
+	suffix := ""
+	if port != 443 {
+		suffix = ":" + strconv.Itoa(port)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+			if strings.Contains(host, ":") {
+				host = "[" + host + "]"
+			}
+		}
+		if host == "" {
+			http.Error(w, "missing Host header", http.StatusBadRequest)
+			return
+		}
+		http.Redirect(w, r, "https://"+host+suffix+r.URL.RequestURI(), http.StatusPermanentRedirect)
+	})
 }

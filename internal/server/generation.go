@@ -115,6 +115,9 @@ func (s *Server) newHandler(cfg *config.Config, fc config.Frontend, backends map
 		Tunnels:          &s.tunnels,
 		Log:              log,
 	}
+	if fc.RedirectHTTPS {
+		h = proxy.RedirectHTTPS(fc.RedirectHTTPSPort)
+	}
 	if lf != nil {
 		h = accesslog.NewLogger(fc.Name, lf).Handler(h)
 	}

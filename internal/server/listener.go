@@ -89,7 +89,7 @@ func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // sameServer reports whether a and b can share one http.Server.
 func sameServer(a, b config.Frontend) bool {
-	return a.HTTPS == b.HTTPS && a.ReadHeaderTimeout == b.ReadHeaderTimeout && a.IdleTimeout == b.IdleTimeout
+	return a.HTTPS == b.HTTPS && a.HTTP2 == b.HTTP2 && a.ReadHeaderTimeout == b.ReadHeaderTimeout && a.IdleTimeout == b.IdleTimeout
 }
 
 // startServer starts a new http.Server for cfg on the listener's socket.
@@ -104,8 +104,6 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		// Per-connection noise (TLS handshake failures from scanners, bad
 		// requests) stays out of the log unless debugging.
 		ErrorLog: slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
-		// HTTP/2 is not offered: drunken-hipster spoke HTTP/1.1 only.
-		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ConnState: func(_ net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:
@@ -114,6 +112,10 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 				conns.Add(-1)
 			}
 		},
+	}
+	if !cfg.HTTPS || !cfg.HTTP2 {
+		// A non-nil map keeps net/http from setting up HTTP/2.
+		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
 	l.view = &acceptView{sock: l.sock}
 	l.served = make(chan struct{})
@@ -174,15 +176,68 @@ func (v *acceptView) Close() error {
 
 func (v *acceptView) Addr() net.Addr { return v.sock.Addr() }
 
-// loadTLS reads the certificate of an https frontend.
-func loadTLS(fc config.Frontend) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(fc.CertFile, fc.KeyFile)
+// loadTLS reads the certificates of an https frontend: its own, the
+// default, and those of the [host] sections it lists, served by SNI.
+func loadTLS(cfg *config.Config, fc config.Frontend) (*tls.Config, error) {
+	load := func(section, certFile, keyFile string) (*tls.Certificate, error) {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s: certfile %s, keyfile %s: %w", section, certFile, keyFile, err)
+		}
+		return &cert, nil
+	}
+	def, err := load("frontend "+fc.Name, fc.CertFile, fc.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("frontend %s: certfile %s, keyfile %s: %w", fc.Name, fc.CertFile, fc.KeyFile, err)
+		return nil, err
+	}
+	byName := map[string]*tls.Certificate{}
+	for _, name := range fc.Hosts {
+		hc := cfg.HostFor(name)
+		if hc.CertFile == "" {
+			continue
+		}
+		cert, err := load("host "+strings.Join(hc.Names, " "), hc.CertFile, hc.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		// SNI carries no port: "example.com:8443" serves example.com.
+		if h, _, err := net.SplitHostPort(name); err == nil {
+			name = h
+		}
+		byName[name] = cert
+	}
+	minVersion := uint16(tls.VersionTLS12)
+	if fc.TLSMinVersion == "1.3" {
+		minVersion = tls.VersionTLS13
+	}
+	protos := []string{"http/1.1"}
+	if fc.HTTP2 {
+		protos = []string{"h2", "http/1.1"}
 	}
 	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{"http/1.1"},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return pickCertificate(byName, def, hello.ServerName), nil
+		},
+		MinVersion: minVersion,
+		NextProtos: protos,
 	}, nil
+}
+
+// pickCertificate returns the certificate for an SNI name: an exact match,
+// else a wildcard for its first label ("*.example.com" for a.example.com),
+// else the frontend's own.
+func pickCertificate(byName map[string]*tls.Certificate, def *tls.Certificate, sni string) *tls.Certificate {
+	if len(byName) == 0 || sni == "" {
+		return def
+	}
+	sni = strings.ToLower(strings.TrimSuffix(sni, "."))
+	if c := byName[sni]; c != nil {
+		return c
+	}
+	if _, rest, ok := strings.Cut(sni, "."); ok {
+		if c := byName["*."+rest]; c != nil {
+			return c
+		}
+	}
+	return def
 }

@@ -84,7 +84,7 @@ func (s *Server) apply(cfg *config.Config) error {
 	tlsConfs := map[string]*tls.Config{}
 	for _, fc := range cfg.Frontends {
 		if fc.HTTPS {
-			tc, err := loadTLS(fc)
+			tc, err := loadTLS(cfg, fc)
 			if err != nil {
 				return err
 			}

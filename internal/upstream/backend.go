@@ -6,12 +6,15 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -28,12 +31,15 @@ const tcpKeepAlive = 30 * time.Second
 type Backend struct {
 	Name string
 	Addr string // host:port
+	// Scheme is "https" for a TLS backend, else "http".
+	Scheme string
 	// ResponseTimeout bounds the wait for the response header; 0: none.
 	ResponseTimeout time.Duration
 
 	cfg       config.Backend
 	dialer    *net.Dialer
 	transport *http.Transport
+	tls       *tls.Config // nil for plain backends
 	health    *Health
 	inflight  atomic.Int64 // requests and tunnels, for leastconn
 	log       *slog.Logger
@@ -47,6 +53,7 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 	b := &Backend{
 		Name:            c.Name,
 		Addr:            c.Address,
+		Scheme:          "http",
 		ResponseTimeout: c.ResponseTimeout,
 		cfg:             c,
 		dialer:          &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: tcpKeepAlive},
@@ -65,9 +72,53 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 		// No Proxy: HTTP_PROXY in the environment must not divert traffic.
 		ExpectContinueTimeout: time.Second,
 	}
+	if c.TLS {
+		b.Scheme = "https"
+		b.tls = clientTLS(c, b.log)
+		b.transport.TLSClientConfig = b.tls
+	}
 	hc := c.Health
 	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
 	return b
+}
+
+// clientTLS is the TLS configuration for talking to backend c. A CA file
+// that cannot be read now (it could at validation) leaves an empty pool:
+// every connect then fails verification, with a 502, and the error is logged.
+func clientTLS(c config.Backend, log *slog.Logger) *tls.Config {
+	conf := &tls.Config{
+		ServerName:         c.TLSServerName,
+		InsecureSkipVerify: c.TLSSkipVerify,
+		MinVersion:         tls.VersionTLS12,
+	}
+	if conf.ServerName == "" {
+		conf.ServerName, _, _ = net.SplitHostPort(c.Address)
+	}
+	if c.CAFile != "" {
+		conf.RootCAs = x509.NewCertPool()
+		data, err := os.ReadFile(c.CAFile)
+		if err == nil && !conf.RootCAs.AppendCertsFromPEM(data) {
+			err = errors.New("no PEM certificate in it")
+		}
+		if err != nil {
+			log.Error("reading ca-file", "path", c.CAFile, "err", err)
+		}
+	}
+	return conf
+}
+
+// dial connects to the backend, with TLS for a TLS backend.
+func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
+	c, err := b.dialer.DialContext(ctx, "tcp", b.Addr)
+	if err != nil || b.tls == nil {
+		return c, err
+	}
+	tc := tls.Client(c, b.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("TLS handshake with %s: %w", b.Addr, err)
+	}
+	return tc, nil
 }
 
 // Config is the section the backend was built from.
@@ -122,6 +173,7 @@ func (b *Backend) checkLoop(stop <-chan struct{}) {
 		Transport: &http.Transport{
 			DialContext:       b.dialer.DialContext,
 			DisableKeepAlives: true,
+			TLSClientConfig:   b.tls,
 		},
 		Timeout: hc.Timeout,
 		// A redirect is an answer, and 3xx passes.
@@ -155,7 +207,7 @@ func (b *Backend) check(client *http.Client) error {
 		}
 		return c.Close()
 	}
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+b.Addr+hc.Path, nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", b.Scheme+"://"+b.Addr+hc.Path, nil)
 	if err != nil {
 		return fmt.Errorf("GET %s: %w", hc.Path, err)
 	}

@@ -204,7 +204,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 			break
 		}
 		tried.add(b)
-		req.URL.Host = b.Addr
+		req.URL.Scheme, req.URL.Host = b.Scheme, b.Addr
 		b.inflight.Add(1)
 		resp, err := b.transport.RoundTrip(req)
 		if err == nil {
@@ -249,7 +249,7 @@ func (p *Pool) Dial(ctx context.Context, r *http.Request) (net.Conn, *Backend, e
 			break
 		}
 		tried.add(b)
-		c, err := b.dialer.DialContext(ctx, "tcp", b.Addr)
+		c, err := b.dial(ctx)
 		if err == nil {
 			b.inflight.Add(1)
 			return c, b, nil
@@ -258,7 +258,9 @@ func (p *Pool) Dial(ctx context.Context, r *http.Request) (net.Conn, *Backend, e
 		if ctx.Err() != nil {
 			break
 		}
-		b.health.Failed(err.Error())
+		if isDial(err) {
+			b.health.Failed(err.Error())
+		}
 	}
 	if lastErr == nil {
 		return nil, nil, ErrNoBackend
@@ -291,7 +293,7 @@ func (r *releaseBody) Close() error {
 var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
-	pr.Out.URL.Scheme = "http"
+	// RoundTrip sets the scheme and host of the backend it picks.
 	// ReverseProxy drops query parameters it cannot parse; the backend gets
 	// the query exactly as the client sent it.
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
