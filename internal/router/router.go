@@ -24,7 +24,8 @@ func New(hosts map[string]*upstream.Pool, fallback *upstream.Pool) *Router {
 // neither a host section nor the frontend's own backends apply.
 //
 // The exact name (which may carry a port, as in drunken-hipster's
-// "localhost:9000") wins; then the name without its port; then the fallback.
+// "localhost:9000") wins; then the name without its port; then a wildcard
+// name for its first label; then the fallback.
 func (rt *Router) Route(host string) *upstream.Pool {
 	if len(rt.hosts) == 0 {
 		return rt.fallback
@@ -36,12 +37,20 @@ func (rt *Router) Route(host string) *upstream.Pool {
 	if p, ok := rt.hosts[lower]; ok {
 		return p
 	}
-	if name, _, err := net.SplitHostPort(lower); err == nil {
+	name := lower
+	if n, _, err := net.SplitHostPort(lower); err == nil {
+		name = n
 		if p, ok := rt.hosts[name]; ok {
 			return p
 		}
 		// An IPv6 literal is listed with its brackets.
 		if p, ok := rt.hosts["["+name+"]"]; ok {
+			return p
+		}
+	}
+	// A wildcard name matches one label: *.example.com matches a.example.com.
+	if _, rest, ok := strings.Cut(name, "."); ok {
+		if p, ok := rt.hosts["*."+rest]; ok {
 			return p
 		}
 	}

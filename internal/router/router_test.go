@@ -16,11 +16,13 @@ func pool(name string) *upstream.Pool {
 
 func TestRoute(t *testing.T) {
 	t.Parallel()
-	exact, bare, v6, fallback := pool("exact"), pool("bare"), pool("v6"), pool("fallback")
+	exact, bare, v6, wild, fallback := pool("exact"), pool("bare"), pool("v6"), pool("wild"), pool("fallback")
 	rt := New(map[string]*upstream.Pool{
-		"localhost:9000": exact,
-		"example.com":    bare,
-		"[::1]":          v6,
+		"localhost:9000":  exact,
+		"example.com":     bare,
+		"[::1]":           v6,
+		"*.apps.test":     wild,
+		"www.example.com": bare,
 	}, fallback)
 	tests := []struct {
 		host string
@@ -34,6 +36,10 @@ func TestRoute(t *testing.T) {
 		{"EXAMPLE.com:8080", bare},
 		{"[::1]:9000", v6},
 		{"other.org", fallback},
+		{"a.apps.test", wild},
+		{"B.apps.test:8080", wild},
+		{"a.b.apps.test", fallback},
+		{"apps.test", fallback},
 		{"", fallback},
 	}
 	for _, tc := range tests {
