@@ -263,6 +263,17 @@ func TestReloadRereadsCertificate(t *testing.T) {
 	if got := serial(); got == first {
 		t.Error("the certificate was not re-read on reload")
 	}
+	// A broken certificate fails the reload; the one loaded keeps serving.
+	second := serial()
+	if err := os.WriteFile(newCert, []byte("not a certificate"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.reload(t, path, text, "reload failed", 1)
+	if got := serial(); got != second {
+		t.Error("a failed reload changed the certificate")
+	}
+	testcert.Files(t, dir, "localhost")
+	p.reload(t, path, text, "msg=reloaded", 2)
 	data, _ := os.ReadFile(newCert)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(data)
