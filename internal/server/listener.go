@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -101,9 +102,7 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		Handler:           l,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
-		// Per-connection noise (TLS handshake failures from scanners, bad
-		// requests) stays out of the log unless debugging.
-		ErrorLog: slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+		ErrorLog:          log.New(serverLog{l.log}, "", 0),
 		ConnState: func(_ net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:
@@ -240,4 +239,19 @@ func pickCertificate(byName map[string]*tls.Certificate, def *tls.Certificate, s
 		}
 	}
 	return def
+}
+
+// serverLog sorts net/http's server messages: failing to accept (out of file
+// descriptors, say) is an error; per-connection noise (TLS handshakes of
+// scanners, malformed requests) is for debugging only.
+type serverLog struct{ log *slog.Logger }
+
+func (s serverLog) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	if strings.HasPrefix(msg, "http: Accept error") {
+		s.log.Error(msg)
+	} else {
+		s.log.Debug(msg)
+	}
+	return len(p), nil
 }

@@ -4,7 +4,6 @@
 package tunnel
 
 import (
-	"io"
 	"net"
 	"sync"
 	"time"
@@ -75,7 +74,7 @@ func copyHalf(done chan<- int64, t *tunnel, dst, src net.Conn, linger time.Durat
 // pipe copies src to dst. When src ends cleanly it passes the half-close on
 // to dst and gives dst linger to finish the other direction.
 func pipe(t *tunnel, dst, src net.Conn, linger time.Duration) int64 {
-	n, err := io.Copy(dst, src)
+	n, err := copyStream(dst, src)
 	if err != nil {
 		t.close()
 		return n

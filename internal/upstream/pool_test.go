@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"strings"
 	"sync"
 	"testing"
@@ -289,3 +290,15 @@ func benchmarkPick(b *testing.B, balance config.Balance) {
 func BenchmarkPickRoundRobin1000(b *testing.B) { benchmarkPick(b, config.RoundRobin) }
 func BenchmarkPickLeastConn1000(b *testing.B)  { benchmarkPick(b, config.LeastConn) }
 func BenchmarkPickSource1000(b *testing.B)     { benchmarkPick(b, config.Source) }
+
+func BenchmarkRewrite(b *testing.B) {
+	p := NewPool([]*Backend{newBackend("a", "a:80", 1)}, config.RoundRobin, true, discard)
+	in := httptest.NewRequest("GET", "/path?q=1", nil)
+	in.Header.Set("X-Forwarded-For", "10.0.0.1")
+	in.Header.Set("Accept", "*/*")
+	b.ReportAllocs()
+	for b.Loop() {
+		out := in.Clone(in.Context())
+		p.rewrite(&httputil.ProxyRequest{In: in, Out: out})
+	}
+}
