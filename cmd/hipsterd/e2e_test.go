@@ -138,6 +138,21 @@ func launch(t *testing.T, config string, env ...string) *proc {
 	return p
 }
 
+// wsEcho is a WebSocket backend's handler: it echoes every message.
+func wsEcho(w http.ResponseWriter, r *http.Request) {
+	c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	for {
+		typ, msg, err := c.ReadMessage()
+		if err != nil || c.WriteMessage(typ, msg) != nil {
+			return
+		}
+	}
+}
+
 // startHipsterd starts the binary on config and waits until addr accepts.
 func startHipsterd(t *testing.T, config, addr string) *proc {
 	t.Helper()
@@ -282,28 +297,7 @@ func TestProxyEndToEnd(t *testing.T) {
 	a, b, h := backend(t, "a", slowStarted), backend(t, "b", slowStarted), backend(t, "h", nil)
 	plain, secure := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
 
-	var echoMu sync.Mutex
-	up := websocket.Upgrader{}
-	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		for {
-			typ, msg, err := c.ReadMessage()
-			if err != nil {
-				return
-			}
-			echoMu.Lock()
-			err = c.WriteMessage(typ, msg)
-			echoMu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}))
-	t.Cleanup(echo.Close)
+	echo := newServer(t, wsEcho)
 
 	cfg := writeConfig(t, fmt.Sprintf(`
 [global]
@@ -337,7 +331,7 @@ connect = %s
 connect = %s
 [backend echo]
 connect = %s
-`, logPath, plain, port(plain), secure, cert, key, port(plain), a, b, h, echo.Listener.Addr()))
+`, logPath, plain, port(plain), secure, cert, key, port(plain), a, b, h, echo))
 	p := startHipsterd(t, cfg, plain)
 
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"}}}

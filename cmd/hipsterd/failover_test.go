@@ -51,16 +51,7 @@ func tally(t *testing.T, client *http.Client, url string, n int, header http.Hea
 func TestDeadBackendIsRetried(t *testing.T) {
 	t.Parallel()
 	a := backend(t, "a", nil)
-	up := websocket.Upgrader{}
-	echo := newServer(t, func(w http.ResponseWriter, r *http.Request) {
-		c, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		typ, msg, _ := c.ReadMessage()
-		c.WriteMessage(typ, msg)
-	})
+	echo := newServer(t, wsEcho)
 	front, ws := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
 	cfg := writeConfig(t, fmt.Sprintf(`
 [frontend f]

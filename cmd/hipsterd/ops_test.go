@@ -175,20 +175,7 @@ func TestReloadInvalidKeepsRunning(t *testing.T) {
 func TestReloadFrontendsAndTunnels(t *testing.T) {
 	t.Parallel()
 	a, b := backend(t, "a", nil), backend(t, "b", nil)
-	up := websocket.Upgrader{}
-	echo := newServer(t, func(w http.ResponseWriter, r *http.Request) {
-		c, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		for {
-			typ, msg, err := c.ReadMessage()
-			if err != nil || c.WriteMessage(typ, msg) != nil {
-				return
-			}
-		}
-	})
+	echo := newServer(t, wsEcho)
 	one, two := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
 	backends := fmt.Sprintf("[backend a]\nconnect = %s\n[backend b]\nconnect = %s\n[backend echo]\nconnect = %s\n", a, b, echo)
 	path := writeConfig(t, fmt.Sprintf("[frontend one]\nbind = %s\nbackends = echo\nhosts = plain\n[host plain]\nbackends = a\n", one)+backends)

@@ -165,19 +165,12 @@ func tlsBackend(t *testing.T) (addr, certFile string) {
 	t.Helper()
 	dir := t.TempDir()
 	certFile, keyFile := testcert.Files(t, dir, "backend.test")
-	up := websocket.Upgrader{}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/ws" {
-			fmt.Fprintf(w, "tls backend %v", r.TLS != nil)
+		if r.URL.Path == "/ws" {
+			wsEcho(w, r)
 			return
 		}
-		c, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		typ, msg, _ := c.ReadMessage()
-		c.WriteMessage(typ, msg)
+		fmt.Fprintf(w, "tls backend %v", r.TLS != nil)
 	}))
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
