@@ -55,9 +55,6 @@ func openFile(path string) (*os.File, error) {
 	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 }
 
-// Path is the file's name as configured.
-func (lf *File) Path() string { return lf.path }
-
 func (lf *File) flushLoop() {
 	defer close(lf.done)
 	t := time.NewTicker(FlushInterval)

@@ -127,9 +127,6 @@ func (b *Backend) Config() config.Backend { return b.cfg }
 // Up reports whether the backend may be sent traffic.
 func (b *Backend) Up() bool { return b.health.Up() }
 
-// Health is the backend's up/down state.
-func (b *Backend) Health() *Health { return b.health }
-
 // InFlight is the number of requests and tunnels the backend serves now.
 func (b *Backend) InFlight() int64 { return b.inflight.Load() }
 

@@ -72,9 +72,6 @@ func NewPool(list []*Backend, balance config.Balance, xff bool, log *slog.Logger
 	return p
 }
 
-// Backends returns the pool's entries, repeats included, in rotation order.
-func (p *Pool) Backends() []*Backend { return p.entries }
-
 // ServeHTTP forwards r to a backend of the pool.
 func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.proxy.ServeHTTP(w, r)
