@@ -98,8 +98,10 @@ func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 		r.Splice(proxyA2, proxyB2)
 		close(done2)
 	}()
-	for r.Len() == 0 {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); r.Len() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the tunnel never registered")
+		}
 	}
 	r.CloseAll()
 	select {
