@@ -38,8 +38,9 @@ type Backend struct {
 
 	cfg       config.Backend
 	dialer    *net.Dialer
-	transport *http.Transport
-	tls       *tls.Config // nil for plain backends
+	transport *http.Transport // requests with a body
+	h1        *h1Transport    // requests without
+	tls       *tls.Config     // nil for plain backends
 	health    *Health
 	inflight  atomic.Int64 // requests and tunnels, for leastconn
 	log       *slog.Logger
@@ -77,6 +78,7 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 		b.tls = clientTLS(c, b.log)
 		b.transport.TLSClientConfig = b.tls
 	}
+	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout}
 	hc := c.Health
 	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
 	return b
@@ -141,6 +143,7 @@ func (b *Backend) KeepStateOf(old *Backend) { b.health.inherit(old.health) }
 func (b *Backend) Close() {
 	b.StopChecks()
 	b.transport.CloseIdleConnections()
+	b.h1.close()
 }
 
 // StartChecks starts the active health checks, if the section asks for

@@ -192,6 +192,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		// connect the body is unread and must survive for the next try.
 		req.Body = noCloseBody{body}
 	}
+	fast := canFastPath(req)
 	idempotent := !hasBody && (req.Method == "GET" || req.Method == "HEAD" || req.Method == "OPTIONS")
 	var tried triedBackends
 	var lastErr error
@@ -203,7 +204,11 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		tried.add(b)
 		req.URL.Scheme, req.URL.Host = b.Scheme, b.Addr
 		b.inflight.Add(1)
-		resp, err := b.transport.RoundTrip(req)
+		var rt http.RoundTripper = b.transport
+		if fast {
+			rt = b.h1
+		}
+		resp, err := rt.RoundTrip(req)
 		if err == nil {
 			b.health.Passed(false)
 			resp.Body = &releaseBody{ReadCloser: resp.Body, b: b}

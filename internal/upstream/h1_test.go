@@ -1,0 +1,196 @@
+package upstream
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hipsterd/hipsterd/internal/config"
+)
+
+// frontOf serves a one-backend pool in front of handler and counts the
+// backend connections it accepts.
+func frontOf(t *testing.T, handler http.HandlerFunc) (front *httptest.Server, backend *httptest.Server, conns *atomic.Int64) {
+	t.Helper()
+	conns = new(atomic.Int64)
+	backend = httptest.NewUnstartedServer(handler)
+	backend.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	backend.Start()
+	t.Cleanup(backend.Close)
+	p := NewPool([]*Backend{newBackend("b", backend.Listener.Addr().String(), 1)}, config.RoundRobin, false, discard)
+	front = httptest.NewServer(p)
+	t.Cleanup(front.Close)
+	return front, backend, conns
+}
+
+func do(t *testing.T, method, url string, hdr http.Header) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(body)
+}
+
+func TestH1ReusesAndForwards(t *testing.T) {
+	t.Parallel()
+	front, _, conns := frontOf(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Got", r.Method+" "+r.RequestURI+" ua="+r.UserAgent()+" cl="+r.Header.Get("Content-Length")+" a="+r.Header.Get("X-A"))
+		if r.URL.Path == "/chunked" {
+			w.Header().Set("Trailer", "X-T")
+			io.WriteString(w, "part1")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "part2")
+			w.Header().Set("X-T", "end")
+			return
+		}
+		io.WriteString(w, "hello")
+	})
+	for i := 0; i < 5; i++ {
+		resp, body := do(t, "GET", front.URL+"/p%20q?x=1&y", http.Header{"X-A": {"1"}})
+		if resp.StatusCode != 200 || body != "hello" {
+			t.Fatalf("GET: %d %q", resp.StatusCode, body)
+		}
+		if got := resp.Header.Get("X-Got"); got != "GET /p%20q?x=1&y ua=Go-http-client/1.1 cl= a=1" {
+			t.Fatalf("backend saw %q", got)
+		}
+	}
+	resp, body := do(t, "HEAD", front.URL+"/", nil)
+	if resp.StatusCode != 200 || body != "" || resp.ContentLength != 5 {
+		t.Errorf("HEAD: %d %q length %d", resp.StatusCode, body, resp.ContentLength)
+	}
+	resp, _ = do(t, "DELETE", front.URL+"/x", nil)
+	if got := resp.Header.Get("X-Got"); got != "DELETE /x ua=Go-http-client/1.1 cl=0 a=" {
+		t.Errorf("DELETE: backend saw %q", got)
+	}
+	resp, body = do(t, "GET", front.URL+"/chunked", nil)
+	if body != "part1part2" || resp.Trailer.Get("X-T") != "end" {
+		t.Errorf("chunked: %q, trailer %q", body, resp.Trailer)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d backend connections for sequential requests, want 1", n)
+	}
+
+	// No User-Agent from the client: none to the backend either.
+	c, err := net.Dial("tcp", front.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /raw HTTP/1.1\r\nHost: example.com\r\n\r\n")
+	raw, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := raw.Header.Get("X-Got"); got != "GET /raw ua= cl= a=" {
+		t.Errorf("no User-Agent: backend saw %q", got)
+	}
+}
+
+func TestH1RetriesStaleConnection(t *testing.T) {
+	t.Parallel()
+	// A backend that answers one request per connection as if it kept the
+	// connection alive, then closes it: a keep-alive timeout that strikes
+	// while the connection sits idle in the pool.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+			c.Close()
+		}
+	}()
+	b := newBackend("b", ln.Addr().String(), 1)
+	front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
+	t.Cleanup(front.Close)
+	for i := 0; i < 3; i++ {
+		if resp, body := do(t, "GET", front.URL, nil); resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+		waitFor(t, "the connection back in the pool", func() bool {
+			b.h1.mu.Lock()
+			defer b.h1.mu.Unlock()
+			return len(b.h1.idle) == 1
+		})
+	}
+	if n := accepted.Load(); n != 3 {
+		t.Errorf("%d backend connections, want 3", n)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestH1ConnectionCloseAndInterim(t *testing.T) {
+	t.Parallel()
+	front, _, conns := frontOf(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/close" {
+			w.Header().Set("Connection", "close")
+		}
+		if r.URL.Path == "/hints" {
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+		io.WriteString(w, r.URL.Path)
+	})
+	for _, path := range []string{"/close", "/close", "/hints", "/hints"} {
+		if resp, body := do(t, "GET", front.URL+path, nil); resp.StatusCode != 200 || body != path {
+			t.Fatalf("%s: %d %q", path, resp.StatusCode, body)
+		}
+	}
+	// Each Connection: close costs a connection; the last is kept.
+	if n := conns.Load(); n != 3 {
+		t.Errorf("%d backend connections, want 3", n)
+	}
+}
+
+func TestWriteRequest(t *testing.T) {
+	req := httptest.NewRequest("OPTIONS", "http://example.com/a?b", nil)
+	req.Header = http.Header{"X-Evil": {"a\r\nInjected: 1"}, "User-Agent": {""}}
+	var sb strings.Builder
+	w := bufio.NewWriter(&sb)
+	writeRequest(w, req)
+	w.Flush()
+	want := "OPTIONS /a?b HTTP/1.1\r\nHost: example.com\r\nX-Evil: a  Injected: 1\r\nContent-Length: 0\r\n\r\n"
+	if sb.String() != want {
+		t.Errorf("got %q, want %q", sb.String(), want)
+	}
+}
