@@ -125,47 +125,63 @@ var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b 
 // Handler wraps next so that every request it serves is logged.
 func (l *Logger) Handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rw := &ResponseWriter{ResponseWriter: w}
+		rw := &ResponseWriter{ResponseWriter: w, l: l, r: r}
 		// Deferred, so that a handler that aborts with a panic (as
 		// ReverseProxy does when a response body breaks) is logged too.
-		defer l.log(rw, r)
+		defer rw.log()
 		next.ServeHTTP(rw, r)
 	})
 }
 
-func (l *Logger) log(rw *ResponseWriter, r *http.Request) {
+func (rw *ResponseWriter) log() {
+	if rw.detached {
+		return
+	}
 	status := rw.status
 	if status == 0 {
-		if r.Context().Err() != nil {
+		if rw.r.Context().Err() != nil {
 			status = StatusClientGone
 		} else {
 			status = http.StatusOK
 		}
 	}
+	rw.l.write(requestOf(rw.r), status, rw.bytes)
+}
+
+func (l *Logger) write(req request, status int, n int64) {
 	bp := linePool.Get().(*[]byte)
-	b := appendLine((*bp)[:0], l.prefix, time.Now(), r, status, rw.bytes)
+	b := appendLine((*bp)[:0], l.prefix, time.Now(), &req, status, n)
 	l.file.write(b)
 	*bp = b
 	linePool.Put(bp)
 }
 
-func appendLine(b []byte, prefix string, now time.Time, r *http.Request, status int, n int64) []byte {
+// request is what a line tells of a request.
+type request struct {
+	remoteAddr, host, method, uri, proto string
+}
+
+func requestOf(r *http.Request) request {
+	return request{r.RemoteAddr, r.Host, r.Method, r.RequestURI, r.Proto}
+}
+
+func appendLine(b []byte, prefix string, now time.Time, r *request, status int, n int64) []byte {
 	b = append(b, prefix...)
 	b = now.AppendFormat(b, "2006/01/02 15:04:05.000000")
 	b = append(b, ' ')
-	b = append(b, r.RemoteAddr...)
+	b = append(b, r.remoteAddr...)
 	b = append(b, ' ')
-	if r.Host == "" {
+	if r.host == "" {
 		b = append(b, '-')
 	} else {
-		b = append(b, r.Host...)
+		b = append(b, r.host...)
 	}
 	b = append(b, " \""...)
-	b = append(b, r.Method...)
+	b = append(b, r.method...)
 	b = append(b, ' ')
-	b = append(b, r.RequestURI...)
+	b = append(b, r.uri...)
 	b = append(b, ' ')
-	b = append(b, r.Proto...)
+	b = append(b, r.proto...)
 	b = append(b, "\" "...)
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, ' ')
@@ -178,8 +194,11 @@ func appendLine(b []byte, prefix string, now time.Time, r *http.Request, status 
 // http.ResponseController.
 type ResponseWriter struct {
 	http.ResponseWriter
-	status int
-	bytes  int64
+	status   int
+	bytes    int64
+	l        *Logger
+	r        *http.Request
+	detached bool
 }
 
 func (rw *ResponseWriter) WriteHeader(code int) {
@@ -202,9 +221,11 @@ func (rw *ResponseWriter) Write(p []byte) (int, error) {
 // Unwrap returns the wrapped writer, for http.ResponseController.
 func (rw *ResponseWriter) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
 
-// RecordTunnel records the outcome of a hijacked connection: the status sent
-// on it and the bytes sent to the client.
-func (rw *ResponseWriter) RecordTunnel(status int, bytesToClient int64) {
-	rw.status = status
-	rw.bytes = bytesToClient
+// Detach leaves the line of a request whose hijacked connection outlives
+// its handler to the function it returns, called when the connection has
+// closed with the status sent on it and the bytes sent to the client.
+func (rw *ResponseWriter) Detach() func(status int, bytesToClient int64) {
+	rw.detached = true
+	l, req := rw.l, requestOf(rw.r)
+	return func(status int, n int64) { l.write(req, status, n) }
 }

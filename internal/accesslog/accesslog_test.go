@@ -19,13 +19,14 @@ func TestLineFormat(t *testing.T) {
 	r.RemoteAddr = "192.0.2.1:1234"
 	r.Host = "example.com"
 	now := time.Date(2012, 11, 3, 14, 5, 6, 789012000, time.Local)
-	got := string(appendLine(nil, "frontend:web ", now, r, 200, 42))
+	req := requestOf(r)
+	got := string(appendLine(nil, "frontend:web ", now, &req, 200, 42))
 	want := "frontend:web 2012/11/03 14:05:06.789012 192.0.2.1:1234 example.com \"GET /a?b=c HTTP/1.1\" 200 42\n"
 	if got != want {
 		t.Errorf("line\n%q, want\n%q", got, want)
 	}
-	r.Host = ""
-	if got := string(appendLine(nil, "p ", now, r, 499, 0)); !strings.Contains(got, "192.0.2.1:1234 - \"GET") {
+	req.host = ""
+	if got := string(appendLine(nil, "p ", now, &req, 499, 0)); !strings.Contains(got, "192.0.2.1:1234 - \"GET") {
 		t.Errorf("empty host: %q", got)
 	}
 }
@@ -124,9 +125,9 @@ func BenchmarkLogLine(b *testing.B) {
 	defer f.Close()
 	l := NewLogger("bench", f)
 	r := httptest.NewRequest("GET", "/small", nil)
-	rw := &ResponseWriter{status: 200, bytes: 100}
+	rw := &ResponseWriter{status: 200, bytes: 100, l: l, r: r}
 	b.ReportAllocs()
 	for b.Loop() {
-		l.log(rw, r)
+		rw.log()
 	}
 }

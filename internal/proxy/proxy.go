@@ -24,8 +24,13 @@ type Handler struct {
 	// AddXForwardedFor appends the client IP to X-Forwarded-For on
 	// WebSocket upgrades (the pools do it for HTTP requests).
 	AddXForwardedFor bool
-	// Tunnels records open WebSocket tunnels, for shutdown. Required.
+	// Tunnels runs WebSocket tunnels and records them, for shutdown.
+	// Required.
 	Tunnels *tunnel.Registry
+	// Hold, if set, is called when a tunnel outlives its request, and the
+	// function it returns when the tunnel has closed (the server keeps the
+	// configuration the tunnel started on alive in between).
+	Hold func() (release func())
 	Log     *slog.Logger
 }
 

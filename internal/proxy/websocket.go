@@ -13,15 +13,18 @@ import (
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
-// TunnelRecorder is implemented by response writers that want to know what
-// became of a hijacked connection (the access log's writer does).
-type TunnelRecorder interface {
-	RecordTunnel(status int, bytesToClient int64)
+// Detacher is implemented by response writers that log or count a request
+// when its handler returns (the access log's). A WebSocket handler returns
+// once its tunnel is running; Detach tells the writer so, and returns what
+// to call, with the status sent and the bytes sent to the client, when the
+// tunnel has closed.
+type Detacher interface {
+	Detach() (end func(status int, bytesToClient int64))
 }
 
 // serveWebSocket dials the backend, forwards the upgrade request and, if the
-// backend switches protocols, hijacks the client connection and splices the
-// two. Until the backend has agreed, the client is answered through w, so a
+// backend switches protocols, hijacks the client connection and hands the
+// two connections to a tunnel, which outlives the handler. Until the backend has agreed, the client is answered through w, so a
 // failure is an ordinary 502/504 and a refusal passes through as it is.
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
 	bconn, b, err := pool.Dial(r.Context(), r)
@@ -29,10 +32,10 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 		h.fail(w, r, err)
 		return
 	}
-	defer b.Release()
 	hijacked := false
 	defer func() {
 		if !hijacked {
+			b.Release()
 			bconn.Close()
 		}
 	}()
@@ -74,9 +77,30 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 	// Deadlines net/http set while reading the request must not end the tunnel.
 	conn.SetDeadline(time.Time{})
 
+	// From here the tunnel outlives this handler: whoever logs or counts
+	// the request hears of it when the tunnel closes.
+	var logEnd func(int, int64)
+	if d, ok := w.(Detacher); ok {
+		logEnd = d.Detach()
+	}
+	var release func()
+	if h.Hold != nil {
+		release = h.Hold()
+	}
+	end := func(toClient int64) {
+		b.Release()
+		if logEnd != nil {
+			logEnd(http.StatusSwitchingProtocols, toClient)
+		}
+		if release != nil {
+			release()
+		}
+	}
+
 	head := responseHead(resp)
 	// Bytes the backend sent after its 101 sit in br; bytes the client sent
-	// after its request sit in brw. Forward both before splicing raw conns.
+	// after its request sit in brw. Forward both before handing over the raw
+	// connections.
 	if n := br.Buffered(); n > 0 {
 		more, _ := br.Peek(n)
 		head = append(head, more...)
@@ -84,7 +108,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 	if _, err := conn.Write(head); err != nil {
 		conn.Close()
 		bconn.Close()
-		h.record(w, http.StatusSwitchingProtocols, 0)
+		end(0)
 		return
 	}
 	if n := brw.Reader.Buffered(); n > 0 {
@@ -92,18 +116,12 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 		if _, err := bconn.Write(early); err != nil {
 			conn.Close()
 			bconn.Close()
-			h.record(w, http.StatusSwitchingProtocols, int64(len(head)))
+			end(int64(len(head)))
 			return
 		}
 	}
-	toClient, _ := h.Tunnels.Splice(conn, bconn)
-	h.record(w, http.StatusSwitchingProtocols, int64(len(head))+toClient)
-}
-
-func (h *Handler) record(w http.ResponseWriter, status int, n int64) {
-	if rec, ok := w.(TunnelRecorder); ok {
-		rec.RecordTunnel(status, n)
-	}
+	sent := int64(len(head))
+	h.Tunnels.Start(conn, bconn, func(toClient, _ int64) { end(sent + toClient) })
 }
 
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {

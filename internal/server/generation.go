@@ -38,6 +38,13 @@ func (g *generation) leave() {
 	}
 }
 
+// hold keeps the generation alive, for a tunnel that outlives its request,
+// until the function it returns is called.
+func (g *generation) hold() (release func()) {
+	g.enter()
+	return g.leave
+}
+
 // retire marks the generation as no longer current; it is released as soon
 // as nothing runs on it.
 func (g *generation) retire() {
@@ -79,14 +86,15 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile) *ge
 				g.logPaths = append(g.logPaths, fc.AccessLog)
 			}
 		}
-		g.handlers[fc.Name] = s.newHandler(cfg, fc, g.backends, lf)
+		g.handlers[fc.Name] = s.newHandler(g, fc, lf)
 	}
 	return g
 }
 
-// newHandler builds a frontend's handler: access log around host routing
-// around the proxy.
-func (s *Server) newHandler(cfg *config.Config, fc config.Frontend, backends map[string]*upstream.Backend, lf *accesslog.File) http.Handler {
+// newHandler builds a frontend's handler of generation g: access log around
+// host routing around the proxy.
+func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.File) http.Handler {
+	cfg, backends := g.cfg, g.backends
 	log := s.log.With("frontend", fc.Name)
 	pool := func(names []string, balance config.Balance) *upstream.Pool {
 		bs := make([]*upstream.Backend, len(names))
@@ -113,6 +121,7 @@ func (s *Server) newHandler(cfg *config.Config, fc config.Frontend, backends map
 		Router:           router.New(routes, fallback),
 		AddXForwardedFor: fc.AddXForwardedFor,
 		Tunnels:          &s.tunnels,
+		Hold:             g.hold,
 		Log:              log,
 	}
 	if fc.RedirectHTTPS {

@@ -1,11 +1,18 @@
 // Package tunnel copies bytes both ways between two connections, as a
 // WebSocket proxy does once the upgrade is done, and keeps a registry of the
 // open tunnels: http.Server.Shutdown does not see hijacked connections.
+//
+// Between two TCP connections on Linux a tunnel costs no goroutine while it
+// is idle: both sockets wait in an epoll set of the package's own, and a
+// burst is copied when it arrives (see reactor_linux.go). Elsewhere, and for
+// TLS connections, each direction is a goroutine.
 package tunnel
 
 import (
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,59 +39,124 @@ type Registry struct {
 	open map[*tunnel]struct{}
 }
 
+// A tunnel is two connections and the bytes copied to each.
 type tunnel struct {
-	a, b net.Conn
+	a, b     net.Conn
+	toA, toB atomic.Int64
+	linger   time.Duration
+	reg      *Registry
+	done     func(toA, toB int64)
+
+	ended     atomic.Int32 // directions that ended cleanly
+	closeOnce sync.Once
+	mu        sync.Mutex
+	lingering *time.Timer
+	// unwatch takes the tunnel's sockets out of the reactor; nil for a
+	// tunnel run by goroutines.
+	unwatch func()
 }
 
-func (t *tunnel) close() {
-	t.a.Close()
-	t.b.Close()
-}
-
-// Splice copies bytes from a to b and from b to a until both directions have
-// ended, then closes both. When one side ends its stream cleanly, the other
-// side's writing half is shut down (a half-close is passed on); when a
-// direction fails, both connections are closed.
+// Start copies bytes from a to b and from b to a until both directions have
+// ended, then closes both and calls done with the bytes copied to a and to
+// b. It returns at once. When one side ends its stream cleanly, the other
+// side's writing half is shut down (a half-close is passed on), and the
+// other direction has HalfCloseTimeout to end too; when a direction fails,
+// both connections are closed.
 //
-// With *net.TCPConn on both sides io.Copy uses splice(2), so callers should
-// pass the raw connections, having forwarded any bytes they buffered.
-// It returns the bytes copied to a and to b.
-func (r *Registry) Splice(a, b net.Conn) (toA, toB int64) {
-	t := &tunnel{a: a, b: b}
-	r.add(t)
-	defer r.remove(t)
-	defer t.close()
-
-	linger := r.HalfCloseTimeout
-	if linger <= 0 {
-		linger = DefaultHalfCloseTimeout
+// Callers should pass the raw connections (*net.TCPConn where possible),
+// having forwarded any bytes they buffered.
+func (r *Registry) Start(a, b net.Conn, done func(toA, toB int64)) {
+	t := &tunnel{a: a, b: b, reg: r, done: done, linger: r.HalfCloseTimeout}
+	if t.linger <= 0 {
+		t.linger = DefaultHalfCloseTimeout
 	}
-	done := make(chan int64, 1)
-	go copyHalf(done, t, b, a, linger)
-	toA = pipe(t, a, b, linger)
-	toB = <-done
+	arm := watch(t)
+	r.add(t)
+	if arm != nil {
+		arm()
+	} else {
+		go t.run()
+	}
+}
+
+// Splice is Start that waits for the tunnel to end, and returns the bytes
+// copied to a and to b.
+func (r *Registry) Splice(a, b net.Conn) (toA, toB int64) {
+	ended := make(chan struct{})
+	r.Start(a, b, func(na, nb int64) {
+		toA, toB = na, nb
+		close(ended)
+	})
+	<-ended
 	return toA, toB
 }
 
+// run copies both directions with a goroutine each.
+func (t *tunnel) run() {
+	half := make(chan struct{})
+	go copyHalf(half, t, t.b, t.a, &t.toB)
+	t.pipe(t.a, t.b, &t.toA)
+	<-half
+	t.close()
+}
+
 // copyHalf is a goroutine of its own so that a stack dump names it.
-func copyHalf(done chan<- int64, t *tunnel, dst, src net.Conn, linger time.Duration) {
-	done <- pipe(t, dst, src, linger)
+func copyHalf(done chan<- struct{}, t *tunnel, dst, src net.Conn, n *atomic.Int64) {
+	t.pipe(dst, src, n)
+	close(done)
 }
 
 // pipe copies src to dst. When src ends cleanly it passes the half-close on
 // to dst and gives dst linger to finish the other direction.
-func pipe(t *tunnel, dst, src net.Conn, linger time.Duration) int64 {
-	n, err := copyStream(dst, src)
+func (t *tunnel) pipe(dst, src net.Conn, count *atomic.Int64) {
+	n, err := io.Copy(dst, src)
+	count.Add(n)
 	if err != nil {
-		t.close()
-		return n
+		t.shut()
+		return
 	}
 	if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
-		dst.SetReadDeadline(time.Now().Add(linger))
-		return n
+		dst.SetReadDeadline(time.Now().Add(t.linger))
+		return
 	}
-	t.close()
-	return n
+	t.shut()
+}
+
+// endedOne is called by the reactor when a direction ended cleanly, after it
+// passed the half-close on: the tunnel closes when both have, or linger
+// from now.
+func (t *tunnel) endedOne() {
+	if t.ended.Add(1) == 2 {
+		t.close()
+		return
+	}
+	t.mu.Lock()
+	t.lingering = time.AfterFunc(t.linger, t.close)
+	t.mu.Unlock()
+}
+
+// shut closes both connections, which ends whatever copies between them.
+func (t *tunnel) shut() {
+	t.a.Close()
+	t.b.Close()
+}
+
+// close ends the tunnel, once: its sockets leave the reactor and close, it
+// leaves the registry, and done learns the byte counts.
+func (t *tunnel) close() {
+	t.closeOnce.Do(func() {
+		t.mu.Lock()
+		if t.lingering != nil {
+			t.lingering.Stop()
+		}
+		t.mu.Unlock()
+		if t.unwatch != nil {
+			t.unwatch()
+		}
+		t.shut()
+		t.reg.remove(t)
+		t.done(t.toA.Load(), t.toB.Load())
+	})
 }
 
 func (r *Registry) add(t *tunnel) {
@@ -109,11 +181,21 @@ func (r *Registry) Len() int {
 	return len(r.open)
 }
 
-// CloseAll closes every open tunnel; their Splice calls return soon after.
+// CloseAll closes every open tunnel.
 func (r *Registry) CloseAll() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	open := make([]*tunnel, 0, len(r.open))
 	for t := range r.open {
-		t.close()
+		open = append(open, t)
+	}
+	r.mu.Unlock()
+	for _, t := range open {
+		// A goroutine tunnel ends, and reports, once its copies return; a
+		// reactor tunnel has nothing running that would notice.
+		if t.unwatch != nil {
+			t.close()
+		} else {
+			t.shut()
+		}
 	}
 }

@@ -1,0 +1,376 @@
+//go:build linux
+
+package tunnel
+
+import (
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A tunnel between two TCP connections waits in a reactor: an epoll set of
+// its own, which Go's poller watches as one file. An idle tunnel therefore
+// holds no goroutine and no buffer, only its sockets and a few hundred bytes
+// of state. When a side has bytes queued, the reactor's goroutine reads them
+// into a pooled buffer and writes them on; a burst that does not fit one
+// such read and one non-blocking write (bulk data, a slow reader) goes to a
+// worker goroutine, which splices the rest and returns the side to the
+// reactor once nothing is queued.
+//
+// Sockets are watched edge-triggered, as Go's own poller does: a read that
+// returns less than the buffer emptied the socket, and new bytes bring a new
+// event (once the stream's end was seen, reads go on until one returns
+// nothing). A side being copied is busy; an event for a busy side is noted, and
+// whoever copies it reads once more before it rests.
+
+// burstSize is the buffer a burst is read into. A burst that fills it is
+// bulk data, and the rest of what is queued is spliced.
+const burstSize = 16 << 10
+
+var burstPool = sync.Pool{New: func() any { b := make([]byte, burstSize); return &b }}
+
+// A side's states.
+const (
+	idle  int32 = iota // waiting for an event
+	busy               // being copied, by the reactor or a worker
+	again              // busy, and an event came meanwhile
+)
+
+// side is one direction of a tunnel: bytes from src to dst.
+type side struct {
+	t            *tunnel
+	src, dst     *net.TCPConn
+	srcRC, dstRC syscall.RawConn
+	count        *atomic.Int64 // bytes written to dst
+	state        atomic.Int32
+	hup          atomic.Bool // src's stream ended or failed behind its bytes
+	key          uint64 // the side's slot in its reactor; guarded by reactor.mu
+}
+
+type reactor struct {
+	epfd int
+	rc   syscall.RawConn // epfd, as Go's poller sees it
+
+	mu    sync.Mutex
+	slots []*side
+	gens  []uint32 // per slot, bumped when it is freed: stale events miss
+	free  []uint32
+}
+
+var (
+	startOnce   sync.Once
+	reactors    []*reactor
+	nextReactor atomic.Uint32
+)
+
+// startReactors starts one reactor per P. Without any, tunnels run on
+// goroutines.
+func startReactors() {
+	for range runtime.GOMAXPROCS(0) {
+		re, err := newReactor()
+		if err != nil {
+			return
+		}
+		reactors = append(reactors, re)
+		go re.loop()
+	}
+}
+
+func newReactor() (*reactor, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "tunnel-epoll")
+	// Only a file in Go's poller takes a deadline: this one must be.
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		f.Close()
+		return nil, err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &reactor{epfd: fd, rc: rc}, nil
+}
+
+// loop waits for events and copies. The epoll set is drained until empty
+// before waiting, as Go's poller reports it edge-triggered.
+func (re *reactor) loop() {
+	events := make([]unix.EpollEvent, 128)
+	for {
+		var n int
+		err := re.rc.Read(func(fd uintptr) bool {
+			var err error
+			n, err = unix.EpollWait(int(fd), events, 0)
+			if err != nil {
+				n = 0
+				return true // EINTR: try again
+			}
+			return n > 0
+		})
+		if err != nil {
+			return // the file was closed: cannot happen, the reactor lives on
+		}
+		for _, ev := range events[:n] {
+			if s := re.lookup(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32); s != nil {
+				s.wake(ev.Events)
+			}
+		}
+	}
+}
+
+func (re *reactor) lookup(key uint64) *side {
+	idx, gen := uint32(key), uint32(key>>32)
+	re.mu.Lock()
+	defer re.mu.Unlock()
+	if int(idx) < len(re.slots) && re.gens[idx] == gen {
+		return re.slots[idx]
+	}
+	return nil
+}
+
+// add starts watching s's source; its queued bytes, if any, bring the
+// first event.
+func (re *reactor) add(s *side) error {
+	re.mu.Lock()
+	var idx uint32
+	if n := len(re.free); n > 0 {
+		idx = re.free[n-1]
+		re.free = re.free[:n-1]
+	} else {
+		idx = uint32(len(re.slots))
+		re.slots = append(re.slots, nil)
+		re.gens = append(re.gens, 0)
+	}
+	re.slots[idx] = s
+	s.key = uint64(re.gens[idx])<<32 | uint64(idx)
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(idx), Pad: int32(re.gens[idx])}
+	re.mu.Unlock()
+	var err error
+	if cerr := s.srcRC.Control(func(fd uintptr) {
+		err = unix.EpollCtl(re.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+	}); cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		re.remove(s)
+	}
+	return err
+}
+
+// remove stops watching s. Events already queued for it find its slot
+// freed, or taken by another side under a new generation, and are dropped.
+func (re *reactor) remove(s *side) {
+	s.srcRC.Control(func(fd uintptr) {
+		unix.EpollCtl(re.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+	})
+	re.mu.Lock()
+	defer re.mu.Unlock()
+	if idx := uint32(s.key); int(idx) < len(re.slots) && re.slots[idx] == s {
+		re.slots[idx] = nil
+		re.gens[idx]++
+		re.free = append(re.free, idx)
+	}
+}
+
+// watch prepares t for a reactor if both its connections are TCP, and
+// returns what registers it; nil when t must run on goroutines.
+func watch(t *tunnel) (arm func()) {
+	a, ok1 := t.a.(*net.TCPConn)
+	b, ok2 := t.b.(*net.TCPConn)
+	if !ok1 || !ok2 {
+		return nil
+	}
+	startOnce.Do(startReactors)
+	if len(reactors) == 0 {
+		return nil
+	}
+	re := reactors[int(nextReactor.Add(1))%len(reactors)]
+	ra, err1 := a.SyscallConn()
+	rb, err2 := b.SyscallConn()
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	toB := &side{t: t, src: a, dst: b, srcRC: ra, dstRC: rb, count: &t.toB}
+	toA := &side{t: t, src: b, dst: a, srcRC: rb, dstRC: ra, count: &t.toA}
+	t.unwatch = func() {
+		re.remove(toB)
+		re.remove(toA)
+	}
+	return func() {
+		if re.add(toB) != nil || re.add(toA) != nil {
+			t.close() // the kernel refused a watch (out of memory)
+		}
+	}
+}
+
+// wake is the reactor's answer to an event for s.
+func (s *side) wake(events uint32) {
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		// The end of the stream brings no event of its own once it is
+		// queued: from now on, read until a read says so.
+		s.hup.Store(true)
+	}
+	for {
+		switch s.state.Load() {
+		case idle:
+			if s.state.CompareAndSwap(idle, busy) {
+				s.copyInline()
+				return
+			}
+		case busy:
+			if s.state.CompareAndSwap(busy, again) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+// rest returns a busy side to waiting for events; false when an event came
+// while it was busy, and it must read again.
+func (s *side) rest() bool {
+	if s.state.CompareAndSwap(busy, idle) {
+		return true
+	}
+	s.state.Store(busy)
+	return false
+}
+
+// copyInline copies what src has queued on the reactor's goroutine, as long
+// as each burst takes one read and one write that does not block.
+func (s *side) copyInline() {
+	for {
+		bp := burstPool.Get().(*[]byte)
+		n, err := s.read(*bp)
+		if n <= 0 {
+			burstPool.Put(bp)
+			if s.ended(err) || s.rest() {
+				return
+			}
+			continue
+		}
+		w, err := s.writeNow((*bp)[:n])
+		s.count.Add(int64(w))
+		if err != nil && err != unix.EAGAIN {
+			burstPool.Put(bp)
+			s.t.close()
+			return
+		}
+		if w < n || n == burstSize {
+			go s.work(bp, w, n)
+			return
+		}
+		burstPool.Put(bp)
+		// A short read emptied the socket, unless the end is queued too.
+		if !s.hup.Load() && s.rest() {
+			return
+		}
+	}
+}
+
+// work is a worker goroutine: it writes the rest of a burst, blocking as
+// needed, and copies on until src has nothing queued.
+func (s *side) work(bp *[]byte, off, n int) {
+	for {
+		w, err := s.dst.Write((*bp)[off:n])
+		s.count.Add(int64(w))
+		burstPool.Put(bp)
+		if err != nil {
+			s.t.close()
+			return
+		}
+		if n == burstSize && !s.spliceQueued() {
+			s.t.close()
+			return
+		}
+		for {
+			bp = burstPool.Get().(*[]byte)
+			n, err = s.read(*bp)
+			if n > 0 {
+				break
+			}
+			burstPool.Put(bp)
+			if s.ended(err) || s.rest() {
+				return
+			}
+		}
+		off = 0
+	}
+}
+
+// spliceQueued moves what src has queued to dst with splice(2), with no
+// copy through user space; false if that failed.
+func (s *side) spliceQueued() bool {
+	var avail int
+	s.srcRC.Control(func(fd uintptr) {
+		avail, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
+	})
+	if avail <= 0 {
+		return true
+	}
+	m, err := io.CopyN(s.dst, s.src, int64(avail))
+	s.count.Add(m)
+	return err == nil || err == io.EOF
+}
+
+// ended handles a read that returned no bytes: nothing queued (false), the
+// end of the stream, or a failure.
+func (s *side) ended(err error) bool {
+	switch {
+	case err == unix.EAGAIN:
+		return false
+	case err != nil:
+		s.t.close()
+	case s.dst.CloseWrite() != nil:
+		s.t.close()
+	default:
+		// Stays busy: no more bytes will come from src.
+		s.t.endedOne()
+	}
+	return true
+}
+
+// read reads what src has queued into p, without waiting.
+func (s *side) read(p []byte) (n int, err error) {
+	if cerr := s.srcRC.Read(func(fd uintptr) bool {
+		for {
+			n, err = unix.Read(int(fd), p)
+			if err != unix.EINTR {
+				return true
+			}
+		}
+	}); cerr != nil {
+		return 0, cerr
+	}
+	return max(n, 0), err
+}
+
+// writeNow writes what dst takes now of p.
+func (s *side) writeNow(p []byte) (n int, err error) {
+	if cerr := s.dstRC.Write(func(fd uintptr) bool {
+		for {
+			n, err = unix.Write(int(fd), p)
+			if err != unix.EINTR {
+				return true
+			}
+		}
+	}); cerr != nil {
+		return 0, cerr
+	}
+	return max(n, 0), err
+}
