@@ -65,6 +65,29 @@ func TestResponseWriter(t *testing.T) {
 	}
 }
 
+func TestDetach(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "access.log")
+	f, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var end func(int, int64)
+	h := NewLogger("ws", f).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		end = w.(interface{ Detach() func(int, int64) }).Detach()
+	}))
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/chat", nil))
+	f.Reopen() // flushes
+	if data, _ := os.ReadFile(path); len(data) != 0 {
+		t.Fatalf("a detached request was logged when its handler returned: %q", data)
+	}
+	end(http.StatusSwitchingProtocols, 1234)
+	f.Close()
+	if data, _ := os.ReadFile(path); !strings.HasSuffix(string(data), `"GET /chat HTTP/1.1" 101 1234`+"\n") {
+		t.Errorf("line when the tunnel closed: %q", data)
+	}
+}
+
 func TestFileConcurrentAndReopen(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

@@ -1,8 +1,11 @@
 package tunnel
 
 import (
+	"bytes"
 	"io"
+	"math/rand/v2"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -112,5 +115,90 @@ func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 	client2.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := client2.Read(make([]byte, 1)); err == nil {
 		t.Error("client connection still open after CloseAll")
+	}
+}
+
+func TestBulkBothWays(t *testing.T) {
+	t.Parallel()
+	client, proxyA := pair(t)
+	proxyB, backend := pair(t)
+	var r Registry
+	type result struct{ toA, toB int64 }
+	done := make(chan result, 1)
+	r.Start(proxyA, proxyB, func(a, b int64) { done <- result{a, b} })
+
+	// Bursts of every size, bulk among them, both ways at once, each
+	// direction read while the other is written.
+	const size = 3<<20 + 12345
+	up, down := make([]byte, size), make([]byte, size)
+	rand.NewChaCha8([32]byte{1}).Read(up)
+	rand.NewChaCha8([32]byte{2}).Read(down)
+	send := func(c *net.TCPConn, data []byte) {
+		for off, n := 0, 1; off < len(data); off, n = off+n, n*3%70001+1 {
+			if _, err := c.Write(data[off:min(off+n, len(data))]); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+		c.CloseWrite()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	client.SetDeadline(deadline)
+	backend.SetDeadline(deadline)
+	go send(client, up)
+	go send(backend, down)
+	var atBackend []byte
+	readDone := make(chan struct{})
+	go func() {
+		atBackend, _ = io.ReadAll(backend)
+		close(readDone)
+	}()
+	atClient, err := io.ReadAll(client)
+	<-readDone
+	if err != nil || !bytes.Equal(atClient, down) || !bytes.Equal(atBackend, up) {
+		t.Fatalf("client got %d bytes (%v), backend %d; want %d each, unchanged", len(atClient), err, len(atBackend), size)
+	}
+	select {
+	case res := <-done:
+		if res.toA != size || res.toB != size {
+			t.Errorf("counted %+v, want %d each way", res, size)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel did not end")
+	}
+}
+
+func TestIdleTunnelsHoldNoGoroutine(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("tunnels run on goroutines here")
+	}
+	var r Registry
+	before := runtime.NumGoroutine()
+	const n = 50
+	clients := make([]*net.TCPConn, n)
+	for i := range clients {
+		c, pa := pair(t)
+		pb, backend := pair(t)
+		clients[i] = c
+		r.Start(pa, pb, func(int64, int64) {})
+		// An echoing backend, to show that the tunnel works.
+		go io.Copy(backend, backend)
+	}
+	for _, c := range clients {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "ping")
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("echo: %q, %v", buf, err)
+		}
+	}
+	// Each echoing backend is one goroutine; the tunnels may add the
+	// reactors' and nothing per tunnel.
+	if got := runtime.NumGoroutine() - before - n; got > runtime.GOMAXPROCS(0)+2 {
+		t.Errorf("%d goroutines for %d idle tunnels", got, n)
+	}
+	r.CloseAll()
+	if r.Len() != 0 {
+		t.Errorf("%d tunnels left after CloseAll", r.Len())
 	}
 }
