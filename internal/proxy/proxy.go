@@ -31,7 +31,7 @@ type Handler struct {
 	// function it returns when the tunnel has closed (the server keeps the
 	// configuration the tunnel started on alive in between).
 	Hold func() (release func())
-	Log     *slog.Logger
+	Log  *slog.Logger
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -51,7 +51,7 @@ type side struct {
 	count        *atomic.Int64 // bytes written to dst
 	state        atomic.Int32
 	hup          atomic.Bool // src's stream ended or failed behind its bytes
-	key          uint64 // the side's slot in its reactor; guarded by reactor.mu
+	key          uint64      // the side's slot in its reactor; guarded by reactor.mu
 }
 
 type reactor struct {
