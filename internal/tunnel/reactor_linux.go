@@ -106,30 +106,28 @@ func newReactor() (*reactor, error) {
 	return &reactor{epfd: fd, rc: rc}, nil
 }
 
-// loop waits for events and copies. The epoll set is drained until empty
-// before waiting, as Go's poller reports it edge-triggered.
+// loop waits for events and copies. Go's poller reports the epoll set
+// edge-triggered: each batch of new events makes the set readable once.
+// Within one RawRead the edges that come while a batch is copied are kept,
+// so the set is read again only when it was full or a new edge came.
 func (re *reactor) loop() {
 	events := make([]unix.EpollEvent, 128)
-	for {
-		var n int
-		err := re.rc.Read(func(fd uintptr) bool {
-			var err error
-			n, err = unix.EpollWait(int(fd), events, 0)
-			if err != nil {
-				n = 0
-				return true // EINTR: try again
+	re.rc.Read(func(fd uintptr) bool {
+		for {
+			n, err := unix.EpollWait(int(fd), events, 0)
+			if err == unix.EINTR {
+				continue
 			}
-			return n > 0
-		})
-		if err != nil {
-			return // the file was closed: cannot happen, the reactor lives on
-		}
-		for _, ev := range events[:n] {
-			if s := re.lookup(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32); s != nil {
-				s.wake(ev.Events)
+			for _, ev := range events[:max(n, 0)] {
+				if s := re.lookup(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32); s != nil {
+					s.wake(ev.Events)
+				}
+			}
+			if n < len(events) {
+				return false
 			}
 		}
-	}
+	})
 }
 
 func (re *reactor) lookup(key uint64) *side {
