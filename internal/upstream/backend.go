@@ -78,7 +78,7 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 		b.tls = clientTLS(c, b.log)
 		b.transport.TLSClientConfig = b.tls
 	}
-	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout}
+	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, inflight: &b.inflight}
 	hc := c.Health
 	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
 	return b

@@ -11,6 +11,7 @@ import (
 	"net/textproto"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,6 +28,9 @@ type h1Transport struct {
 	dial func(context.Context) (net.Conn, error)
 	// timeout bounds the wait for the response header; 0: none.
 	timeout time.Duration
+	// inflight counts the requests in flight: the caller adds one, a
+	// response's body takes it away when done.
+	inflight *atomic.Int64
 
 	mu       sync.Mutex
 	idle     []*h1Conn // most recently used last
@@ -50,7 +54,14 @@ type h1Conn struct {
 	net.Conn
 	br     *bufio.Reader
 	bw     *bufio.Writer
+	abort  func() // ends the exchange under way: the client went away
 	idleAt time.Time
+}
+
+func newH1Conn(c net.Conn) *h1Conn {
+	pc := &h1Conn{Conn: c, br: bufio.NewReader(c), bw: bufio.NewWriter(c)}
+	pc.abort = func() { pc.SetDeadline(time.Unix(1, 0)) }
+	return pc
 }
 
 // canFastPath reports whether req can go through an h1Transport: it has no
@@ -76,7 +87,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if err != nil {
 				return nil, err
 			}
-			pc = &h1Conn{Conn: c, br: bufio.NewReader(c), bw: bufio.NewWriter(c)}
+			pc = newH1Conn(c)
 		}
 		resp, err, retry := t.exchange(ctx, pc, req)
 		if err == nil {
@@ -95,7 +106,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // that nothing came back, so the request may be sent again.
 func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (resp *http.Response, err error, retry bool) {
 	// The client going away aborts the exchange, and the body after it.
-	stop := context.AfterFunc(ctx, func() { pc.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, pc.abort)
 	defer func() {
 		if err != nil {
 			stop()
@@ -135,7 +146,10 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 			}
 		}
 	}
-	if t.timeout > 0 {
+	// The header deadline must not cut the body short, unless the body is
+	// already read (most small responses): then it is left to the next
+	// exchange to set anew.
+	if t.timeout > 0 && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
 		pc.SetReadDeadline(time.Time{})
 	}
 	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, pc: pc, stop: stop, keep: !resp.Close}
@@ -223,6 +237,7 @@ func (b *h1Body) Close() error {
 func (b *h1Body) release(complete bool) {
 	pc := b.pc
 	b.pc = nil
+	b.t.inflight.Add(-1)
 	// stop fails when the client went away: the deadline may be set.
 	if b.stop() && complete && b.keep && pc.br.Buffered() == 0 {
 		b.t.put(pc)

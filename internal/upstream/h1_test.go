@@ -146,6 +146,9 @@ func TestH1RetriesStaleConnection(t *testing.T) {
 	if n := accepted.Load(); n != 3 {
 		t.Errorf("%d backend connections, want 3", n)
 	}
+	if n := b.InFlight(); n != 0 {
+		t.Errorf("%d requests in flight after every response was read", n)
+	}
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -204,14 +204,16 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		tried.add(b)
 		req.URL.Scheme, req.URL.Host = b.Scheme, b.Addr
 		b.inflight.Add(1)
-		var rt http.RoundTripper = b.transport
+		var resp *http.Response
+		var err error
 		if fast {
-			rt = b.h1
+			// The body, when done, takes the request out of flight.
+			resp, err = b.h1.RoundTrip(req)
+		} else if resp, err = b.transport.RoundTrip(req); err == nil {
+			resp.Body = &releaseBody{ReadCloser: resp.Body, b: b}
 		}
-		resp, err := rt.RoundTrip(req)
 		if err == nil {
 			b.health.Passed(false)
-			resp.Body = &releaseBody{ReadCloser: resp.Body, b: b}
 			return resp, nil
 		}
 		b.inflight.Add(-1)
