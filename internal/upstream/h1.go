@@ -79,8 +79,15 @@ var errUnasked101 = errors.New("101 Switching Protocols to a request that asked 
 
 func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
+	replay := replayable(req)
 	for {
 		pc := t.get()
+		if pc != nil && !replay && !quiet(pc.Conn) {
+			// A request that must not be sent twice is not sent on a
+			// connection the backend may be closing.
+			pc.Close()
+			continue
+		}
 		reused := pc != nil
 		if !reused {
 			c, err := t.dial(ctx)
@@ -89,13 +96,13 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			pc = newH1Conn(c)
 		}
-		resp, err, retry := t.exchange(ctx, pc, req)
+		resp, retry, err := t.exchange(ctx, pc, req, replay)
 		if err == nil {
 			return resp, nil
 		}
 		pc.Close()
-		// A kept-alive connection the backend closed while it was idle
-		// fails before any byte of a response: try again on a new one.
+		// A kept-alive connection that the backend closed while it was
+		// idle fails before any byte of a response: try again on a new one.
 		if !reused || !retry || ctx.Err() != nil {
 			return nil, err
 		}
@@ -103,8 +110,9 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // exchange sends req on pc and reads the response header. retry reports
-// that nothing came back, so the request may be sent again.
-func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (resp *http.Response, err error, retry bool) {
+// that the request may be sent again on another connection: nothing came
+// back, and either the backend cannot have read it or it is replayable.
+func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request, replay bool) (resp *http.Response, retry bool, err error) {
 	// The client going away aborts the exchange, and the body after it.
 	stop := context.AfterFunc(ctx, pc.abort)
 	defer func() {
@@ -114,35 +122,37 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 	}()
 	writeRequest(pc.bw, req)
 	if err := pc.bw.Flush(); err != nil {
-		return nil, err, true
+		return nil, true, err
 	}
 	if t.timeout > 0 {
 		pc.SetReadDeadline(time.Now().Add(t.timeout))
 	}
 	if _, err := pc.br.Peek(1); err != nil {
-		return nil, err, !isTimeout(err)
+		// The backend may have closed the connection before it read the
+		// request, or after: only a request that may be sent twice is.
+		return nil, replay && !isTimeout(err), err
 	}
 	trace := httptrace.ContextClientTrace(ctx)
 	for n := 0; ; n++ {
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
-			return nil, err, false
+			return nil, false, err
 		}
 		code := resp.StatusCode
 		if code >= 200 {
 			break
 		}
 		if code == http.StatusSwitchingProtocols {
-			return nil, errUnasked101, false
+			return nil, false, errUnasked101
 		}
 		if n == h1Max1xx {
-			return nil, errToo1xx, false
+			return nil, false, errToo1xx
 		}
 		// Interim responses (103 Early Hints) reach the client through
 		// the trace ReverseProxy installs.
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
-				return nil, err, false
+				return nil, false, err
 			}
 		}
 	}
@@ -153,7 +163,19 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 		pc.SetReadDeadline(time.Time{})
 	}
 	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, pc: pc, stop: stop, keep: !resp.Close}
-	return resp, nil, false
+	return resp, false, nil
+}
+
+// replayable reports whether req may be sent again after it may have
+// reached the backend, as net/http's Transport decides.
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
 }
 
 func isTimeout(err error) bool {
