@@ -1,10 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/hipsterd/hipsterd/internal/config"
@@ -48,5 +51,90 @@ func BenchmarkProxyRequest(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkProxyOnly is a proxied request with a raw-socket client and
+// backend that allocate nothing, so the allocations counted are the
+// proxy's own.
+func BenchmarkProxyOnly(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	response := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + strings.Repeat("x", 100))
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go rawBackend(c, response)
+		}
+	}()
+	cfg, err := config.Parse("bench.ini", []byte("[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+ln.Addr().String()+"\n"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := s.Start(cfg); err != nil {
+		b.Fatal(err)
+	}
+	defer s.Shutdown(b.Context())
+	addr := s.Addrs()["f"].String()
+	request := []byte("GET /small HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 4096)
+		for pb.Next() {
+			if _, err := c.Write(request); err != nil {
+				b.Error(err)
+				return
+			}
+			// The response ends with the 100-byte body.
+			for got := 0; ; {
+				n, err := c.Read(buf[got:])
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				got += n
+				if end := bytes.Index(buf[:got], []byte("\r\n\r\n")); end >= 0 && got >= end+4+100 {
+					break
+				}
+			}
+		}
+	})
+}
+
+// rawBackend answers every request head on c with response.
+func rawBackend(c net.Conn, response []byte) {
+	defer c.Close()
+	buf := make([]byte, 4096)
+	have := 0
+	for {
+		n, err := c.Read(buf[have:])
+		if err != nil {
+			return
+		}
+		have += n
+		for {
+			end := bytes.Index(buf[:have], []byte("\r\n\r\n"))
+			if end < 0 {
+				break
+			}
+			if _, err := c.Write(response); err != nil {
+				return
+			}
+			have = copy(buf, buf[end+4:have])
+		}
 	}
 }
