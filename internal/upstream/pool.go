@@ -164,20 +164,6 @@ func (p *Pool) clientKey(r *http.Request) uint64 {
 	return hashString(host)
 }
 
-// triedBackends is the backends one request has tried; a few fit on the
-// stack.
-type triedBackends struct {
-	buf  [4]*Backend
-	list []*Backend
-}
-
-func (t *triedBackends) add(b *Backend) {
-	if t.list == nil {
-		t.list = t.buf[:0]
-	}
-	t.list = append(t.list, b)
-}
-
 // RoundTrip sends req to a backend of the pool. A request that could not be
 // connected is tried on the next backend, whatever its method: none of it
 // reached a backend. A GET, HEAD or OPTIONS without a body that failed
@@ -194,14 +180,15 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	fast := canFastPath(req)
 	idempotent := !hasBody && (req.Method == "GET" || req.Method == "HEAD" || req.Method == "OPTIONS")
-	var tried triedBackends
+	var triedBuf [4]*Backend // a few fit on the stack
+	tried := triedBuf[:0]
 	var lastErr error
 	for {
-		b := p.pick(key, tried.list)
+		b := p.pick(key, tried)
 		if b == nil {
 			break
 		}
-		tried.add(b)
+		tried = append(tried, b)
 		req.URL.Scheme, req.URL.Host = b.Scheme, b.Addr
 		b.inflight.Add(1)
 		var resp *http.Response
@@ -245,14 +232,15 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 // ends.
 func (p *Pool) Dial(ctx context.Context, r *http.Request) (net.Conn, *Backend, error) {
 	key := p.clientKey(r)
-	var tried triedBackends
+	var triedBuf [4]*Backend // a few fit on the stack
+	tried := triedBuf[:0]
 	var lastErr error
 	for {
-		b := p.pick(key, tried.list)
+		b := p.pick(key, tried)
 		if b == nil {
 			break
 		}
-		tried.add(b)
+		tried = append(tried, b)
 		c, err := b.dial(ctx)
 		if err == nil {
 			b.inflight.Add(1)
@@ -343,11 +331,21 @@ func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	http.Error(w, http.StatusText(status), status)
 }
 
-// bufferPool lends ReverseProxy 32 KiB copy buffers, so a response body copy
-// allocates nothing.
-var bufferPool = &bytePool{pool: sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}}
+// copyBufferSize is the size of ReverseProxy's copy buffers.
+const copyBufferSize = 32 << 10
 
+// bufferPool lends ReverseProxy copy buffers, so a response body copy
+// allocates nothing.
+var bufferPool = &bytePool{pool: sync.Pool{New: func() any { return new([copyBufferSize]byte) }}}
+
+// bytePool keeps arrays, not slices: a pointer to an array goes in and out
+// of a sync.Pool without an allocation.
 type bytePool struct{ pool sync.Pool }
 
-func (p *bytePool) Get() []byte  { return *p.pool.Get().(*[]byte) }
-func (p *bytePool) Put(b []byte) { p.pool.Put(&b) }
+func (p *bytePool) Get() []byte { return p.pool.Get().(*[copyBufferSize]byte)[:] }
+
+func (p *bytePool) Put(b []byte) {
+	if cap(b) >= copyBufferSize {
+		p.pool.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
+	}
+}
