@@ -73,7 +73,20 @@ func BenchmarkProxyOnly(b *testing.B) {
 			go rawBackend(c, response)
 		}
 	}()
-	cfg, err := config.Parse("bench.ini", []byte("[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+ln.Addr().String()+"\n"))
+	for _, tc := range []struct{ name, global string }{
+		{"nolog", ""},
+		{"accesslog", "[global]\naccesslog = " + b.TempDir() + "/access.log\n"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			benchmarkRaw(b, tc.global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+ln.Addr().String()+"\n")
+		})
+	}
+}
+
+// benchmarkRaw measures requests from raw-socket clients through a
+// hipsterd running the INI text src, with one frontend f.
+func benchmarkRaw(b *testing.B, src string) {
+	cfg, err := config.Parse("bench.ini", []byte(src))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -285,8 +285,12 @@ func (s *side) copyInline() {
 // needed, and copies on until src has nothing queued.
 func (s *side) work(bp *[]byte, off, n int) {
 	for {
-		w, err := s.dst.Write((*bp)[off:n])
-		s.count.Add(int64(w))
+		var err error
+		if off < n {
+			var w int
+			w, err = s.dst.Write((*bp)[off:n])
+			s.count.Add(int64(w))
+		}
 		burstPool.Put(bp)
 		if err != nil {
 			s.t.close()
