@@ -57,6 +57,7 @@ type side struct {
 type reactor struct {
 	epfd int
 	rc   syscall.RawConn // epfd, as Go's poller sees it
+	io   *rawIO          // for the copies on the reactor's goroutine
 
 	mu    sync.Mutex
 	slots []*side
@@ -103,7 +104,7 @@ func newReactor() (*reactor, error) {
 		f.Close()
 		return nil, err
 	}
-	return &reactor{epfd: fd, rc: rc}, nil
+	return &reactor{epfd: fd, rc: rc, io: newRawIO()}, nil
 }
 
 // loop waits for events and copies. Go's poller reports the epoll set
@@ -120,7 +121,7 @@ func (re *reactor) loop() {
 			}
 			for _, ev := range events[:max(n, 0)] {
 				if s := re.lookup(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32); s != nil {
-					s.wake(ev.Events)
+					s.wake(re.io, ev.Events)
 				}
 			}
 			if n < len(events) {
@@ -216,7 +217,7 @@ func watch(t *tunnel) (arm func()) {
 }
 
 // wake is the reactor's answer to an event for s.
-func (s *side) wake(events uint32) {
+func (s *side) wake(io *rawIO, events uint32) {
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		// The end of the stream brings no event of its own once it is
 		// queued: from now on, read until a read says so.
@@ -226,7 +227,7 @@ func (s *side) wake(events uint32) {
 		switch s.state.Load() {
 		case idle:
 			if s.state.CompareAndSwap(idle, busy) {
-				s.copyInline()
+				s.copyInline(io)
 				return
 			}
 		case busy:
@@ -251,10 +252,10 @@ func (s *side) rest() bool {
 
 // copyInline copies what src has queued on the reactor's goroutine, as long
 // as each burst takes one read and one write that does not block.
-func (s *side) copyInline() {
+func (s *side) copyInline(io *rawIO) {
 	for {
 		bp := burstPool.Get().(*[]byte)
-		n, err := s.read(*bp)
+		n, err := s.read(io, *bp)
 		if n <= 0 {
 			burstPool.Put(bp)
 			if s.ended(err) || s.rest() {
@@ -262,7 +263,7 @@ func (s *side) copyInline() {
 			}
 			continue
 		}
-		w, err := s.writeNow((*bp)[:n])
+		w, err := s.writeNow(io, (*bp)[:n])
 		s.count.Add(int64(w))
 		if err != nil && err != unix.EAGAIN {
 			burstPool.Put(bp)
@@ -284,6 +285,7 @@ func (s *side) copyInline() {
 // work is a worker goroutine: it writes the rest of a burst, blocking as
 // needed, and copies on until src has nothing queued.
 func (s *side) work(bp *[]byte, off, n int) {
+	io := newRawIO()
 	for {
 		var err error
 		if off < n {
@@ -302,7 +304,7 @@ func (s *side) work(bp *[]byte, off, n int) {
 		}
 		for {
 			bp = burstPool.Get().(*[]byte)
-			n, err = s.read(*bp)
+			n, err = s.read(io, *bp)
 			if n > 0 {
 				break
 			}
@@ -348,31 +350,54 @@ func (s *side) ended(err error) bool {
 }
 
 // read reads what src has queued into p, without waiting.
-func (s *side) read(p []byte) (n int, err error) {
-	if cerr := s.srcRC.Read(func(fd uintptr) bool {
-		for {
-			n, err = unix.Read(int(fd), p)
-			if err != unix.EINTR {
-				return true
-			}
-		}
-	}); cerr != nil {
-		return 0, cerr
+func (s *side) read(io *rawIO, p []byte) (int, error) {
+	io.p = p
+	err := s.srcRC.Read(io.read)
+	io.p = nil // the buffer goes back to its pool
+	if err != nil {
+		return 0, err
 	}
-	return max(n, 0), err
+	return max(io.n, 0), io.err
 }
 
 // writeNow writes what dst takes now of p.
-func (s *side) writeNow(p []byte) (n int, err error) {
-	if cerr := s.dstRC.Write(func(fd uintptr) bool {
+func (s *side) writeNow(io *rawIO, p []byte) (int, error) {
+	io.p = p
+	err := s.dstRC.Write(io.write)
+	io.p = nil
+	if err != nil {
+		return 0, err
+	}
+	return max(io.n, 0), io.err
+}
+
+// rawIO is a raw read and write, made once for the goroutine that uses it:
+// a closure passed to RawConn.Read for each burst would be allocated each
+// time.
+type rawIO struct {
+	p           []byte
+	n           int
+	err         error
+	read, write func(fd uintptr) bool
+}
+
+func newRawIO() *rawIO {
+	r := &rawIO{}
+	r.read = func(fd uintptr) bool {
 		for {
-			n, err = unix.Write(int(fd), p)
-			if err != unix.EINTR {
+			r.n, r.err = unix.Read(int(fd), r.p)
+			if r.err != unix.EINTR {
 				return true
 			}
 		}
-	}); cerr != nil {
-		return 0, cerr
 	}
-	return max(n, 0), err
+	r.write = func(fd uintptr) bool {
+		for {
+			r.n, r.err = unix.Write(int(fd), r.p)
+			if r.err != unix.EINTR {
+				return true
+			}
+		}
+	}
+	return r
 }

@@ -202,3 +202,42 @@ func TestIdleTunnelsHoldNoGoroutine(t *testing.T) {
 		t.Errorf("%d tunnels left after CloseAll", r.Len())
 	}
 }
+
+// BenchmarkEcho is a 128-byte round trip through a tunnel to an echoing
+// peer, as a WebSocket message and its echo.
+func BenchmarkEcho(b *testing.B) {
+	var r Registry
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	dial := func() (*net.TCPConn, *net.TCPConn) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c.(*net.TCPConn), s.(*net.TCPConn)
+	}
+	client, proxyA := dial()
+	proxyB, backend := dial()
+	defer client.Close()
+	go io.Copy(backend, backend)
+	r.Start(proxyA, proxyB, func(int64, int64) { backend.Close() })
+	msg, buf := make([]byte, 128), make([]byte, 128)
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := client.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r.CloseAll()
+}
