@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -76,6 +78,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 	hijacked = true
 	// Deadlines net/http set while reading the request must not end the tunnel.
 	conn.SetDeadline(time.Time{})
+	keepAlive(conn)
 
 	// From here the tunnel outlives this handler: whoever logs or counts
 	// the request hears of it when the tunnel closes.
@@ -122,6 +125,21 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 	}
 	sent := int64(len(head))
 	h.Tunnels.Start(conn, bconn, func(toClient, _ int64) { end(sent + toClient) })
+}
+
+// tunnelKeepAlive is the TCP keep-alive period of a tunnel's client
+// connection, so that an idle tunnel to a client that vanished without a
+// word is noticed.
+const tunnelKeepAlive = 30 * time.Second
+
+func keepAlive(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetKeepAlive(true)
+		tc.SetKeepAlivePeriod(tunnelKeepAlive)
+	}
 }
 
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {

@@ -16,10 +16,6 @@ import (
 	"github.com/hipsterd/hipsterd/internal/config"
 )
 
-// tcpKeepAlive is the keep-alive period of accepted client connections, so
-// that idle tunnels to vanished clients are noticed.
-const tcpKeepAlive = 30 * time.Second
-
 // A listener is one bound socket and the http.Server serving it. The socket
 // outlives reloads that keep its bind address; the handler and the TLS
 // configuration are swapped under a running server, so open keep-alive
@@ -65,7 +61,11 @@ func bindKey(fc config.Frontend) string {
 }
 
 func bind(fc config.Frontend) (*net.TCPListener, error) {
-	lc := net.ListenConfig{KeepAlive: tcpKeepAlive}
+	// No TCP keep-alive on accepted connections: it costs four system calls
+	// per connection, and idle HTTP connections end at idle-timeout. The
+	// connections of WebSocket tunnels, which may idle for hours, get it
+	// when they are taken over.
+	lc := net.ListenConfig{KeepAlive: -1}
 	ln, err := lc.Listen(context.Background(), "tcp", fc.Bind)
 	if err != nil {
 		return nil, fmt.Errorf("frontend %s: cannot listen on %s: %w", fc.Name, fc.Bind, err)
