@@ -2,10 +2,13 @@ package upstream
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -186,6 +189,21 @@ func TestH1ConnectionCloseAndInterim(t *testing.T) {
 	// Each Connection: close costs a connection; the last is kept.
 	if n := conns.Load(); n != 3 {
 		t.Errorf("%d backend connections, want 3", n)
+	}
+	// The 103 reaches the client, with its header.
+	var hints []string
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		hints = append(hints, fmt.Sprint(code, " ", h.Get("Link")))
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), "GET", front.URL+"/hints", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if len(hints) != 1 || hints[0] != "103 </style.css>; rel=preload" {
+		t.Errorf("interim responses seen by the client: %q", hints)
 	}
 }
 
