@@ -11,13 +11,20 @@ import (
 // Router maps host names to pools. Its zero value routes everything to nil.
 type Router struct {
 	hosts    map[string]*upstream.Pool // lower-case host, possibly with :port
+	wild     map[string]*upstream.Pool // "example.com" for "*.example.com"
 	fallback *upstream.Pool
 }
 
 // New returns a router over hosts (keys lower case), falling back to fallback,
 // which may be nil.
 func New(hosts map[string]*upstream.Pool, fallback *upstream.Pool) *Router {
-	return &Router{hosts: hosts, fallback: fallback}
+	rt := &Router{hosts: hosts, wild: map[string]*upstream.Pool{}, fallback: fallback}
+	for name, p := range hosts {
+		if suffix, ok := strings.CutPrefix(name, "*."); ok {
+			rt.wild[suffix] = p
+		}
+	}
+	return rt
 }
 
 // Route returns the pool for a request with Host header host, or nil when
@@ -44,13 +51,15 @@ func (rt *Router) Route(host string) *upstream.Pool {
 			return p
 		}
 		// An IPv6 literal is listed with its brackets.
-		if p, ok := rt.hosts["["+name+"]"]; ok {
-			return p
+		if strings.Contains(name, ":") {
+			if p, ok := rt.hosts["["+name+"]"]; ok {
+				return p
+			}
 		}
 	}
 	// A wildcard name matches one label: *.example.com matches a.example.com.
 	if _, rest, ok := strings.Cut(name, "."); ok {
-		if p, ok := rt.hosts["*."+rest]; ok {
+		if p, ok := rt.wild[rest]; ok {
 			return p
 		}
 	}

@@ -61,5 +61,6 @@ func BenchmarkRoute(b *testing.B) {
 	for b.Loop() {
 		rt.Route("www.example.com")
 		rt.Route("Example.com:80")
+		rt.Route("unknown.example.org:9000")
 	}
 }
