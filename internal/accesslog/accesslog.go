@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -167,7 +168,7 @@ func requestOf(r *http.Request) request {
 
 func appendLine(b []byte, prefix string, now time.Time, r *request, status int, n int64) []byte {
 	b = append(b, prefix...)
-	b = now.AppendFormat(b, "2006/01/02 15:04:05.000000")
+	b = appendTime(b, now)
 	b = append(b, ' ')
 	b = append(b, r.remoteAddr...)
 	b = append(b, ' ')
@@ -187,6 +188,29 @@ func appendLine(b []byte, prefix string, now time.Time, r *request, status int, 
 	b = append(b, ' ')
 	b = strconv.AppendInt(b, n, 10)
 	return append(b, '\n')
+}
+
+// second is a formatted second of the log's time stamps, kept while it
+// lasts: formatting a date costs more than the rest of a line.
+type second struct {
+	unix int64
+	text string // 2006/01/02 15:04:05
+}
+
+var lastSecond atomic.Pointer[second]
+
+// appendTime appends now as 2006/01/02 15:04:05.000000.
+func appendTime(b []byte, now time.Time) []byte {
+	sec := lastSecond.Load()
+	if sec == nil || sec.unix != now.Unix() {
+		sec = &second{unix: now.Unix(), text: now.Format("2006/01/02 15:04:05")}
+		lastSecond.Store(sec)
+	}
+	b = append(b, sec.text...)
+	us := now.Nanosecond() / 1000
+	return append(b, '.',
+		byte('0'+us/100000), byte('0'+us/10000%10), byte('0'+us/1000%10),
+		byte('0'+us/100%10), byte('0'+us/10%10), byte('0'+us%10))
 }
 
 // ResponseWriter records the status and the body size of a response. Unwrap

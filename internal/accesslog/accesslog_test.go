@@ -31,6 +31,17 @@ func TestLineFormat(t *testing.T) {
 	}
 }
 
+func TestAppendTime(t *testing.T) {
+	t.Parallel()
+	base := time.Date(2026, 11, 24, 23, 59, 58, 0, time.Local)
+	for _, d := range []time.Duration{0, 5 * time.Microsecond, 999999 * time.Microsecond, time.Second + 1234, 1500 * time.Millisecond, 36 * time.Hour} {
+		now := base.Add(d)
+		if got, want := string(appendTime(nil, now)), now.Format("2006/01/02 15:04:05.000000"); got != want {
+			t.Errorf("%v: %q, want %q", d, got, want)
+		}
+	}
+}
+
 // hijackable is a ResponseWriter that also flushes and hijacks.
 type hijackable struct {
 	flushed, hijacked bool
