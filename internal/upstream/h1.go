@@ -113,6 +113,10 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // that the request may be sent again on another connection: nothing came
 // back, and either the backend cannot have read it or it is replayable.
 func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request, replay bool) (resp *http.Response, retry bool, err error) {
+	// Set before the abort can come, which no later deadline may undo.
+	if t.timeout > 0 {
+		pc.SetReadDeadline(time.Now().Add(t.timeout))
+	}
 	// The client going away aborts the exchange, and the body after it.
 	stop := context.AfterFunc(ctx, pc.abort)
 	defer func() {
@@ -123,9 +127,6 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 	writeRequest(pc.bw, req)
 	if err := pc.bw.Flush(); err != nil {
 		return nil, true, err
-	}
-	if t.timeout > 0 {
-		pc.SetReadDeadline(time.Now().Add(t.timeout))
 	}
 	if _, err := pc.br.Peek(1); err != nil {
 		// The backend may have closed the connection before it read the
@@ -161,6 +162,9 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 	// exchange to set anew.
 	if t.timeout > 0 && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
 		pc.SetReadDeadline(time.Time{})
+		if ctx.Err() != nil {
+			pc.abort() // the client left as the deadline was cleared
+		}
 	}
 	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, pc: pc, stop: stop, keep: !resp.Close}
 	return resp, false, nil
