@@ -26,8 +26,9 @@ type Detacher interface {
 
 // serveWebSocket dials the backend, forwards the upgrade request and, if the
 // backend switches protocols, hijacks the client connection and hands the
-// two connections to a tunnel, which outlives the handler. Until the backend has agreed, the client is answered through w, so a
-// failure is an ordinary 502/504 and a refusal passes through as it is.
+// two connections to a tunnel, which outlives the handler. Until the backend
+// has agreed, the client is answered through w, so a failure is an ordinary
+// 502/504 and a refusal passes through as it is.
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
 	bconn, b, err := pool.Dial(r.Context(), r)
 	if err != nil {
