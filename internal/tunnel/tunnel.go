@@ -79,18 +79,6 @@ func (r *Registry) Start(a, b net.Conn, done func(toA, toB int64)) {
 	}
 }
 
-// Splice is Start that waits for the tunnel to end, and returns the bytes
-// copied to a and to b.
-func (r *Registry) Splice(a, b net.Conn) (toA, toB int64) {
-	ended := make(chan struct{})
-	r.Start(a, b, func(na, nb int64) {
-		toA, toB = na, nb
-		close(ended)
-	})
-	<-ended
-	return toA, toB
-}
-
 // run copies both directions with a goroutine each.
 func (t *tunnel) run() {
 	half := make(chan struct{})

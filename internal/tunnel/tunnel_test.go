@@ -30,6 +30,17 @@ func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
+// splice runs a tunnel and waits for it to end.
+func splice(r *Registry, a, b net.Conn) (toA, toB int64) {
+	ended := make(chan struct{})
+	r.Start(a, b, func(na, nb int64) {
+		toA, toB = na, nb
+		close(ended)
+	})
+	<-ended
+	return toA, toB
+}
+
 func TestHalfClose(t *testing.T) {
 	t.Parallel()
 	client, proxyA := pair(t)
@@ -38,7 +49,7 @@ func TestHalfClose(t *testing.T) {
 	type result struct{ toA, toB int64 }
 	done := make(chan result, 1)
 	go func() {
-		a, b := r.Splice(proxyA, proxyB)
+		a, b := splice(&r, proxyA, proxyB)
 		done <- result{a, b}
 	}()
 	deadline := time.Now().Add(10 * time.Second)
@@ -79,7 +90,7 @@ func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 	r := Registry{HalfCloseTimeout: 50 * time.Millisecond}
 	done := make(chan struct{})
 	go func() {
-		r.Splice(proxyA, proxyB)
+		splice(&r, proxyA, proxyB)
 		close(done)
 	}()
 	// The backend leaves; the client says nothing: the tunnel ends anyway.
@@ -98,7 +109,7 @@ func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 	proxyB2, _ := pair(t)
 	done2 := make(chan struct{})
 	go func() {
-		r.Splice(proxyA2, proxyB2)
+		splice(&r, proxyA2, proxyB2)
 		close(done2)
 	}()
 	for deadline := time.Now().Add(10 * time.Second); r.Len() == 0; time.Sleep(time.Millisecond) {
