@@ -21,12 +21,34 @@ func BenchmarkProxyRequest(b *testing.B) {
 		w.Write(body)
 	}))
 	defer backend.Close()
+	withAndWithoutLog(b, backend.Listener.Addr().String(), func(b *testing.B, addr string) {
+		url := "http://" + addr + "/small"
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				resp, err := client.Get(url)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	})
+}
+
+// withAndWithoutLog runs bench against a hipsterd frontend in front of the
+// backend at backendAddr, with the access log off and on.
+func withAndWithoutLog(b *testing.B, backendAddr string, bench func(b *testing.B, addr string)) {
 	for _, tc := range []struct{ name, global string }{
 		{"nolog", ""},
 		{"accesslog", "[global]\naccesslog = " + b.TempDir() + "/access.log\n"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			cfg, err := config.Parse("bench.ini", []byte(tc.global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+backend.Listener.Addr().String()+"\n"))
+			cfg, err := config.Parse("bench.ini", []byte(tc.global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+backendAddr+"\n"))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -35,21 +57,7 @@ func BenchmarkProxyRequest(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Shutdown(b.Context())
-			url := "http://" + s.Addrs()["f"].String() + "/small"
-			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-			b.ReportAllocs()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					resp, err := client.Get(url)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-			})
+			bench(b, s.Addrs()["f"].String())
 		})
 	}
 }
@@ -73,29 +81,12 @@ func BenchmarkProxyOnly(b *testing.B) {
 			go rawBackend(c, response)
 		}
 	}()
-	for _, tc := range []struct{ name, global string }{
-		{"nolog", ""},
-		{"accesslog", "[global]\naccesslog = " + b.TempDir() + "/access.log\n"},
-	} {
-		b.Run(tc.name, func(b *testing.B) {
-			benchmarkRaw(b, tc.global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+ln.Addr().String()+"\n")
-		})
-	}
+	withAndWithoutLog(b, ln.Addr().String(), benchmarkRaw)
 }
 
-// benchmarkRaw measures requests from raw-socket clients through a
-// hipsterd running the INI text src, with one frontend f.
-func benchmarkRaw(b *testing.B, src string) {
-	cfg, err := config.Parse("bench.ini", []byte(src))
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := s.Start(cfg); err != nil {
-		b.Fatal(err)
-	}
-	defer s.Shutdown(b.Context())
-	addr := s.Addrs()["f"].String()
+// benchmarkRaw measures requests from raw-socket clients to the frontend at
+// addr.
+func benchmarkRaw(b *testing.B, addr string) {
 	request := []byte("GET /small HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
 	b.ReportAllocs()
 	b.ResetTimer()

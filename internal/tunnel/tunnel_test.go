@@ -30,28 +30,25 @@ func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
-// splice runs a tunnel and waits for it to end.
-func splice(r *Registry, a, b net.Conn) (toA, toB int64) {
-	ended := make(chan struct{})
-	r.Start(a, b, func(na, nb int64) {
-		toA, toB = na, nb
-		close(ended)
-	})
-	<-ended
-	return toA, toB
+// counts are the bytes a tunnel copied to each side.
+type counts struct{ toA, toB int64 }
+
+// tunnelFor starts a tunnel of r between a client's and a backend's
+// connection, and returns their other ends, and where the tunnel's counts
+// arrive when it has ended.
+func tunnelFor(t *testing.T, r *Registry) (client, backend *net.TCPConn, done <-chan counts) {
+	t.Helper()
+	client, proxyA := pair(t)
+	proxyB, backend := pair(t)
+	ch := make(chan counts, 1)
+	r.Start(proxyA, proxyB, func(toA, toB int64) { ch <- counts{toA, toB} })
+	return client, backend, ch
 }
 
 func TestHalfClose(t *testing.T) {
 	t.Parallel()
-	client, proxyA := pair(t)
-	proxyB, backend := pair(t)
 	var r Registry
-	type result struct{ toA, toB int64 }
-	done := make(chan result, 1)
-	go func() {
-		a, b := splice(&r, proxyA, proxyB)
-		done <- result{a, b}
-	}()
+	client, backend, done := tunnelFor(t, &r)
 	deadline := time.Now().Add(10 * time.Second)
 	client.SetDeadline(deadline)
 	backend.SetDeadline(deadline)
@@ -76,7 +73,7 @@ func TestHalfClose(t *testing.T) {
 			t.Errorf("counted %+v, want 8 to the client and 7 to the backend", res)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Splice did not return")
+		t.Fatal("the tunnel did not end")
 	}
 	if r.Len() != 0 {
 		t.Errorf("registry still holds %d tunnels", r.Len())
@@ -85,14 +82,8 @@ func TestHalfClose(t *testing.T) {
 
 func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 	t.Parallel()
-	client, proxyA := pair(t)
-	proxyB, backend := pair(t)
 	r := Registry{HalfCloseTimeout: 50 * time.Millisecond}
-	done := make(chan struct{})
-	go func() {
-		splice(&r, proxyA, proxyB)
-		close(done)
-	}()
+	client, backend, done := tunnelFor(t, &r)
 	// The backend leaves; the client says nothing: the tunnel ends anyway.
 	backend.Close()
 	select {
@@ -105,17 +96,9 @@ func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 		t.Error("client connection still open")
 	}
 
-	client2, proxyA2 := pair(t)
-	proxyB2, _ := pair(t)
-	done2 := make(chan struct{})
-	go func() {
-		splice(&r, proxyA2, proxyB2)
-		close(done2)
-	}()
-	for deadline := time.Now().Add(10 * time.Second); r.Len() == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the tunnel never registered")
-		}
+	client2, _, done2 := tunnelFor(t, &r)
+	if r.Len() != 1 {
+		t.Fatalf("%d tunnels registered, want 1", r.Len())
 	}
 	r.CloseAll()
 	select {
@@ -131,12 +114,8 @@ func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 
 func TestBulkBothWays(t *testing.T) {
 	t.Parallel()
-	client, proxyA := pair(t)
-	proxyB, backend := pair(t)
 	var r Registry
-	type result struct{ toA, toB int64 }
-	done := make(chan result, 1)
-	r.Start(proxyA, proxyB, func(a, b int64) { done <- result{a, b} })
+	client, backend, done := tunnelFor(t, &r)
 
 	// Bursts of every size, bulk among them, both ways at once, each
 	// direction read while the other is written.
@@ -188,10 +167,8 @@ func TestIdleTunnelsHoldNoGoroutine(t *testing.T) {
 	const n = 50
 	clients := make([]*net.TCPConn, n)
 	for i := range clients {
-		c, pa := pair(t)
-		pb, backend := pair(t)
+		c, backend, _ := tunnelFor(t, &r)
 		clients[i] = c
-		r.Start(pa, pb, func(int64, int64) {})
 		// An echoing backend, to show that the tunnel works.
 		go io.Copy(backend, backend)
 	}
