@@ -207,6 +207,25 @@ func TestH1ConnectionCloseAndInterim(t *testing.T) {
 	}
 }
 
+func TestReplayable(t *testing.T) {
+	for _, tc := range []struct {
+		method, key string
+		want        bool
+	}{
+		{"GET", "", true}, {"HEAD", "", true}, {"OPTIONS", "", true}, {"TRACE", "", true},
+		{"DELETE", "", false}, {"POST", "", false},
+		{"DELETE", "Idempotency-Key", true}, {"POST", "X-Idempotency-Key", true},
+	} {
+		req := httptest.NewRequest(tc.method, "/", nil)
+		if tc.key != "" {
+			req.Header[tc.key] = []string{"k1"}
+		}
+		if got := replayable(req); got != tc.want {
+			t.Errorf("%s with %q: replayable %v, want %v", tc.method, tc.key, got, tc.want)
+		}
+	}
+}
+
 func TestWriteRequest(t *testing.T) {
 	req := httptest.NewRequest("OPTIONS", "http://example.com/a?b", nil)
 	req.Header = http.Header{"X-Evil": {"a\r\nInjected: 1"}, "User-Agent": {""}}

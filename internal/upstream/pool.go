@@ -166,9 +166,9 @@ func (p *Pool) clientKey(r *http.Request) uint64 {
 
 // RoundTrip sends req to a backend of the pool. A request that could not be
 // connected is tried on the next backend, whatever its method: none of it
-// reached a backend. A GET, HEAD or OPTIONS without a body that failed
-// before any response is tried on the next backend too. Everything else is
-// sent once.
+// reached a backend. A replayable request (GET, HEAD, OPTIONS, TRACE, or
+// one with an idempotency key) without a body that failed before any
+// response is tried on the next backend too. Everything else is sent once.
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	key := p.clientKey(req)
 	body := req.Body
@@ -179,7 +179,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		req.Body = noCloseBody{body}
 	}
 	fast := canFastPath(req)
-	idempotent := !hasBody && (req.Method == "GET" || req.Method == "HEAD" || req.Method == "OPTIONS")
+	idempotent := !hasBody && replayable(req)
 	var triedBuf [4]*Backend // a few fit on the stack
 	tried := triedBuf[:0]
 	var lastErr error
