@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -187,6 +188,9 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// newlineToSpace keeps a header value on its line, as net/http does.
+var newlineToSpace = strings.NewReplacer("\r", " ", "\n", " ")
+
 // writeRequest writes req's head. Its headers are sent as they are, in no
 // particular order; the request has no body.
 func writeRequest(w *bufio.Writer, req *http.Request) {
@@ -217,7 +221,7 @@ func writeRequest(w *bufio.Writer, req *http.Request) {
 			w.WriteString(k)
 			w.WriteString(": ")
 			if strings.ContainsAny(v, "\r\n") {
-				v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+				v = newlineToSpace.Replace(v)
 			}
 			w.WriteString(v)
 			w.WriteString("\r\n")
@@ -312,8 +316,7 @@ func (t *h1Transport) sweep() {
 		t.idle[n].Close()
 		n++
 	}
-	t.idle = append(t.idle[:0], t.idle[n:]...)
-	clear(t.idle[len(t.idle):cap(t.idle)])
+	t.idle = slices.Delete(t.idle, 0, n)
 	t.sweeping = len(t.idle) > 0 && !t.closed
 	if t.sweeping {
 		time.AfterFunc(h1IdleTimeout/3, t.sweep)
