@@ -58,7 +58,7 @@ type side struct {
 type reactor struct {
 	epfd int
 	rc   syscall.RawConn // epfd, as Go's poller sees it
-	io   *rawIO          // for the copies on the reactor's goroutine
+	rio  *rawIO          // for the copies on the reactor's goroutine
 
 	mu    sync.Mutex
 	slots []*side
@@ -105,7 +105,7 @@ func newReactor() (*reactor, error) {
 		f.Close()
 		return nil, err
 	}
-	return &reactor{epfd: fd, rc: rc, io: newRawIO()}, nil
+	return &reactor{epfd: fd, rc: rc, rio: newRawIO()}, nil
 }
 
 // loop waits for events and copies. Go's poller reports the epoll set
@@ -122,7 +122,7 @@ func (re *reactor) loop() {
 			}
 			for _, ev := range events[:max(n, 0)] {
 				if s := re.lookup(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32); s != nil {
-					s.wake(re.io, ev.Events)
+					s.wake(re.rio, ev.Events)
 				}
 			}
 			if n < len(events) {
@@ -218,7 +218,7 @@ func watch(t *tunnel) (arm func()) {
 }
 
 // wake is the reactor's answer to an event for s.
-func (s *side) wake(io *rawIO, events uint32) {
+func (s *side) wake(rio *rawIO, events uint32) {
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		// The end of the stream brings no event of its own once it is
 		// queued: from now on, read until a read says so.
@@ -228,7 +228,7 @@ func (s *side) wake(io *rawIO, events uint32) {
 		switch s.state.Load() {
 		case idle:
 			if s.state.CompareAndSwap(idle, busy) {
-				s.copyInline(io)
+				s.copyInline(rio)
 				return
 			}
 		case busy:
@@ -253,10 +253,10 @@ func (s *side) rest() bool {
 
 // copyInline copies what src has queued on the reactor's goroutine, as long
 // as each burst takes one read and one write that does not block.
-func (s *side) copyInline(io *rawIO) {
+func (s *side) copyInline(rio *rawIO) {
 	for {
 		bp := burstPool.Get().(*[]byte)
-		n, err := s.read(io, *bp)
+		n, err := s.read(rio, *bp)
 		if n <= 0 {
 			burstPool.Put(bp)
 			if s.ended(err) || s.rest() {
@@ -264,7 +264,7 @@ func (s *side) copyInline(io *rawIO) {
 			}
 			continue
 		}
-		w, err := s.writeNow(io, (*bp)[:n])
+		w, err := s.writeNow(rio, (*bp)[:n])
 		s.count.Add(int64(w))
 		if err != nil && err != unix.EAGAIN {
 			burstPool.Put(bp)
@@ -286,7 +286,7 @@ func (s *side) copyInline(io *rawIO) {
 // work is a worker goroutine: it writes the rest of a burst, blocking as
 // needed, and copies on until src has nothing queued.
 func (s *side) work(bp *[]byte, off, n int) {
-	io := newRawIO()
+	rio := newRawIO()
 	for {
 		var err error
 		if off < n {
@@ -305,7 +305,7 @@ func (s *side) work(bp *[]byte, off, n int) {
 		}
 		for {
 			bp = burstPool.Get().(*[]byte)
-			n, err = s.read(io, *bp)
+			n, err = s.read(rio, *bp)
 			if n > 0 {
 				break
 			}
@@ -351,25 +351,25 @@ func (s *side) ended(err error) bool {
 }
 
 // read reads what src has queued into p, without waiting.
-func (s *side) read(io *rawIO, p []byte) (int, error) {
-	io.p = p
-	err := s.srcRC.Read(io.read)
-	io.p = nil // the buffer goes back to its pool
+func (s *side) read(rio *rawIO, p []byte) (int, error) {
+	rio.p = p
+	err := s.srcRC.Read(rio.read)
+	rio.p = nil // the buffer goes back to its pool
 	if err != nil {
 		return 0, err
 	}
-	return max(io.n, 0), io.err
+	return max(rio.n, 0), rio.err
 }
 
 // writeNow writes what dst takes now of p.
-func (s *side) writeNow(io *rawIO, p []byte) (int, error) {
-	io.p = p
-	err := s.dstRC.Write(io.write)
-	io.p = nil
+func (s *side) writeNow(rio *rawIO, p []byte) (int, error) {
+	rio.p = p
+	err := s.dstRC.Write(rio.write)
+	rio.p = nil
 	if err != nil {
 		return 0, err
 	}
-	return max(io.n, 0), io.err
+	return max(rio.n, 0), rio.err
 }
 
 // rawIO is a raw read and write, made once for the goroutine that uses it:
