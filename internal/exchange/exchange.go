@@ -1,0 +1,40 @@
+// Package exchange records what happened to one request on its way through
+// hipsterd, for the access log and the metrics: which backend answered, after
+// how many retries, and when its response header came.
+//
+// The frontend's outermost handler puts an Info in the request's context;
+// the backend pool fills it in. The request's goroutine is the only writer,
+// and readers look after the handler has returned (or, for a tunnel, after
+// it has closed).
+package exchange
+
+import (
+	"context"
+	"time"
+)
+
+// Info is what one request met on the backend side.
+type Info struct {
+	// Backend is the name of the backend that answered, or of the last one
+	// tried; "" when no backend was involved.
+	Backend string
+	// Retries counts the tries after the first: on another backend, or
+	// the same request resent on a new connection.
+	Retries int
+	// Header is the time from the first try to the backend's response
+	// header; 0 when none came.
+	Header time.Duration
+}
+
+type key struct{}
+
+// NewContext returns ctx carrying info.
+func NewContext(ctx context.Context, info *Info) context.Context {
+	return context.WithValue(ctx, key{}, info)
+}
+
+// FromContext returns the Info in ctx, or nil.
+func FromContext(ctx context.Context) *Info {
+	info, _ := ctx.Value(key{}).(*Info)
+	return info
+}
