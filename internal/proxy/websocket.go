@@ -30,7 +30,7 @@ type Detacher interface {
 // has agreed, the client is answered through w, so a failure is an ordinary
 // 502/504 and a refusal passes through as it is.
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
-	bconn, b, err := pool.Dial(r.Context(), r)
+	bconn, b, err := pool.Dial(r.Context(), r.RemoteAddr, r.Header)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -147,19 +147,19 @@ func contains(list []*Backend, b *Backend) bool {
 // clientKey hashes the client's IP for source balancing: with
 // add-x-forwarded-for, the first address of X-Forwarded-For (the client as
 // the first proxy saw it); otherwise, and when there is none, the peer.
-func (p *Pool) clientKey(r *http.Request) uint64 {
+func (p *Pool) clientKey(remoteAddr string, hdr http.Header) uint64 {
 	if p.balance != config.Source {
 		return 0
 	}
 	if p.xff {
-		if v := r.Header["X-Forwarded-For"]; len(v) > 0 {
+		if v := hdr["X-Forwarded-For"]; len(v) > 0 {
 			first, _, _ := strings.Cut(v[0], ",")
 			return hashString(strings.TrimSpace(first))
 		}
 	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	host, _, err := net.SplitHostPort(remoteAddr)
 	if err != nil {
-		host = r.RemoteAddr
+		host = remoteAddr
 	}
 	return hashString(host)
 }
@@ -170,7 +170,7 @@ func (p *Pool) clientKey(r *http.Request) uint64 {
 // one with an idempotency key) without a body that failed before any
 // response is tried on the next backend too. Everything else is sent once.
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
-	key := p.clientKey(req)
+	key := p.clientKey(req.RemoteAddr, req.Header)
 	body := req.Body
 	hasBody := body != nil && body != http.NoBody
 	if hasBody {
@@ -227,11 +227,12 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // Dial connects to a backend of the pool for a tunnel, trying the next
-// backend when a connect fails. r is the client's request (for source
+// backend when a connect fails. remoteAddr is the client's address and hdr
+// its request's header, nil for a raw TCP connection (both for source
 // balancing). The caller must call Release on the backend when the tunnel
 // ends.
-func (p *Pool) Dial(ctx context.Context, r *http.Request) (net.Conn, *Backend, error) {
-	key := p.clientKey(r)
+func (p *Pool) Dial(ctx context.Context, remoteAddr string, hdr http.Header) (net.Conn, *Backend, error) {
+	key := p.clientKey(remoteAddr, hdr)
 	var triedBuf [4]*Backend // a few fit on the stack
 	tried := triedBuf[:0]
 	var lastErr error
