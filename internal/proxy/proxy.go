@@ -21,9 +21,6 @@ const NoBackendBody = "no suitable backend found for request"
 // Handler serves one frontend.
 type Handler struct {
 	Router *router.Router
-	// AddXForwardedFor appends the client IP to X-Forwarded-For on
-	// WebSocket upgrades (the pools do it for HTTP requests).
-	AddXForwardedFor bool
 	// Tunnels runs WebSocket tunnels and records them, for shutdown.
 	// Required.
 	Tunnels *tunnel.Registry

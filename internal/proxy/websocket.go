@@ -1,15 +1,11 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
-	"fmt"
-	"io"
+	"errors"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/upstream"
@@ -24,64 +20,35 @@ type Detacher interface {
 	Detach() (end func(status int, bytesToClient int64))
 }
 
-// serveWebSocket dials the backend, forwards the upgrade request and, if the
-// backend switches protocols, hijacks the client connection and hands the
-// two connections to a tunnel, which outlives the handler. Until the backend
-// has agreed, the client is answered through w, so a failure is an ordinary
-// 502/504 and a refusal passes through as it is.
+// serveWebSocket forwards an upgrade request like any other request, through
+// the pool (the same backend choice, retries, header rewriting and error
+// answers), and, if the backend switches protocols, takes over the client
+// connection and tunnels it to the backend's. A refusal passes through as
+// it is.
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
-	bconn, b, err := pool.Dial(r.Context(), r.RemoteAddr, r.Header)
-	if err != nil {
-		h.fail(w, r, err)
+	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		// A WebSocket handshake has no body (RFC 6455, section 4.1).
+		http.Error(w, "a WebSocket upgrade request has no body", http.StatusBadRequest)
 		return
 	}
-	hijacked := false
-	defer func() {
-		if !hijacked {
-			b.Release()
-			bconn.Close()
-		}
-	}()
+	handoff := func(resp *http.Response, bconn net.Conn, early []byte, slot *upstream.Slot) error {
+		return h.tunnel(w, resp, bconn, early, slot)
+	}
+	pool.ServeHTTP(w, r.WithContext(upstream.WithHandoff(r.Context(), handoff)))
+}
 
-	if b.ResponseTimeout > 0 {
-		bconn.SetDeadline(time.Now().Add(b.ResponseTimeout))
-	}
-	// Close the backend connection if the client goes away while we wait.
-	stop := context.AfterFunc(r.Context(), func() { bconn.Close() })
-	defer stop()
-
-	if _, err := bconn.Write(upgradeRequest(r, h.AddXForwardedFor)); err != nil {
-		h.fail(w, r, fmt.Errorf("backend %s: %w", b.Name, err))
-		return
-	}
-	br := bufio.NewReader(bconn)
-	resp, err := http.ReadResponse(br, r)
-	if err != nil {
-		h.fail(w, r, fmt.Errorf("backend %s: %w", b.Name, err))
-		return
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		passResponse(w, resp)
-		return
-	}
-	if !stop() {
-		return // the client is gone; the deferred Close ends the backend side
-	}
-	bconn.SetDeadline(time.Time{})
-
+// tunnel takes over the client connection of w, answers it with resp's head
+// and the bytes the backend sent after it, and tunnels it to bconn.
+func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, bconn net.Conn, early []byte, slot *upstream.Slot) error {
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		// Not hijacked, so an ordinary answer is still possible.
-		h.Log.Error("websocket: cannot take over the client connection", "err", err)
-		http.Error(w, "websocket upgrade not possible on this connection", http.StatusInternalServerError)
-		return
+		return errors.New("websocket: cannot take over the client connection: " + err.Error())
 	}
-	hijacked = true
 	// Deadlines net/http set while reading the request must not end the tunnel.
 	conn.SetDeadline(time.Time{})
 	keepAlive(conn)
 
-	// From here the tunnel outlives this handler: whoever logs or counts
+	// From here the tunnel outlives the handler: whoever logs or counts
 	// the request hears of it when the tunnel closes.
 	var logEnd func(int, int64)
 	if d, ok := w.(Detacher); ok {
@@ -92,7 +59,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 		release = h.Hold()
 	}
 	end := func(toClient int64) {
-		b.Release()
+		slot.Release()
 		if logEnd != nil {
 			logEnd(http.StatusSwitchingProtocols, toClient)
 		}
@@ -101,31 +68,26 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 		}
 	}
 
-	head := responseHead(resp)
-	// Bytes the backend sent after its 101 sit in br; bytes the client sent
-	// after its request sit in brw. Forward both before handing over the raw
-	// connections.
-	if n := br.Buffered(); n > 0 {
-		more, _ := br.Peek(n)
-		head = append(head, more...)
-	}
+	head := append(responseHead(resp), early...)
 	if _, err := conn.Write(head); err != nil {
 		conn.Close()
 		bconn.Close()
 		end(0)
-		return
+		return nil
 	}
+	// Bytes the client sent after its request sit in brw.
 	if n := brw.Reader.Buffered(); n > 0 {
-		early, _ := brw.Reader.Peek(n)
-		if _, err := bconn.Write(early); err != nil {
+		more, _ := brw.Reader.Peek(n)
+		if _, err := bconn.Write(more); err != nil {
 			conn.Close()
 			bconn.Close()
 			end(int64(len(head)))
-			return
+			return nil
 		}
 	}
 	sent := int64(len(head))
 	h.Tunnels.Start(conn, bconn, func(toClient, _ int64) { end(sent + toClient) })
+	return nil
 }
 
 // tunnelKeepAlive is the TCP keep-alive period of a tunnel's client
@@ -143,48 +105,6 @@ func keepAlive(c net.Conn) {
 	}
 }
 
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
-		return // client gone: logged as 499
-	}
-	status := upstream.StatusFor(err)
-	if status == http.StatusServiceUnavailable {
-		http.Error(w, err.Error(), status)
-		return
-	}
-	h.Log.Error("websocket proxy error", "uri", r.RequestURI, "status", status, "err", err)
-	http.Error(w, http.StatusText(status), status)
-}
-
-// wsHopHeaders are removed from a forwarded upgrade request; Connection is
-// rewritten and Upgrade kept.
-var wsHopHeaders = []string{"Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "Proxy-Authenticate", "Te", "Trailer"}
-
-// upgradeRequest is the request to send the backend: the client's request
-// line, Host and headers, minus the hop-by-hop ones but for the upgrade.
-func upgradeRequest(r *http.Request, xff bool) []byte {
-	hdr := r.Header.Clone()
-	for _, name := range r.Header["Connection"] {
-		for _, tok := range splitTokens(name) {
-			if !strings.EqualFold(tok, "upgrade") {
-				hdr.Del(tok)
-			}
-		}
-	}
-	for _, name := range wsHopHeaders {
-		hdr.Del(name)
-	}
-	hdr["Connection"] = []string{"Upgrade"}
-	if xff {
-		upstream.AppendForwardedFor(hdr, r.Header, r.RemoteAddr)
-	}
-	var buf bytes.Buffer
-	buf.WriteString(r.Method + " " + r.RequestURI + " HTTP/1.1\r\nHost: " + r.Host + "\r\n")
-	hdr.Write(&buf)
-	buf.WriteString("\r\n")
-	return buf.Bytes()
-}
-
 // responseHead is the backend's 101 response as the client will see it.
 func responseHead(resp *http.Response) []byte {
 	var buf bytes.Buffer
@@ -192,36 +112,4 @@ func responseHead(resp *http.Response) []byte {
 	resp.Header.Write(&buf)
 	buf.WriteString("\r\n")
 	return buf.Bytes()
-}
-
-// respHopHeaders are not copied from a backend's response to the client.
-var respHopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-// passResponse sends a backend's refusal of an upgrade on to the client.
-func passResponse(w http.ResponseWriter, resp *http.Response) {
-	defer resp.Body.Close()
-	dst := w.Header()
-	for k, v := range resp.Header {
-		dst[k] = v
-	}
-	for _, name := range resp.Header["Connection"] {
-		for _, tok := range splitTokens(name) {
-			dst.Del(tok)
-		}
-	}
-	for _, name := range respHopHeaders {
-		dst.Del(name)
-	}
-	w.WriteHeader(resp.StatusCode)
-	io.Copy(w, resp.Body)
-}
-
-func splitTokens(v string) []string {
-	var out []string
-	for _, f := range strings.Split(v, ",") {
-		if t := strings.TrimSpace(f); t != "" {
-			out = append(out, t)
-		}
-	}
-	return out
 }

@@ -1,5 +1,5 @@
-// Package upstream holds the runtime side of backends: how to reach one (a
-// tuned HTTP transport, a dialer for tunnels), whether it is up (passive and
+// Package upstream holds the runtime side of backends: how to reach one (an
+// HTTP/1.1 transport of its own, a dialer for tunnels), whether it is up (passive and
 // active health checks), and pools that pick one and retry on another when a
 // connect fails.
 package upstream
@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
@@ -36,14 +37,13 @@ type Backend struct {
 	// ResponseTimeout bounds the wait for the response header; 0: none.
 	ResponseTimeout time.Duration
 
-	cfg       config.Backend
-	dialer    *net.Dialer
-	transport *http.Transport // requests with a body
-	h1        *h1Transport    // requests without
-	tls       *tls.Config     // nil for plain backends
-	health    *Health
-	inflight  atomic.Int64 // requests and tunnels, for leastconn
-	log       *slog.Logger
+	cfg      config.Backend
+	dialer   *net.Dialer
+	h1       *h1Transport
+	tls      *tls.Config // nil for plain backends
+	health   *Health
+	inflight atomic.Int64 // requests and tunnels: see Slot
+	log      *slog.Logger
 
 	stopChecks chan struct{} // nil unless checks run
 }
@@ -60,25 +60,11 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 		dialer:          &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: tcpKeepAlive},
 		log:             log.With("backend", c.Name),
 	}
-	b.transport = &http.Transport{
-		DialContext:           b.dialer.DialContext,
-		ResponseHeaderTimeout: c.ResponseTimeout,
-		// Go's default of 2 idle connections per host makes every burst
-		// above two concurrent requests open and close connections.
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		// Bodies pass through as the backend sent them.
-		DisableCompression: true,
-		// No Proxy: HTTP_PROXY in the environment must not divert traffic.
-		ExpectContinueTimeout: time.Second,
-	}
 	if c.TLS {
 		b.Scheme = "https"
 		b.tls = clientTLS(c, b.log)
-		b.transport.TLSClientConfig = b.tls
 	}
-	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, inflight: &b.inflight}
+	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, log: b.log}
 	hc := c.Health
 	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
 	return b
@@ -109,16 +95,27 @@ func clientTLS(c config.Backend, log *slog.Logger) *tls.Config {
 	return conf
 }
 
+// ConnectError is a failure to connect to a backend, its TLS handshake
+// included: nothing of a request reached it, so any request may be tried on
+// another backend.
+type ConnectError struct{ Err error }
+
+func (e *ConnectError) Error() string { return e.Err.Error() }
+func (e *ConnectError) Unwrap() error { return e.Err }
+
 // dial connects to the backend, with TLS for a TLS backend.
 func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
 	c, err := b.dialer.DialContext(ctx, "tcp", b.Addr)
-	if err != nil || b.tls == nil {
-		return c, err
+	if err != nil {
+		return nil, &ConnectError{err}
+	}
+	if b.tls == nil {
+		return c, nil
 	}
 	tc := tls.Client(c, b.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("TLS handshake with %s: %w", b.Addr, err)
+		return nil, &ConnectError{fmt.Errorf("TLS handshake with %s: %w", b.Addr, err)}
 	}
 	return tc, nil
 }
@@ -132,8 +129,32 @@ func (b *Backend) Up() bool { return b.health.Up() }
 // InFlight is the number of requests and tunnels the backend serves now.
 func (b *Backend) InFlight() int64 { return b.inflight.Load() }
 
-// Release ends a tunnel opened by Pool.Dial.
-func (b *Backend) Release() { b.inflight.Add(-1) }
+// Health returns a snapshot of the backend's health.
+func (b *Backend) Health() State { return b.health.State() }
+
+// A Slot is one request or tunnel in flight to a backend, as leastconn
+// counts them. It is the only way the count changes: take one before the
+// first byte goes to the backend, and Release it, once, when the exchange
+// is over; more calls do nothing.
+type Slot struct {
+	b    *Backend
+	done atomic.Bool
+}
+
+func (b *Backend) take() *Slot {
+	b.inflight.Add(1)
+	return &Slot{b: b}
+}
+
+// Release gives the slot back.
+func (s *Slot) Release() {
+	if s.done.CompareAndSwap(false, true) {
+		s.b.inflight.Add(-1)
+	}
+}
+
+// Backend is the backend the slot is held on.
+func (s *Slot) Backend() *Backend { return s.b }
 
 // KeepStateOf takes over old's up/down state, for a backend whose section
 // changed in a reload but that is still the same server.
@@ -142,7 +163,6 @@ func (b *Backend) KeepStateOf(old *Backend) { b.health.inherit(old.health) }
 // Close stops the active checks and closes idle connections.
 func (b *Backend) Close() {
 	b.StopChecks()
-	b.transport.CloseIdleConnections()
 	b.h1.close()
 }
 
@@ -187,10 +207,13 @@ func (b *Backend) checkLoop(stop <-chan struct{}) {
 			return
 		case <-timer.C:
 		}
-		if err := b.check(client); err != nil {
-			b.health.Failed(err.Error())
+		if err := b.check(client); isLocal(err) {
+			// Out of file descriptors here says nothing of the backend.
+			b.log.Warn("health check not run", "err", err)
+		} else if err != nil {
+			b.health.CheckFailed(err.Error())
 		} else {
-			b.health.Passed(true)
+			b.health.CheckPassed()
 		}
 		timer.Reset(hc.Interval - hc.Interval/10 + rand.N(hc.Interval/5+1))
 	}
@@ -229,25 +252,34 @@ func (b *Backend) check(client *http.Client) error {
 	return nil
 }
 
-// isDial reports whether err is a failure to connect: nothing of the
+// isConnect reports whether err is a failure to connect: nothing of the
 // request reached the backend.
-func isDial(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
+func isConnect(err error) bool {
+	var ce *ConnectError
+	return errors.As(err, &ce)
 }
 
-// StatusFor maps an error talking to a backend to the status a client gets:
-// no backend up is 503; failing to connect is 502 whatever the cause; a
-// timeout after connecting is 504; anything else 502.
+// isLocal reports whether err is this process running out of a resource
+// (file descriptors, socket buffers): not the backend's fault.
+func isLocal(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
+
+// StatusFor maps an error forwarding a request to the status a client gets:
+// no backend up, or none reachable for lack of a local resource, is 503; a
+// bad request body from the client 400; failing to connect 502 whatever the
+// cause; a timeout after connecting 504; anything else 502.
 func StatusFor(err error) int {
-	if errors.Is(err, ErrNoBackend) {
+	var ce *ClientError
+	switch {
+	case errors.Is(err, ErrNoBackend) || isLocal(err):
 		return http.StatusServiceUnavailable
-	}
-	if isDial(err) {
+	case errors.As(err, &ce):
+		return http.StatusBadRequest
+	case isConnect(err):
 		return http.StatusBadGateway
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	case isTimeout(err):
 		return http.StatusGatewayTimeout
 	}
 	return http.StatusBadGateway

@@ -3,9 +3,11 @@ package upstream
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"syscall"
 	"testing"
 )
 
@@ -16,8 +18,11 @@ func TestStatusFor(t *testing.T) {
 		err  error
 		want int
 	}{
-		{"refused", &net.OpError{Op: "dial", Err: errors.New("connection refused")}, 502},
-		{"connect timeout", &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}, 502},
+		{"refused", &ConnectError{&net.OpError{Op: "dial", Err: errors.New("connection refused")}}, 502},
+		{"connect timeout", &ConnectError{&net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}}, 502},
+		{"TLS handshake", &ConnectError{errors.New("TLS handshake with b: bad certificate")}, 502},
+		{"out of file descriptors", &ConnectError{&net.OpError{Op: "dial", Err: os.NewSyscallError("socket", syscall.EMFILE)}}, 503},
+		{"bad request body", &ClientError{io.ErrUnexpectedEOF}, 400},
 		{"header timeout", &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}, 504},
 		{"reset", &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}, 502},
 		{"all down", ErrNoBackend, 503},

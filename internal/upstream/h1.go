@@ -4,34 +4,47 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/http/httputil"
 	"net/textproto"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/exchange"
 )
 
-// h1Transport sends requests without a body to one backend over kept-alive
-// HTTP/1.1 connections, on the caller's goroutine.
+// MaxResponseHeaderBytes bounds a backend's response head: its status line
+// and header fields, each interim (1xx) response's on its own. Past it the
+// exchange fails with a 502. net/http's Transport allows 10 MiB, nginx 4 to
+// 8 KiB.
+const MaxResponseHeaderBytes = 64 << 10
+
+// h1Transport sends requests to one backend over kept-alive HTTP/1.1
+// connections, on the caller's goroutine; a request body is sent by a
+// goroutine of its own while the caller waits for the response, which may
+// come before the body is done.
 //
 // net/http's Transport hands every request to two goroutines of its
-// connection (one writes the request, one reads the response) and back,
-// through channels and selects; for the small bodiless requests that make up
-// most proxy traffic, that hand-off and its bookkeeping cost more than the
-// HTTP itself. Requests with a body still go to net/http's Transport, which
-// sends the body while it watches for an early response.
+// connection and back, through channels and selects; for the small requests
+// that make up most proxy traffic that costs more than the HTTP itself. One
+// transport for every request also means one behaviour: the same request
+// line and header order as net/http's Transport, the same bound on response
+// heads, the same check of idle connections.
 type h1Transport struct {
 	dial func(context.Context) (net.Conn, error)
-	// timeout bounds the wait for the response header; 0: none.
+	// timeout bounds the wait for the response header once the request is
+	// sent; 0: none.
 	timeout time.Duration
-	// inflight counts the requests in flight: the caller adds one, a
-	// response's body takes it away when done.
-	inflight *atomic.Int64
+	log     *slog.Logger // names the backend
 
 	mu       sync.Mutex
 	idle     []*h1Conn // most recently used last
@@ -53,69 +66,106 @@ const (
 // h1Conn is one connection to the backend.
 type h1Conn struct {
 	net.Conn
+	t      *h1Transport
+	head   headLimit // between Conn and br
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	abort  func() // ends the exchange under way: the client went away
 	idleAt time.Time
+	watch  uint64 // its key in the idle watcher while it is watched, else 0
 }
 
-func newH1Conn(c net.Conn) *h1Conn {
-	pc := &h1Conn{Conn: c, br: bufio.NewReader(c), bw: bufio.NewWriter(c)}
+func (t *h1Transport) newConn(c net.Conn) *h1Conn {
+	pc := &h1Conn{Conn: c, t: t, head: headLimit{c: c, left: math.MaxInt64}}
+	pc.br = bufio.NewReader(&pc.head)
+	pc.bw = bufio.NewWriter(c)
 	pc.abort = func() { pc.SetDeadline(time.Unix(1, 0)) }
 	return pc
 }
 
-// canFastPath reports whether req can go through an h1Transport: it has no
-// body to send.
-func canFastPath(req *http.Request) bool {
-	return (req.Body == nil || req.Body == http.NoBody) && req.ContentLength == 0 &&
-		len(req.TransferEncoding) == 0 && req.Method != "CONNECT"
+// headLimit counts what is read from the connection while a response head
+// is read, so that a backend sending header fields without end fails the
+// exchange instead of growing memory. The count includes what the buffered
+// reader reads ahead, as net/http's does.
+type headLimit struct {
+	c    net.Conn
+	left int64
 }
 
-// errToo1xx is returned for a backend that sends too many interim responses.
-var errToo1xx = errors.New("too many 1xx responses")
+var errHeaderTooLarge = fmt.Errorf("response header larger than %d bytes", MaxResponseHeaderBytes)
 
-// errUnasked101 is returned for a backend that switches protocols unasked.
-var errUnasked101 = errors.New("101 Switching Protocols to a request that asked for no upgrade")
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.c.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
 
-func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+var (
+	errToo1xx       = errors.New("too many 1xx responses")
+	errUnasked101   = errors.New("101 Switching Protocols to a request that asked for no upgrade")
+	errIdleResponse = errors.New("unsolicited response received on idle HTTP channel")
+)
+
+// ClientError is a request that failed for the client's fault: its body was
+// malformed or shorter than it said. The client gets 400, and the backend
+// is not blamed.
+type ClientError struct{ Err error }
+
+func (e *ClientError) Error() string { return "reading the request body: " + e.Err.Error() }
+func (e *ClientError) Unwrap() error { return e.Err }
+
+// hasBody reports whether req has a body to send.
+func hasBody(req *http.Request) bool {
+	return req.Body != nil && req.Body != http.NoBody && req.ContentLength != 0
+}
+
+// roundTrip sends req and returns the response with its header read; s is
+// the slot the request holds, released when the response body is done. A
+// replayable request without a body that fails on a kept-alive connection
+// before any byte of a response is sent again on a new connection.
+func (t *h1Transport) roundTrip(req *http.Request, s *Slot, info *exchange.Info) (*http.Response, error) {
 	ctx := req.Context()
-	replay := replayable(req)
+	resend := !hasBody(req) && replayable(req)
 	for {
 		pc := t.get()
-		if pc != nil && !replay && !quiet(pc.Conn) {
-			// A request that must not be sent twice is not sent on a
-			// connection the backend may be closing.
-			pc.Close()
-			continue
-		}
 		reused := pc != nil
 		if !reused {
 			c, err := t.dial(ctx)
 			if err != nil {
 				return nil, err
 			}
-			pc = newH1Conn(c)
+			pc = t.newConn(c)
 		}
-		resp, retry, err := t.exchange(ctx, pc, req, replay)
+		resp, retry, err := t.exchange(ctx, pc, req, s)
 		if err == nil {
 			return resp, nil
 		}
 		pc.Close()
-		// A kept-alive connection that the backend closed while it was
-		// idle fails before any byte of a response: try again on a new one.
-		if !reused || !retry || ctx.Err() != nil {
+		// A kept-alive connection that the backend closed as the request
+		// went out fails before any byte of a response: try once more.
+		if !reused || !retry || !resend || ctx.Err() != nil {
 			return nil, err
+		}
+		if info != nil {
+			info.Retries++
 		}
 	}
 }
 
 // exchange sends req on pc and reads the response header. retry reports
-// that the request may be sent again on another connection: nothing came
-// back, and either the backend cannot have read it or it is replayable.
-func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request, replay bool) (resp *http.Response, retry bool, err error) {
-	// Set before the abort can come, which no later deadline may undo.
-	if t.timeout > 0 {
+// that nothing came back and the backend did not time out.
+func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request, s *Slot) (resp *http.Response, retry bool, err error) {
+	var w *bodyWriter
+	if hasBody(req) {
+		w = &bodyWriter{conn: pc, done: make(chan struct{})}
+	} else if t.timeout > 0 {
+		// Set before the abort can come, which no later deadline may undo.
 		pc.SetReadDeadline(time.Now().Add(t.timeout))
 	}
 	// The client going away aborts the exchange, and the body after it.
@@ -123,29 +173,38 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 	defer func() {
 		if err != nil {
 			stop()
+			if cerr := w.clientErr(); cerr != nil {
+				err, retry = cerr, false
+			}
 		}
 	}()
 	writeRequest(pc.bw, req)
-	if err := pc.bw.Flush(); err != nil {
+	if w != nil {
+		go w.run(t, pc, req)
+	} else if err := pc.bw.Flush(); err != nil {
 		return nil, true, err
 	}
+	pc.head.left = MaxResponseHeaderBytes
 	if _, err := pc.br.Peek(1); err != nil {
 		// The backend may have closed the connection before it read the
-		// request, or after: only a request that may be sent twice is.
-		return nil, replay && !isTimeout(err), err
+		// request, or after.
+		return nil, !isTimeout(err), pc.headErr(err)
 	}
 	trace := httptrace.ContextClientTrace(ctx)
 	for n := 0; ; n++ {
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
-			return nil, false, err
+			return nil, false, pc.headErr(err)
 		}
 		code := resp.StatusCode
 		if code >= 200 {
 			break
 		}
 		if code == http.StatusSwitchingProtocols {
-			return nil, false, errUnasked101
+			if err := checkUpgrade(req, resp); err != nil {
+				return nil, false, err
+			}
+			break
 		}
 		if n == h1Max1xx {
 			return nil, false, errToo1xx
@@ -157,18 +216,177 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 				return nil, false, err
 			}
 		}
+		pc.head.left = MaxResponseHeaderBytes
 	}
-	// The header deadline must not cut the body short, unless the body is
-	// already read (most small responses): then it is left to the next
-	// exchange to set anew.
-	if t.timeout > 0 && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
+	pc.head.left = math.MaxInt64
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		pc.SetDeadline(time.Time{})
+		if !stop() {
+			return nil, false, ctx.Err() // the client left as the answer came
+		}
+		resp.Body = &upgraded{pc: pc, slot: s}
+		return resp, false, nil
+	}
+	if w != nil {
+		w.answered()
+		if ctx.Err() != nil {
+			pc.abort()
+		}
+	} else if t.timeout > 0 && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
+		// The header deadline must not cut the body short; when the body
+		// is already read (most small responses) it goes with the
+		// connection to the pool, which clears it.
 		pc.SetReadDeadline(time.Time{})
 		if ctx.Err() != nil {
 			pc.abort() // the client left as the deadline was cleared
 		}
 	}
-	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, pc: pc, stop: stop, keep: !resp.Close}
+	resp.Body = &h1Body{ReadCloser: resp.Body, pc: pc, stop: stop, keep: !resp.Close, w: w, slot: s}
 	return resp, false, nil
+}
+
+// headErr names a response head that grew past the limit.
+func (pc *h1Conn) headErr(err error) error {
+	if pc.head.left <= 0 {
+		return errHeaderTooLarge
+	}
+	return err
+}
+
+// checkUpgrade checks that a 101 answer switches to the protocol the
+// request asked for, as ReverseProxy does.
+func checkUpgrade(req *http.Request, resp *http.Response) error {
+	asked := req.Header.Get("Upgrade")
+	if asked == "" {
+		return errUnasked101
+	}
+	if got := resp.Header.Get("Upgrade"); !strings.EqualFold(got, asked) {
+		return fmt.Errorf("backend switched protocols to %q, not %q", got, asked)
+	}
+	return nil
+}
+
+// upgraded is the body of a 101 response: the connection, which now
+// belongs to whoever tunnels it.
+type upgraded struct {
+	pc   *h1Conn
+	slot *Slot
+}
+
+func (u *upgraded) Read([]byte) (int, error) { return 0, io.EOF }
+func (u *upgraded) Close() error             { return u.pc.Close() }
+
+// bodyWriter sends a request body while the response is awaited.
+type bodyWriter struct {
+	conn net.Conn
+	done chan struct{} // closed when the body is sent or failed
+	err  error         // set before done closes
+	// client tells that err is the client's (reading its body failed).
+	client bool
+
+	mu       sync.Mutex
+	response bool // the response header came
+}
+
+// run sends req's body on pc, then arms the response timeout, unless the
+// response came first. A client whose body breaks aborts the exchange: the
+// backend got a truncated request.
+func (w *bodyWriter) run(t *h1Transport, pc *h1Conn, req *http.Request) {
+	client, err := writeBody(pc.bw, req)
+	if err == nil {
+		err = pc.bw.Flush()
+	}
+	w.mu.Lock()
+	w.err, w.client = err, client
+	if err == nil && !w.response && t.timeout > 0 {
+		pc.SetReadDeadline(time.Now().Add(t.timeout))
+		if req.Context().Err() != nil {
+			pc.abort() // the client left as the deadline was set
+		}
+	}
+	w.mu.Unlock()
+	close(w.done)
+	if client {
+		pc.abort()
+	}
+}
+
+// answered tells the writer that the response header came; the response
+// timeout no longer applies.
+func (w *bodyWriter) answered() {
+	w.mu.Lock()
+	w.response = true
+	w.conn.SetReadDeadline(time.Time{})
+	w.mu.Unlock()
+}
+
+// sent reports whether the whole body went out.
+func (w *bodyWriter) sent() bool {
+	select {
+	case <-w.done:
+		return w.err == nil
+	default:
+		return false
+	}
+}
+
+// clientErr is the client's error, if its body failed already.
+func (w *bodyWriter) clientErr() error {
+	if w == nil {
+		return nil
+	}
+	select {
+	case <-w.done:
+		if w.client {
+			return &ClientError{w.err}
+		}
+	default:
+	}
+	return nil
+}
+
+// writeBody copies req's body to bw, chunked when its length is unknown,
+// with its trailers; client reports that err came from reading the body.
+func writeBody(bw *bufio.Writer, req *http.Request) (client bool, err error) {
+	buf := bufferPool.Get()
+	defer bufferPool.Put(buf)
+	var dst io.Writer = bw
+	var cw io.WriteCloser
+	if req.ContentLength < 0 {
+		cw = httputil.NewChunkedWriter(bw)
+		dst = cw
+	}
+	for {
+		n, rerr := req.Body.Read(buf)
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return false, err
+			}
+			// A streamed upload reaches the backend as it comes.
+			if err := bw.Flush(); err != nil {
+				return false, err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return true, rerr
+		}
+	}
+	if cw == nil {
+		return false, nil
+	}
+	if err := cw.Close(); err != nil {
+		return false, err
+	}
+	if len(req.Trailer) > 0 {
+		if err := req.Trailer.Write(bw); err != nil {
+			return false, err
+		}
+	}
+	_, err = bw.WriteString("\r\n")
+	return false, err
 }
 
 // replayable reports whether req may be sent again after it may have
@@ -191,16 +409,24 @@ func isTimeout(err error) bool {
 // newlineToSpace keeps a header value on its line, as net/http does.
 var newlineToSpace = strings.NewReplacer("\r", " ", "\n", " ")
 
-// writeRequest writes req's head. Its headers are sent as they are, in no
-// particular order; the request has no body.
+// keysPool lends writeRequest a slice to sort header names in.
+var keysPool = sync.Pool{New: func() any { s := make([]string, 0, 32); return &s }}
+
+// writeRequest writes req's head as net/http's Transport does (Request.write):
+// the request line with URL.RequestURI, Host, User-Agent, the framing
+// headers, then the other headers sorted by name, values trimmed and on
+// one line.
 func writeRequest(w *bufio.Writer, req *http.Request) {
+	uri := req.URL.RequestURI()
+	if req.Method == "CONNECT" && req.URL.Path == "" {
+		uri = req.URL.Host
+		if req.URL.Opaque != "" {
+			uri = req.URL.Opaque
+		}
+	}
 	w.WriteString(req.Method)
 	w.WriteByte(' ')
-	w.WriteString(req.URL.EscapedPath())
-	if req.URL.ForceQuery || req.URL.RawQuery != "" {
-		w.WriteByte('?')
-		w.WriteString(req.URL.RawQuery)
-	}
+	w.WriteString(uri)
 	w.WriteString(" HTTP/1.1\r\nHost: ")
 	host := req.Host
 	if host == "" {
@@ -208,29 +434,57 @@ func writeRequest(w *bufio.Writer, req *http.Request) {
 	}
 	w.WriteString(host)
 	w.WriteString("\r\n")
-	for k, vs := range req.Header {
-		switch k {
-		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
-			continue
-		}
-		for _, v := range vs {
-			if v == "" && k == "User-Agent" {
-				// ReverseProxy's way of saying "send none".
-				continue
-			}
-			w.WriteString(k)
-			w.WriteString(": ")
-			if strings.ContainsAny(v, "\r\n") {
-				v = newlineToSpace.Replace(v)
-			}
-			w.WriteString(v)
-			w.WriteString("\r\n")
-		}
+	// ReverseProxy sets an empty User-Agent to mean "send none".
+	if ua := req.Header.Get("User-Agent"); ua != "" {
+		writeField(w, "User-Agent", ua)
 	}
-	// As net/http does: servers expect a length for these methods.
-	if req.Method != "GET" && req.Method != "HEAD" {
+	switch body := hasBody(req); {
+	case body && req.ContentLength > 0:
+		w.WriteString("Content-Length: ")
+		w.Write(strconv.AppendInt(w.AvailableBuffer(), req.ContentLength, 10))
+		w.WriteString("\r\n")
+	case body:
+		w.WriteString("Transfer-Encoding: chunked\r\n")
+	case req.Method != "GET" && req.Method != "HEAD":
+		// As net/http does: servers expect a length for these methods.
 		w.WriteString("Content-Length: 0\r\n")
 	}
+	if len(req.Trailer) > 0 && hasBody(req) && req.ContentLength < 0 {
+		names := make([]string, 0, len(req.Trailer))
+		for k := range req.Trailer {
+			names = append(names, http.CanonicalHeaderKey(k))
+		}
+		slices.Sort(names)
+		writeField(w, "Trailer", strings.Join(names, ","))
+	}
+	kp := keysPool.Get().(*[]string)
+	keys := (*kp)[:0]
+	for k := range req.Header {
+		switch k {
+		case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
+			continue
+		}
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		for _, v := range req.Header[k] {
+			writeField(w, k, v)
+		}
+	}
+	clear(keys)
+	*kp = keys[:0]
+	keysPool.Put(kp)
+	w.WriteString("\r\n")
+}
+
+func writeField(w *bufio.Writer, k, v string) {
+	if strings.ContainsAny(v, "\r\n") {
+		v = newlineToSpace.Replace(v)
+	}
+	w.WriteString(k)
+	w.WriteString(": ")
+	w.WriteString(textproto.TrimString(v))
 	w.WriteString("\r\n")
 }
 
@@ -238,10 +492,11 @@ func writeRequest(w *bufio.Writer, req *http.Request) {
 // to the pool.
 type h1Body struct {
 	io.ReadCloser
-	t    *h1Transport
 	pc   *h1Conn
 	stop func() bool
-	keep bool // the response allows reusing the connection
+	keep bool        // the response allows reusing the connection
+	w    *bodyWriter // nil for a request without a body
+	slot *Slot
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
@@ -263,47 +518,119 @@ func (b *h1Body) Close() error {
 }
 
 // release ends the exchange: the connection is kept when its response was
-// read to the end and nothing else arrived, else closed.
+// read to the end, the request body went out whole, and nothing else came.
 func (b *h1Body) release(complete bool) {
 	pc := b.pc
 	b.pc = nil
-	b.t.inflight.Add(-1)
+	b.slot.Release()
 	// stop fails when the client went away: the deadline may be set.
-	if b.stop() && complete && b.keep && pc.br.Buffered() == 0 {
-		b.t.put(pc)
+	if !b.stop() || !complete || !b.keep || (b.w != nil && !b.w.sent()) {
+		pc.Close()
 		return
 	}
-	pc.Close()
+	if n := pc.br.Buffered(); n > 0 {
+		stray, _ := pc.br.Peek(min(n, 64))
+		pc.t.unsolicited(stray)
+		pc.Close()
+		return
+	}
+	pc.t.put(pc)
 }
 
-// get returns the most recently used idle connection, or nil.
+// unsolicited logs bytes a backend sent that no request asked for: the
+// connection they came on is closed, and no client gets them.
+func (t *h1Transport) unsolicited(stray []byte) {
+	t.log.Warn("Unsolicited response received on idle HTTP channel; connection closed", "starting_with", fmt.Sprintf("%q", stray))
+}
+
+// get returns the most recently used idle connection that is still fit for
+// a request, or nil.
 func (t *h1Transport) get() *h1Conn {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	n := len(t.idle)
-	if n == 0 {
-		return nil
+	for {
+		t.mu.Lock()
+		n := len(t.idle)
+		if n == 0 {
+			t.mu.Unlock()
+			return nil
+		}
+		pc := t.idle[n-1]
+		t.idle[n-1] = nil
+		t.idle = t.idle[:n-1]
+		t.mu.Unlock()
+		unwatchIdle(pc)
+		if pc.fit() {
+			return pc
+		}
+		pc.Close()
 	}
-	pc := t.idle[n-1]
-	t.idle[n-1] = nil
-	t.idle = t.idle[:n-1]
-	return pc
+}
+
+// fit checks an idle connection, without blocking, before a request goes on
+// it: one the backend closed, or sent bytes on unasked, is not fit. Those
+// bytes are logged: they are an answer to no request, and sent on they
+// would reach the wrong client.
+func (pc *h1Conn) fit() bool {
+	stray, open, ok := peekSocket(pc.Conn)
+	if !ok {
+		stray, open = pc.peekBuffered()
+	}
+	if len(stray) > 0 {
+		pc.t.unsolicited(stray)
+		return false
+	}
+	return open
+}
+
+// peekBuffered looks for bytes through the buffered reader, with a
+// deadline in the past so that it does not wait: for TLS connections, whose
+// socket may hold records that carry no data (session tickets).
+func (pc *h1Conn) peekBuffered() (stray []byte, open bool) {
+	pc.SetReadDeadline(time.Unix(1, 0))
+	_, err := pc.br.Peek(1)
+	pc.SetReadDeadline(time.Time{})
+	if n := pc.br.Buffered(); n > 0 {
+		stray, _ = pc.br.Peek(min(n, 64))
+		return stray, false
+	}
+	return nil, isTimeout(err)
 }
 
 func (t *h1Transport) put(pc *h1Conn) {
 	pc.idleAt = time.Now()
+	// No deadline of the exchange outlives it.
+	pc.SetDeadline(time.Time{})
 	t.mu.Lock()
 	if t.closed || len(t.idle) >= h1MaxIdle {
 		t.mu.Unlock()
 		pc.Close()
 		return
 	}
+	watchIdle(pc)
 	t.idle = append(t.idle, pc)
 	if !t.sweeping {
 		t.sweeping = true
 		time.AfterFunc(h1IdleTimeout/3, t.sweep)
 	}
 	t.mu.Unlock()
+}
+
+// evict is the idle watcher's call: pc, idle, became readable. Unless a
+// request took it meanwhile, it is checked and closed.
+func (t *h1Transport) evict(pc *h1Conn) {
+	t.mu.Lock()
+	i := slices.Index(t.idle, pc)
+	if i < 0 {
+		t.mu.Unlock()
+		return
+	}
+	t.idle = slices.Delete(t.idle, i, i+1)
+	t.mu.Unlock()
+	unwatchIdle(pc)
+	if pc.fit() { // logs what came, if anything did
+		t.put(pc) // a TLS record without data
+		return
+	}
+	pc.Close()
 }
 
 // sweep closes the connections idle for longer than h1IdleTimeout, which
@@ -313,6 +640,7 @@ func (t *h1Transport) sweep() {
 	t.mu.Lock()
 	n := 0
 	for n < len(t.idle) && t.idle[n].idleAt.Before(cutoff) {
+		unwatchIdle(t.idle[n])
 		t.idle[n].Close()
 		n++
 	}
@@ -331,6 +659,7 @@ func (t *h1Transport) close() {
 	defer t.mu.Unlock()
 	t.closed = true
 	for _, pc := range t.idle {
+		unwatchIdle(pc)
 		pc.Close()
 	}
 	t.idle = nil

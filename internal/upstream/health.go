@@ -7,11 +7,19 @@ import (
 	"time"
 )
 
-// Health is a backend's up/down state. A backend starts up. Consecutive
-// failures (connects that failed, active checks that failed) take it down
-// after fall of them; with active checks, rise consecutive passing checks
-// bring it back. Without active checks a down backend is given another try
-// after retryAfter, and the first request that reaches it brings it back.
+// Health is a backend's up/down state. A backend starts up. Two counts can
+// take it down, each after fall consecutive failures:
+//
+//   - active checks that failed, reset only by a passing check: traffic
+//     the backend still answers says nothing about its health check, as in
+//     HAProxy and Caddy;
+//   - passive failures of proxied traffic (a refused or timed-out connect,
+//     a failed TLS handshake, a connection lost before any response
+//     header, a response-timeout), reset by any response.
+//
+// With active checks, rise consecutive passing checks bring a down backend
+// back. Without them a down backend is given another try after retryAfter,
+// and the first response from it brings it back.
 type Health struct {
 	name       string
 	log        *slog.Logger
@@ -22,17 +30,21 @@ type Health struct {
 
 	up      atomic.Bool
 	retryAt atomic.Int64 // UnixNano; for a down backend without active checks
-	clean   atomic.Bool  // up with no failure counted: the fast path of Passed
+	clean   atomic.Bool  // up with no passive failure counted: the fast path of Answered
 
-	mu     sync.Mutex
-	fails  int
-	passes int
+	mu           sync.Mutex
+	checkFails   int
+	checkPasses  int
+	passiveFails int
+	lastChange   time.Time
+	lastCheck    string // the last check's result, for the status page
 }
 
 func newHealth(name string, rise, fall int, active bool, retryAfter time.Duration, log *slog.Logger) *Health {
 	h := &Health{name: name, log: log, rise: rise, fall: fall, active: active, retryAfter: retryAfter, now: time.Now}
 	h.up.Store(true)
 	h.clean.Store(true)
+	h.lastChange = h.now()
 	return h
 }
 
@@ -44,49 +56,95 @@ func (h *Health) Up() bool {
 	return !h.active && h.now().UnixNano() >= h.retryAt.Load()
 }
 
-// Failed records a failure; reason says what failed, for the log.
-func (h *Health) Failed(reason string) {
+// CheckFailed records a failed active check; reason says what failed.
+func (h *Health) CheckFailed(reason string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastCheck = reason
+	h.checkPasses = 0
+	h.checkFails++
+	if h.up.Load() && h.checkFails >= h.fall {
+		h.down(reason)
+	}
+}
+
+// CheckPassed records a passing active check.
+func (h *Health) CheckPassed() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastCheck = "passed"
+	h.checkFails = 0
+	if h.up.Load() {
+		return
+	}
+	if h.checkPasses++; h.checkPasses >= h.rise {
+		h.toUp()
+	}
+}
+
+// PassiveFailed records a failure of proxied traffic; reason says what
+// failed.
+func (h *Health) PassiveFailed(reason string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.clean.Store(false)
-	h.passes = 0
-	h.fails++
+	h.passiveFails++
 	switch {
-	case h.up.Load() && h.fails >= h.fall:
-		h.up.Store(false)
-		h.retryAt.Store(h.now().Add(h.retryAfter).UnixNano())
-		h.log.Warn("backend is DOWN: "+reason, "backend", h.name)
+	case h.up.Load() && h.passiveFails >= h.fall:
+		h.down(reason)
 	case !h.up.Load() && !h.active:
 		// The retry failed: wait again.
 		h.retryAt.Store(h.now().Add(h.retryAfter).UnixNano())
 	}
 }
 
-// Passed records a success: a response from the backend (check false) or a
-// passing active check (check true).
-func (h *Health) Passed(check bool) {
+// Answered records a response from the backend, of any status.
+func (h *Health) Answered() {
 	if h.clean.Load() {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.fails = 0
+	h.passiveFails = 0
 	if h.up.Load() {
 		h.clean.Store(true)
 		return
 	}
-	if h.active && !check {
-		return // only the checks bring a checked backend back
+	if !h.active {
+		h.toUp()
 	}
-	if check {
-		if h.passes++; h.passes < h.rise {
-			return
-		}
-	}
-	h.passes = 0
+}
+
+// down takes the backend down; h.mu is held.
+func (h *Health) down(reason string) {
+	h.up.Store(false)
+	h.checkPasses = 0
+	h.lastChange = h.now()
+	h.retryAt.Store(h.now().Add(h.retryAfter).UnixNano())
+	h.log.Warn("backend is DOWN: "+reason, "backend", h.name)
+}
+
+// toUp brings the backend up with clean counts; h.mu is held.
+func (h *Health) toUp() {
+	h.checkFails, h.checkPasses, h.passiveFails = 0, 0, 0
 	h.up.Store(true)
 	h.clean.Store(true)
+	h.lastChange = h.now()
 	h.log.Info("backend is UP", "backend", h.name)
+}
+
+// State is a snapshot of a backend's health, for status pages.
+type State struct {
+	Up         bool
+	LastChange time.Time
+	LastCheck  string // "" without active checks
+}
+
+// State returns a snapshot of h.
+func (h *Health) State() State {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return State{Up: h.up.Load(), LastChange: h.lastChange, LastCheck: h.lastCheck}
 }
 
 // inherit takes over old's state, for a backend that survives a reload.
@@ -95,7 +153,8 @@ func (h *Health) inherit(old *Health) {
 	defer old.mu.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.fails, h.passes = old.fails, old.passes
+	h.checkFails, h.checkPasses, h.passiveFails = old.checkFails, old.checkPasses, old.passiveFails
+	h.lastChange, h.lastCheck = old.lastChange, old.lastCheck
 	h.up.Store(old.up.Load())
 	h.clean.Store(old.clean.Load())
 	h.retryAt.Store(old.retryAt.Load())

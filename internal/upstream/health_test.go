@@ -19,15 +19,15 @@ func TestHealthPassive(t *testing.T) {
 	if !h.Up() {
 		t.Fatal("a backend starts up")
 	}
-	h.Failed("refused")
-	h.Failed("refused")
-	h.Passed(false) // a success resets the count
-	h.Failed("refused")
-	h.Failed("refused")
+	h.PassiveFailed("refused")
+	h.PassiveFailed("refused")
+	h.Answered() // passive failures count only while consecutive
+	h.PassiveFailed("refused")
+	h.PassiveFailed("refused")
 	if !h.Up() {
 		t.Fatal("down after 2 consecutive failures with fall 3")
 	}
-	h.Failed("refused")
+	h.PassiveFailed("refused")
 	if h.Up() {
 		t.Fatal("up after 3 consecutive failures")
 	}
@@ -39,12 +39,12 @@ func TestHealthPassive(t *testing.T) {
 	if !h.Up() {
 		t.Fatal("not retried after the interval")
 	}
-	h.Failed("refused again")
+	h.PassiveFailed("refused again")
 	if h.Up() {
 		t.Fatal("a failed retry leaves it up")
 	}
 	clock.add(2 * time.Second)
-	h.Passed(false)
+	h.Answered()
 	clock.add(-time.Hour) // only the state counts now, not the retry time
 	if !h.Up() {
 		t.Fatal("a successful retry does not bring it up")
@@ -55,36 +55,69 @@ func TestHealthActive(t *testing.T) {
 	t.Parallel()
 	clock := &fakeClock{t: time.Unix(1000, 0)}
 	h := withClock(newHealth("b", 2, 3, true, 2*time.Second, discard), clock)
+	// Traffic the backend answers says nothing of its check: the check
+	// failures add up however many responses come between them.
 	for i := 0; i < 3; i++ {
-		h.Failed("GET /health: 500")
+		h.CheckFailed("GET /health: 500")
+		for range 10 {
+			h.Answered()
+		}
+	}
+	if h.Up() {
+		t.Fatal("answered traffic kept a backend that fails its checks up")
 	}
 	clock.add(time.Hour)
 	if h.Up() {
 		t.Fatal("a checked backend that is down is retried by requests")
 	}
-	h.Passed(false)
+	h.Answered()
 	if h.Up() {
-		t.Fatal("a request's success brought a checked backend up")
+		t.Fatal("a response brought a checked backend up")
 	}
-	h.Passed(true)
+	h.CheckPassed()
 	if h.Up() {
 		t.Fatal("up after 1 pass with rise 2")
 	}
-	h.Failed("GET /health: 500")
-	h.Passed(true)
+	h.CheckFailed("GET /health: 500")
+	h.CheckPassed()
 	if h.Up() {
 		t.Fatal("passes must be consecutive")
 	}
-	h.Passed(true)
+	h.CheckPassed()
 	if !h.Up() {
 		t.Fatal("down after 2 consecutive passes")
 	}
+	if st := h.State(); !st.Up || st.LastCheck != "passed" || !st.LastChange.Equal(clock.t) {
+		t.Errorf("state %+v", st)
+	}
 	other := newHealth("b", 2, 3, true, 2*time.Second, discard)
 	for i := 0; i < 3; i++ {
-		h.Failed("x")
+		h.CheckFailed("x")
 	}
 	other.inherit(h)
 	if other.Up() {
 		t.Error("state not inherited")
+	}
+}
+
+func TestHealthPassiveWithChecks(t *testing.T) {
+	t.Parallel()
+	h := newHealth("b", 2, 3, true, 2*time.Second, discard)
+	// A passing check does not forgive passive failures: they are
+	// counted apart.
+	h.PassiveFailed("reset")
+	h.CheckPassed()
+	h.PassiveFailed("reset")
+	if !h.Up() {
+		t.Fatal("down after 2 passive failures with fall 3")
+	}
+	h.PassiveFailed("timeout")
+	if h.Up() {
+		t.Fatal("3 passive failures did not take a checked backend down")
+	}
+	h.CheckPassed()
+	h.CheckPassed()
+	if !h.Up() {
+		t.Fatal("checks did not bring it back")
 	}
 }

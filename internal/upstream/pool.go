@@ -12,8 +12,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/exchange"
 )
 
 // ErrNoBackend is returned when every backend of a pool is down.
@@ -164,101 +167,170 @@ func (p *Pool) clientKey(remoteAddr string, hdr http.Header) uint64 {
 	return hashString(host)
 }
 
-// RoundTrip sends req to a backend of the pool. A request that could not be
-// connected is tried on the next backend, whatever its method: none of it
-// reached a backend. A replayable request (GET, HEAD, OPTIONS, TRACE, or
-// one with an idempotency key) without a body that failed before any
-// response is tried on the next backend too. Everything else is sent once.
-func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
-	key := p.clientKey(req.RemoteAddr, req.Header)
-	body := req.Body
-	hasBody := body != nil && body != http.NoBody
-	if hasBody {
-		// The transport closes the body when it fails; after a failed
-		// connect the body is unread and must survive for the next try.
-		req.Body = noCloseBody{body}
-	}
-	fast := canFastPath(req)
-	idempotent := !hasBody && replayable(req)
-	var triedBuf [4]*Backend // a few fit on the stack
-	tried := triedBuf[:0]
-	var lastErr error
-	for {
-		b := p.pick(key, tried)
-		if b == nil {
-			break
-		}
-		tried = append(tried, b)
-		req.URL.Scheme, req.URL.Host = b.Scheme, b.Addr
-		b.inflight.Add(1)
-		var resp *http.Response
-		var err error
-		if fast {
-			// The body, when done, takes the request out of flight.
-			resp, err = b.h1.RoundTrip(req)
-		} else if resp, err = b.transport.RoundTrip(req); err == nil {
-			resp.Body = &releaseBody{ReadCloser: resp.Body, b: b}
-		}
-		if err == nil {
-			b.health.Passed(false)
-			return resp, nil
-		}
-		b.inflight.Add(-1)
-		lastErr = fmt.Errorf("backend %s: %w", b.Name, err)
-		if req.Context().Err() != nil {
-			break
-		}
-		if isDial(err) {
-			b.health.Failed(err.Error())
-			continue
-		}
-		if idempotent && StatusFor(err) != http.StatusGatewayTimeout {
-			continue
-		}
-		break
-	}
-	if hasBody {
-		body.Close()
-	}
-	if lastErr == nil {
-		return nil, ErrNoBackend
-	}
-	return nil, lastErr
+// Handoff takes over the connection of a backend that switched protocols
+// (a WebSocket): it answers the client with resp's head, sends on early,
+// the bytes the backend sent after it, and tunnels the two connections,
+// releasing slot when the tunnel ends. On error the caller closes backend
+// and releases slot.
+type Handoff func(resp *http.Response, backend net.Conn, early []byte, slot *Slot) error
+
+type handoffKey struct{}
+
+// WithHandoff returns ctx for an upgrade request whose 101 answer h takes
+// over.
+func WithHandoff(ctx context.Context, h Handoff) context.Context {
+	return context.WithValue(ctx, handoffKey{}, h)
 }
 
-// Dial connects to a backend of the pool for a tunnel, trying the next
-// backend when a connect fails. remoteAddr is the client's address and hdr
-// its request's header, nil for a raw TCP connection (both for source
-// balancing). The caller must call Release on the backend when the tunnel
-// ends.
-func (p *Pool) Dial(ctx context.Context, remoteAddr string, hdr http.Header) (net.Conn, *Backend, error) {
-	key := p.clientKey(remoteAddr, hdr)
+// errHandedOff ends ReverseProxy's part in an upgrade that a Handoff took
+// over: there is nothing left for it to answer.
+var errHandedOff = errors.New("connection handed off to a tunnel")
+
+// RoundTrip sends req to a backend of the pool, with try's rule for trying
+// another. A 101 answer to an upgrade request goes to the request's Handoff.
+func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	body := req.Body
+	withBody := hasBody(req)
+	if withBody {
+		// Nothing may close the body before the last try: after a failed
+		// connect it is unread and goes to the next backend.
+		req.Body = noCloseBody{body}
+	}
+	info := exchange.FromContext(ctx)
+	var resp *http.Response
+	err := p.try(ctx, p.clientKey(req.RemoteAddr, req.Header), info, !withBody && replayable(req), func(b *Backend, s *Slot) (err error) {
+		req.URL.Scheme, req.URL.Host = b.Scheme, b.Addr
+		resp, err = b.h1.roundTrip(req, s, info)
+		return err
+	})
+	if withBody {
+		body.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if u, ok := resp.Body.(*upgraded); ok {
+		return nil, p.handOff(ctx, resp, u)
+	}
+	return resp, nil
+}
+
+// handOff gives the connection of a backend that switched protocols to the
+// request's Handoff.
+func (p *Pool) handOff(ctx context.Context, resp *http.Response, u *upgraded) error {
+	pc, slot := u.pc, u.slot
+	h, _ := ctx.Value(handoffKey{}).(Handoff)
+	if h == nil {
+		pc.Close()
+		slot.Release()
+		return errUnasked101
+	}
+	var early []byte
+	if n := pc.br.Buffered(); n > 0 {
+		early, _ = pc.br.Peek(n)
+	}
+	if err := h(resp, pc.Conn, early, slot); err != nil {
+		pc.Close()
+		slot.Release()
+		return fmt.Errorf("backend %s: %w", slot.b.Name, err)
+	}
+	return errHandedOff
+}
+
+// Dial connects to a backend of the pool for a raw tunnel, with try's rule
+// for trying another. remoteAddr is the client's address and hdr its
+// request's header, nil for a raw TCP connection (both for source
+// balancing). The caller releases the slot when the tunnel ends.
+func (p *Pool) Dial(ctx context.Context, remoteAddr string, hdr http.Header) (net.Conn, *Slot, error) {
+	var conn net.Conn
+	var slot *Slot
+	err := p.try(ctx, p.clientKey(remoteAddr, hdr), exchange.FromContext(ctx), false, func(b *Backend, s *Slot) (err error) {
+		conn, err = b.dial(ctx)
+		slot = s
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, slot, nil
+}
+
+// try is the pool's one loop for picking a backend and trying another,
+// for requests and tunnels alike. Each backend that is up gets at most one
+// try, in the order of the pool's balance. do makes the try, holding a slot
+// on the backend; do's caller owns the slot once do succeeds, and try
+// releases it when do fails.
+//
+// The rule for trying another backend after a failure:
+//   - a failed connect (refused, unreachable, timed out, TLS handshake):
+//     nothing reached the backend, so any request, whatever its method and
+//     body, goes to the next;
+//   - a connection lost before any byte of a response: the request may
+//     have reached the backend, so only one that may be sent twice goes to
+//     the next (resend: GET, HEAD, OPTIONS, TRACE or an Idempotency-Key,
+//     without a body);
+//   - anything else (a response-timeout, a broken response, the client
+//     gone, this process out of file descriptors): none.
+//
+// Each failure the backend is to blame for counts as a passive failure.
+func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend bool, do func(*Backend, *Slot) error) error {
 	var triedBuf [4]*Backend // a few fit on the stack
 	tried := triedBuf[:0]
 	var lastErr error
+	var start time.Time
+	if info != nil {
+		start = time.Now()
+	}
 	for {
 		b := p.pick(key, tried)
 		if b == nil {
 			break
 		}
-		tried = append(tried, b)
-		c, err := b.dial(ctx)
-		if err == nil {
-			b.inflight.Add(1)
-			return c, b, nil
+		if info != nil {
+			if len(tried) > 0 {
+				info.Retries++
+			}
+			info.Backend = b.Name
 		}
+		tried = append(tried, b)
+		s := b.take()
+		err := do(b, s)
+		if err == nil {
+			b.health.Answered()
+			if info != nil {
+				info.Header = time.Since(start)
+			}
+			return nil
+		}
+		s.Release()
 		lastErr = fmt.Errorf("backend %s: %w", b.Name, err)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || isLocal(err) {
 			break
 		}
-		if isDial(err) {
-			b.health.Failed(err.Error())
+		var ce *ClientError
+		if errors.As(err, &ce) {
+			break
+		}
+		b.health.PassiveFailed(err.Error())
+		if isConnect(err) {
+			continue
+		}
+		if !resend || isTimeout(err) || !beforeResponse(err) {
+			break
 		}
 	}
 	if lastErr == nil {
-		return nil, nil, ErrNoBackend
+		return ErrNoBackend
 	}
-	return nil, nil, lastErr
+	return lastErr
+}
+
+// beforeResponse reports whether err means the connection was lost before
+// any byte of a response came.
+func beforeResponse(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // noCloseBody keeps the transport from closing a request body it may need
@@ -266,20 +338,6 @@ func (p *Pool) Dial(ctx context.Context, remoteAddr string, hdr http.Header) (ne
 type noCloseBody struct{ io.ReadCloser }
 
 func (noCloseBody) Close() error { return nil }
-
-// releaseBody counts a response as in flight until its body is closed.
-type releaseBody struct {
-	io.ReadCloser
-	b    *Backend
-	done atomic.Bool
-}
-
-func (r *releaseBody) Close() error {
-	if r.done.CompareAndSwap(false, true) {
-		r.b.inflight.Add(-1)
-	}
-	return r.ReadCloser.Close()
-}
 
 // forwardingHeaders are the headers that ReverseProxy removes before Rewrite
 // is called. drunken-hipster passed them on untouched, and so does hipsterd.
@@ -318,14 +376,20 @@ func AppendForwardedFor(out, in http.Header, remoteAddr string) {
 // 504 when it did not answer in time. A client that went away gets nothing;
 // the access log records 499 for it.
 func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
+	if r.Context().Err() != nil || errors.Is(err, errHandedOff) {
 		return
 	}
 	status := StatusFor(err)
-	if status == http.StatusServiceUnavailable {
+	switch {
+	case errors.Is(err, ErrNoBackend):
 		// The backends' going down was logged; each refused request is in
 		// the access log.
 		http.Error(w, ErrNoBackend.Error(), status)
+		return
+	case status == http.StatusBadRequest:
+		// The client's fault: worth a line when debugging only.
+		p.log.Debug("bad request body", "method", r.Method, "uri", r.RequestURI, "err", err)
+		http.Error(w, http.StatusText(status), status)
 		return
 	}
 	p.log.Error("proxy error", "method", r.Method, "uri", r.RequestURI, "status", status, "err", err)

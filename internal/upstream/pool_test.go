@@ -93,7 +93,7 @@ func TestRoundRobinOrderAndDown(t *testing.T) {
 		t.Errorf("sequence %q, want abcabca", seq)
 	}
 	for i := 0; i < 3; i++ {
-		bs["b"].health.Failed("test")
+		bs["b"].health.PassiveFailed("test")
 	}
 	bs["b"].health.retryAt.Store(time.Now().Add(time.Hour).UnixNano())
 	seq = ""
@@ -183,7 +183,7 @@ func TestSourceHashing(t *testing.T) {
 	}
 	// A backend that is down: only its clients go elsewhere.
 	for i := 0; i < 3; i++ {
-		list[2].health.Failed("test")
+		list[2].health.PassiveFailed("test")
 	}
 	list[2].health.retryAt.Store(time.Now().Add(time.Hour).UnixNano())
 	for ip, name := range before {
