@@ -125,7 +125,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 		}
 	}
 	sent := int64(len(head))
-	h.Tunnels.Start(conn, bconn, func(toClient, _ int64) { end(sent + toClient) })
+	h.Tunnels.Start(conn, bconn, h.TunnelTimeout, func(toClient, _ int64) { end(sent + toClient) })
 }
 
 // tunnelKeepAlive is the TCP keep-alive period of a tunnel's client
