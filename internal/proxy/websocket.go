@@ -30,6 +30,14 @@ type Detacher interface {
 // has agreed, the client is answered through w, so a failure is an ordinary
 // 502/504 and a refusal passes through as it is.
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
+	if r.ContentLength > 0 || len(r.TransferEncoding) > 0 {
+		// A handshake has no body (RFC 6455 §4.1), and one sent behind the
+		// header would reach the backend as the tunnel's first bytes. The
+		// body is not read: the connection closes after the answer.
+		w.Header().Set("Connection", "close")
+		http.Error(w, "a WebSocket handshake has no body", http.StatusBadRequest)
+		return
+	}
 	bconn, b, err := pool.Dial(r.Context(), r.RemoteAddr, r.Header)
 	if err != nil {
 		h.fail(w, r, err)
@@ -62,6 +70,12 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		passResponse(w, resp)
+		return
+	}
+	if !hasToken(resp.Header["Upgrade"], "websocket") {
+		// Switching to a protocol the client did not ask for: not a
+		// tunnel to open (net/http's ReverseProxy answers 502 too).
+		h.fail(w, r, fmt.Errorf("backend %s: 101 Switching Protocols without Upgrade: websocket", b.Name))
 		return
 	}
 	if !stop() {
