@@ -212,7 +212,7 @@ func (r *Registry) add(t *tunnel) {
 }
 
 // sweepTick is how often tunnels with timeout d are looked at: often
-// enough that one closes at most a few ticks late, seldom enough that many
+// enough that one closes at most two ticks late, seldom enough that many
 // idle tunnels cost little.
 func sweepTick(d time.Duration) time.Duration {
 	return min(max(d/8, 10*time.Millisecond), time.Second)
