@@ -22,6 +22,7 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultTunnelTimeout     = time.Hour
 	DefaultHealthTimeout     = 2 * time.Second
 	DefaultHealthInterval    = 2 * time.Second
 	DefaultHealthRise        = 2
@@ -62,6 +63,7 @@ type Global struct {
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
 	ShutdownTimeout   time.Duration
+	TunnelTimeout     time.Duration
 }
 
 // Frontend is one [frontend NAME] section.
@@ -77,10 +79,13 @@ type Frontend struct {
 	// Zero means no limit.
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
-	AccessLog         string // resolved: the frontend's own, else [global]'s, else ""
-	Balance           Balance
-	TLSMinVersion     string // "1.2" or "1.3"
-	HTTP2             bool   // offer h2 by ALPN (https frontends)
+	// TunnelTimeout closes a WebSocket tunnel in which no byte moved either
+	// way, or whose write made no progress, for that long.
+	TunnelTimeout time.Duration
+	AccessLog     string // resolved: the frontend's own, else [global]'s, else ""
+	Balance       Balance
+	TLSMinVersion string // "1.2" or "1.3"
+	HTTP2         bool   // offer h2 by ALPN (https frontends)
 	// RedirectHTTPS answers every request with a 308 to the same URL on
 	// https, on port RedirectHTTPSPort.
 	RedirectHTTPS     bool

@@ -69,7 +69,7 @@ connect = [::1]:3
 		t.Fatal(err)
 	}
 	want := Frontend{Name: "frontend1", Bind: "0.0.0.0:9000", Backends: []string{"backend1"},
-		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, Balance: RoundRobin,
+		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, TunnelTimeout: DefaultTunnelTimeout, Balance: RoundRobin,
 		TLSMinVersion: "1.2", HTTP2: true, RedirectHTTPSPort: 443}
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
 		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
@@ -79,7 +79,7 @@ connect = [::1]:3
 	if !reflect.DeepEqual(c.Backends, []Backend{wantB}) {
 		t.Errorf("backends = %+v, want %+v", c.Backends, wantB)
 	}
-	if c.Global.ShutdownTimeout != DefaultShutdownTimeout || c.Global.AccessLog != "" {
+	if c.Global.ShutdownTimeout != DefaultShutdownTimeout || c.Global.TunnelTimeout != time.Hour || c.Global.AccessLog != "" {
 		t.Errorf("global = %+v", c.Global)
 	}
 
@@ -118,6 +118,7 @@ func TestValues(t *testing.T) {
 read-header-timeout = 3s
 idle-timeout = 1m
 shutdown-timeout = 0
+tunnel-timeout = 10m
 accesslog = /tmp/all.log
 
 [frontend a]
@@ -125,6 +126,7 @@ bind = [::1]:0
 backends =   b1    b1	b2
 hosts = Example.COM
 idle-timeout = 5s
+tunnel-timeout = 0
 accesslog = /tmp/a.log
 add-x-forwarded-for = yes
 
@@ -158,6 +160,9 @@ Connect = localhost:81
 	}
 	if b.ReadHeaderTimeout != 3*time.Second || b.IdleTimeout != time.Minute {
 		t.Errorf("b timeouts from [global]: %v %v", b.ReadHeaderTimeout, b.IdleTimeout)
+	}
+	if a.TunnelTimeout != 0 || b.TunnelTimeout != 10*time.Minute {
+		t.Errorf("tunnel-timeout: a %v (0: none), b %v (from [global])", a.TunnelTimeout, b.TunnelTimeout)
 	}
 	if a.AccessLog != "/tmp/a.log" || b.AccessLog != "/tmp/all.log" {
 		t.Errorf("access logs: %q %q", a.AccessLog, b.AccessLog)
@@ -207,6 +212,8 @@ func TestErrors(t *testing.T) {
 		{"key outside section", "bind = 1\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"test.ini: bind: key outside any section"}},
 		{"bad duration", backend + "connect-timeout = 5\n[frontend f]\nbind = :1\nbackends = b\n", []string{"[backend b] connect-timeout:", `"5" is not a duration`}},
 		{"negative duration", "[global]\nidle-timeout = -1s\n[frontend f]\nbind = :1\nbackends = b\n" + backend, []string{"[global] idle-timeout:", "negative"}},
+		{"negative tunnel-timeout", "[frontend f]\nbind = :1\nbackends = b\ntunnel-timeout = -1m\n" + backend, []string{"[frontend f] tunnel-timeout:", "negative"}},
+		{"bad tunnel-timeout", "[global]\ntunnel-timeout = forever\n[frontend f]\nbind = :1\nbackends = b\n" + backend, []string{"[global] tunnel-timeout:", `"forever" is not a duration`}},
 		{"bad bool", "[frontend f]\nbind = :1\nbackends = b\nhttps = maybe\n" + backend, []string{"[frontend f] https:", "not a boolean"}},
 		{"duplicate bind", "[frontend f]\nbind = :9000\nbackends = b\n[frontend g]\nbind = 127.0.0.1:9000\nbackends = b\n" + backend, []string{"[frontend g] bind:", "already bound by [frontend f]"}},
 		{"duplicate section", "[frontend f]\nbind = :9000\nbackends = b\n[frontend f]\nbind = :9001\nbackends = b\n" + backend, []string{"[frontend f]: section defined twice"}},

@@ -15,9 +15,9 @@ import (
 
 // The section types and the keys each accepts. A key not listed is an error.
 var knownKeys = map[string][]string{
-	"global": {"accesslog", "read-header-timeout", "idle-timeout", "shutdown-timeout"},
+	"global": {"accesslog", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout"},
 	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "balance",
-		"tls-min-version", "http2", "redirect-https", "redirect-https-port"},
+		"tunnel-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port"},
 	"host": {"backends", "balance", "certfile", "keyfile"},
 	"backend": {"connect", "connect-timeout", "response-timeout", "weight", "ca-file", "tls-server-name", "tls-skip-verify",
 		"health-check", "health-check-host", "health-timeout", "health-interval", "health-rise", "health-fall"},
@@ -54,6 +54,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
 		ShutdownTimeout:   DefaultShutdownTimeout,
+		TunnelTimeout:     DefaultTunnelTimeout,
 	}
 	p.sections(f)
 	p.resolve()
@@ -149,14 +150,17 @@ func (p *parser) keys(sec *ini.Section, typ string) {
 	for _, k := range sec.Keys() {
 		name := k.Name()
 		if !contains(knownKeys[typ], name) {
-			hint := didYouMean(name, knownKeys[typ])
-			if hint == "" {
-				for _, other := range sectionTypes {
-					if other != typ && contains(knownKeys[other], name) {
-						hint = fmt.Sprintf(" (%s belongs in a [%s] section)", name, other)
-						break
-					}
+			// A key of another section is misplaced rather than misspelt,
+			// however close it is to one of this section's.
+			hint := ""
+			for _, other := range sectionTypes {
+				if other != typ && contains(knownKeys[other], name) {
+					hint = fmt.Sprintf(" (%s belongs in a [%s] section)", name, other)
+					break
 				}
+			}
+			if hint == "" {
+				hint = didYouMean(name, knownKeys[typ])
 			}
 			p.errorf(sec.Name(), name, "unknown key%s", hint)
 			continue
@@ -173,6 +177,7 @@ func (p *parser) global(sec *ini.Section) {
 	p.duration(sec, "read-header-timeout", &g.ReadHeaderTimeout)
 	p.duration(sec, "idle-timeout", &g.IdleTimeout)
 	p.duration(sec, "shutdown-timeout", &g.ShutdownTimeout)
+	p.duration(sec, "tunnel-timeout", &g.TunnelTimeout)
 }
 
 func (p *parser) frontend(sec *ini.Section) {
@@ -186,9 +191,10 @@ func (p *parser) frontend(sec *ini.Section) {
 	}
 	// Frontend timeouts default to [global]'s, which may come later in the
 	// file; resolve() fills in those not set here.
-	fe.ReadHeaderTimeout, fe.IdleTimeout = -1, -1
+	fe.ReadHeaderTimeout, fe.IdleTimeout, fe.TunnelTimeout = -1, -1, -1
 	p.duration(sec, "read-header-timeout", &fe.ReadHeaderTimeout)
 	p.duration(sec, "idle-timeout", &fe.IdleTimeout)
+	p.duration(sec, "tunnel-timeout", &fe.TunnelTimeout)
 	fe.AccessLog = value(sec, "accesslog")
 	p.boolean(sec, "add-x-forwarded-for", &fe.AddXForwardedFor)
 	p.boolean(sec, "https", &fe.HTTPS)
@@ -376,6 +382,9 @@ func (p *parser) resolve() {
 		}
 		if fe.IdleTimeout < 0 {
 			fe.IdleTimeout = g.IdleTimeout
+		}
+		if fe.TunnelTimeout < 0 {
+			fe.TunnelTimeout = g.TunnelTimeout
 		}
 		if fe.AccessLog == "" {
 			fe.AccessLog = g.AccessLog

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hipsterd/hipsterd/internal/router"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
@@ -24,6 +25,10 @@ type Handler struct {
 	// Tunnels runs WebSocket tunnels and records them, for shutdown.
 	// Required.
 	Tunnels *tunnel.Registry
+	// TunnelTimeout closes a tunnel in which no byte moved either way for
+	// that long, or whose write to a peer made no progress for that long.
+	// Zero means no limit.
+	TunnelTimeout time.Duration
 	// Hold, if set, is called when a tunnel outlives its request, and the
 	// function it returns when the tunnel has closed (the server keeps the
 	// configuration the tunnel started on alive in between).

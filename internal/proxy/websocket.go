@@ -28,6 +28,8 @@ type Detacher interface {
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
 	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
 		// A WebSocket handshake has no body (RFC 6455, section 4.1).
+		// Closing spares net/http waiting to discard one never sent.
+		w.Header().Set("Connection", "close")
 		http.Error(w, "a WebSocket upgrade request has no body", http.StatusBadRequest)
 		return
 	}
@@ -86,7 +88,7 @@ func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, bconn net.C
 		}
 	}
 	sent := int64(len(head))
-	h.Tunnels.Start(conn, bconn, func(toClient, _ int64) { end(sent + toClient) })
+	h.Tunnels.Start(conn, bconn, h.TunnelTimeout, func(toClient, _ int64) { end(sent + toClient) })
 	return nil
 }
 

@@ -118,10 +118,11 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		routes[name] = hostPools[hc]
 	}
 	var h http.Handler = &proxy.Handler{
-		Router:  router.New(routes, fallback),
-		Tunnels: &s.tunnels,
-		Hold:    g.hold,
-		Log:     log,
+		Router:        router.New(routes, fallback),
+		Tunnels:       &s.tunnels,
+		TunnelTimeout: fc.TunnelTimeout,
+		Hold:          g.hold,
+		Log:           log,
 	}
 	if fc.RedirectHTTPS {
 		h = proxy.RedirectHTTPS(fc.RedirectHTTPSPort)

@@ -239,3 +239,114 @@ func TestShutdownClosesTunnelsAtDeadline(t *testing.T) {
 		t.Errorf("log line %q", line)
 	}
 }
+
+func TestWebSocketTunnelTimeout(t *testing.T) {
+	t.Parallel()
+	s, addr, closed, logPath := wsFrontend(t, "tunnel-timeout = 200ms")
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/echo", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.NetConn().SetDeadline(time.Now().Add(10 * time.Second))
+	if err := c.WriteMessage(websocket.TextMessage, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := c.ReadMessage(); err != nil || string(msg) != "hello" {
+		t.Fatalf("echo %q, %v", msg, err)
+	}
+	// Then nothing moves: the tunnel is closed, both ways, and logged.
+	if _, _, err := c.ReadMessage(); err == nil {
+		t.Fatal("a message came on an idle tunnel")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("an idle tunnel outlived its tunnel-timeout")
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the backend's side stayed open")
+	}
+	waitFor(t, "the tunnel to close", func() bool { return s.OpenTunnels() == 0 })
+	if line := readLog(t, logPath, 1)[0]; !strings.Contains(line, `"GET /echo HTTP/1.1" 101 `) {
+		t.Errorf("log line %q, want the tunnel's 101", line)
+	}
+}
+
+// A WebSocket handshake has no body (RFC 6455 §4.1): one announced is
+// refused at once, not sent to the backend to wait for.
+func TestWebSocketUpgradeWithBody(t *testing.T) {
+	t.Parallel()
+	_, addr, _, logPath := wsFrontend(t, "")
+	const upgrade = "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+	for _, tc := range []struct{ name, header string }{
+		{"content-length", "Content-Length: 5\r\n"},
+		{"chunked", "Transfer-Encoding: chunked\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The body is held back: the answer must not wait for it.
+			resp := rawExchange(t, addr, upgrade+tc.header+"\r\n")
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || !resp.Close {
+				t.Errorf("status %d, closing %v; want 400, and the connection closed (its body unread)", resp.StatusCode, resp.Close)
+			}
+		})
+	}
+	for _, line := range readLog(t, logPath, 2) {
+		if !strings.Contains(line, `"GET /echo HTTP/1.1" 400 `) {
+			t.Errorf("log line %q, want a 400", line)
+		}
+	}
+}
+
+// A backend that switches protocols without switching to WebSocket gets no
+// tunnel: the client gets a 502, as net/http's ReverseProxy answers.
+func TestWebSocket101WithoutUpgrade(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, header string }{
+		{"no upgrade", ""},
+		{"other protocol", "Upgrade: h2c\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			backend := switchingBackend(t, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"+tc.header+"\r\n")
+			s, addrs := start(t, "[frontend f]\nbind = 127.0.0.1:0\nbackends = raw\n[backend raw]\nconnect = "+backend+"\n")
+			_, resp, err := websocket.DefaultDialer.Dial("ws://"+addrs["f"]+"/", nil)
+			if err == nil || resp == nil || resp.StatusCode != http.StatusBadGateway {
+				t.Fatalf("got %v, %v; want a 502", resp, err)
+			}
+			if n := s.OpenTunnels(); n != 0 {
+				t.Errorf("%d tunnels open, want none", n)
+			}
+		})
+	}
+}
+
+// switchingBackend is a raw TCP backend that answers every request with
+// head and then holds the connection open until the other side closes it.
+func switchingBackend(t *testing.T, head string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				io.WriteString(c, head)
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}

@@ -291,6 +291,7 @@ func (s *side) work(bp *[]byte, off, n int) {
 		var err error
 		if off < n {
 			var w int
+			s.armWrite()
 			w, err = s.dst.Write((*bp)[off:n])
 			s.count.Add(int64(w))
 		}
@@ -310,13 +311,37 @@ func (s *side) work(bp *[]byte, off, n int) {
 				break
 			}
 			burstPool.Put(bp)
-			if s.ended(err) || s.rest() {
+			if s.ended(err) {
+				return
+			}
+			// The reactor's own writes do not block, and a deadline
+			// left behind would fail them once it has passed.
+			s.disarmWrite()
+			if s.rest() {
 				return
 			}
 		}
 		off = 0
 	}
 }
+
+// armWrite gives the worker's next blocking write the tunnel's timeout to
+// complete: a peer that stopped reading ends the tunnel.
+func (s *side) armWrite() {
+	if s.t.timeout > 0 {
+		s.dst.SetWriteDeadline(time.Now().Add(s.t.timeout))
+	}
+}
+
+func (s *side) disarmWrite() {
+	if s.t.timeout > 0 {
+		s.dst.SetWriteDeadline(time.Time{})
+	}
+}
+
+// spliceChunk is the most spliced under one write deadline: what Go's
+// splice pipe holds, so chunks cost no extra system calls.
+const spliceChunk = 1 << 20
 
 // spliceQueued moves what src has queued to dst with splice(2), with no
 // copy through user space; false if that failed.
@@ -325,12 +350,17 @@ func (s *side) spliceQueued() bool {
 	s.srcRC.Control(func(fd uintptr) {
 		avail, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
 	})
-	if avail <= 0 {
-		return true
+	for avail > 0 {
+		chunk := min(avail, spliceChunk)
+		s.armWrite()
+		m, err := io.CopyN(s.dst, s.src, int64(chunk))
+		s.count.Add(m)
+		if err != nil {
+			return err == io.EOF
+		}
+		avail -= chunk
 	}
-	m, err := io.CopyN(s.dst, s.src, int64(avail))
-	s.count.Add(m)
-	return err == nil || err == io.EOF
+	return true
 }
 
 // ended handles a read that returned no bytes: nothing queued (false), the

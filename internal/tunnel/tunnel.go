@@ -6,6 +6,11 @@
 // is idle: both sockets wait in an epoll set of the package's own, and a
 // burst is copied when it arrives (see reactor_linux.go). Elsewhere, and for
 // TLS connections, each direction is a goroutine.
+//
+// A tunnel may have a timeout: when no byte moved either way for that long,
+// or a write made no progress for that long, it is closed. One timer per
+// Registry looks at the byte counts now and then (idle tunnels still cost
+// no goroutine), and writes that block carry a deadline.
 package tunnel
 
 import (
@@ -37,6 +42,10 @@ type Registry struct {
 
 	mu   sync.Mutex
 	open map[*tunnel]struct{}
+	// sweep runs sweepIdle every tick while a tunnel with a timeout is open;
+	// tick is zero when it is not armed.
+	sweep *time.Timer
+	tick  time.Duration
 }
 
 // A tunnel is two connections and the bytes copied to each.
@@ -44,6 +53,7 @@ type tunnel struct {
 	a, b     net.Conn
 	toA, toB atomic.Int64
 	linger   time.Duration
+	timeout  time.Duration // zero: none
 	reg      *Registry
 	done     func(toA, toB int64)
 
@@ -54,6 +64,11 @@ type tunnel struct {
 	// unwatch takes the tunnel's sockets out of the reactor; nil for a
 	// tunnel run by goroutines.
 	unwatch func()
+
+	// For sweepIdle, guarded by reg.mu: the bytes moved when it last
+	// looked, and since when that count has stood still.
+	moved int64
+	still time.Time
 }
 
 // Start copies bytes from a to b and from b to a until both directions have
@@ -61,12 +76,14 @@ type tunnel struct {
 // b. It returns at once. When one side ends its stream cleanly, the other
 // side's writing half is shut down (a half-close is passed on), and the
 // other direction has HalfCloseTimeout to end too; when a direction fails,
-// both connections are closed.
+// both connections are closed. A timeout above zero closes the tunnel when no
+// byte moved either way for that long, or when a write made no progress for
+// that long (a peer that stopped reading).
 //
 // Callers should pass the raw connections (*net.TCPConn where possible),
 // having forwarded any bytes they buffered.
-func (r *Registry) Start(a, b net.Conn, done func(toA, toB int64)) {
-	t := &tunnel{a: a, b: b, reg: r, done: done, linger: r.HalfCloseTimeout}
+func (r *Registry) Start(a, b net.Conn, timeout time.Duration, done func(toA, toB int64)) {
+	t := &tunnel{a: a, b: b, reg: r, done: done, linger: r.HalfCloseTimeout, timeout: max(timeout, 0)}
 	if t.linger <= 0 {
 		t.linger = DefaultHalfCloseTimeout
 	}
@@ -97,8 +114,7 @@ func copyHalf(done chan<- struct{}, t *tunnel, dst, src net.Conn, n *atomic.Int6
 // pipe copies src to dst. When src ends cleanly it passes the half-close on
 // to dst and gives dst linger to finish the other direction.
 func (t *tunnel) pipe(dst, src net.Conn, count *atomic.Int64) {
-	n, err := io.Copy(dst, src)
-	count.Add(n)
+	_, err := io.Copy(meter{dst, count, t.timeout}, src)
 	if err != nil {
 		t.shut()
 		return
@@ -108,6 +124,23 @@ func (t *tunnel) pipe(dst, src net.Conn, count *atomic.Int64) {
 		return
 	}
 	t.shut()
+}
+
+// meter is where a goroutine copies to: it counts each write as it is done,
+// for sweepIdle to see, and gives it timeout (if any) to complete.
+type meter struct {
+	conn    net.Conn
+	count   *atomic.Int64
+	timeout time.Duration
+}
+
+func (m meter) Write(p []byte) (int, error) {
+	if m.timeout > 0 {
+		m.conn.SetWriteDeadline(time.Now().Add(m.timeout))
+	}
+	n, err := m.conn.Write(p)
+	m.count.Add(int64(n))
+	return n, err
 }
 
 // endedOne is called by the reactor when a direction ended cleanly, after it
@@ -147,13 +180,74 @@ func (t *tunnel) close() {
 	})
 }
 
+// end closes t from outside, as CloseAll and sweepIdle do. A goroutine
+// tunnel ends, and reports, once its copies return; a reactor tunnel has
+// nothing running that would notice.
+func (t *tunnel) end() {
+	if t.unwatch != nil {
+		t.close()
+	} else {
+		t.shut()
+	}
+}
+
 func (r *Registry) add(t *tunnel) {
 	r.mu.Lock()
 	if r.open == nil {
 		r.open = map[*tunnel]struct{}{}
 	}
 	r.open[t] = struct{}{}
+	if t.timeout > 0 {
+		t.still = time.Now()
+		if tick := sweepTick(t.timeout); r.tick == 0 || tick < r.tick {
+			r.tick = tick
+			if r.sweep == nil {
+				r.sweep = time.AfterFunc(tick, r.sweepIdle)
+			} else {
+				r.sweep.Reset(tick)
+			}
+		}
+	}
 	r.mu.Unlock()
+}
+
+// sweepTick is how often tunnels with timeout d are looked at: often
+// enough that one closes at most two ticks late, seldom enough that many
+// idle tunnels cost little.
+func sweepTick(d time.Duration) time.Duration {
+	return min(max(d/8, 10*time.Millisecond), time.Second)
+}
+
+// sweepIdle closes the tunnels in which no byte moved for their timeout, and
+// comes back while tunnels with a timeout are open. A count that moved
+// since the last look restarts the tunnel's quiet time from now, so a
+// tunnel is never closed early, and at most two ticks late.
+func (r *Registry) sweepIdle() {
+	now := time.Now()
+	var idle []*tunnel
+	r.mu.Lock()
+	r.tick = 0
+	for t := range r.open {
+		if t.timeout == 0 {
+			continue
+		}
+		if moved := t.toA.Load() + t.toB.Load(); moved != t.moved {
+			t.moved, t.still = moved, now
+		} else if now.Sub(t.still) >= t.timeout {
+			idle = append(idle, t)
+			continue
+		}
+		if tick := sweepTick(t.timeout); r.tick == 0 || tick < r.tick {
+			r.tick = tick
+		}
+	}
+	if r.tick > 0 {
+		r.sweep.Reset(r.tick)
+	}
+	r.mu.Unlock()
+	for _, t := range idle {
+		t.end()
+	}
 }
 
 func (r *Registry) remove(t *tunnel) {
@@ -178,12 +272,6 @@ func (r *Registry) CloseAll() {
 	}
 	r.mu.Unlock()
 	for _, t := range open {
-		// A goroutine tunnel ends, and reports, once its copies return; a
-		// reactor tunnel has nothing running that would notice.
-		if t.unwatch != nil {
-			t.close()
-		} else {
-			t.shut()
-		}
+		t.end()
 	}
 }

@@ -2,12 +2,15 @@ package tunnel
 
 import (
 	"bytes"
+	"crypto/tls"
 	"io"
 	"math/rand/v2"
 	"net"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/testcert"
 )
 
 // pair returns the two ends of a loopback TCP connection.
@@ -36,19 +39,63 @@ type counts struct{ toA, toB int64 }
 // tunnelFor starts a tunnel of r between a client's and a backend's
 // connection, and returns their other ends, and where the tunnel's counts
 // arrive when it has ended.
-func tunnelFor(t *testing.T, r *Registry) (client, backend *net.TCPConn, done <-chan counts) {
+func tunnelFor(t *testing.T, r *Registry, timeout time.Duration) (client, backend *net.TCPConn, done <-chan counts) {
 	t.Helper()
 	client, proxyA := pair(t)
 	proxyB, backend := pair(t)
 	ch := make(chan counts, 1)
-	r.Start(proxyA, proxyB, func(toA, toB int64) { ch <- counts{toA, toB} })
+	r.Start(proxyA, proxyB, timeout, func(toA, toB int64) { ch <- counts{toA, toB} })
 	return client, backend, ch
+}
+
+// tlsTunnelFor is tunnelFor with TLS between the client and the tunnel, as
+// on an https frontend: the tunnel runs on goroutines.
+func tlsTunnelFor(t *testing.T, r *Registry, timeout time.Duration) (client *tls.Conn, backend *net.TCPConn, done <-chan counts) {
+	t.Helper()
+	certFile, keyFile := testcert.Files(t, t.TempDir(), "localhost")
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawClient, rawProxyA := pair(t)
+	client = tls.Client(rawClient, &tls.Config{RootCAs: testcert.Pool(t, certFile), ServerName: "localhost"})
+	proxyA := tls.Server(rawProxyA, &tls.Config{Certificates: []tls.Certificate{cert}})
+	deadline := time.Now().Add(10 * time.Second)
+	client.SetDeadline(deadline)
+	proxyA.SetDeadline(deadline)
+	handshake := make(chan error, 1)
+	go func() { handshake <- client.Handshake() }()
+	if err := proxyA.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-handshake; err != nil {
+		t.Fatal(err)
+	}
+	client.SetDeadline(time.Time{})
+	proxyA.SetDeadline(time.Time{})
+	proxyB, backend := pair(t)
+	ch := make(chan counts, 1)
+	r.Start(proxyA, proxyB, timeout, func(toA, toB int64) { ch <- counts{toA, toB} })
+	return client, backend, ch
+}
+
+// kinds are the two ways a tunnel runs, for tests of both.
+var kinds = []struct {
+	name  string
+	start func(t *testing.T, r *Registry, timeout time.Duration) (client net.Conn, backend *net.TCPConn, done <-chan counts)
+}{
+	{"reactor", func(t *testing.T, r *Registry, timeout time.Duration) (net.Conn, *net.TCPConn, <-chan counts) {
+		return tunnelFor(t, r, timeout)
+	}},
+	{"tls", func(t *testing.T, r *Registry, timeout time.Duration) (net.Conn, *net.TCPConn, <-chan counts) {
+		return tlsTunnelFor(t, r, timeout)
+	}},
 }
 
 func TestHalfClose(t *testing.T) {
 	t.Parallel()
 	var r Registry
-	client, backend, done := tunnelFor(t, &r)
+	client, backend, done := tunnelFor(t, &r, 0)
 	deadline := time.Now().Add(10 * time.Second)
 	client.SetDeadline(deadline)
 	backend.SetDeadline(deadline)
@@ -83,7 +130,7 @@ func TestHalfClose(t *testing.T) {
 func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 	t.Parallel()
 	r := Registry{HalfCloseTimeout: 50 * time.Millisecond}
-	client, backend, done := tunnelFor(t, &r)
+	client, backend, done := tunnelFor(t, &r, 0)
 	// The backend leaves; the client says nothing: the tunnel ends anyway.
 	backend.Close()
 	select {
@@ -96,7 +143,7 @@ func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 		t.Error("client connection still open")
 	}
 
-	client2, _, done2 := tunnelFor(t, &r)
+	client2, _, done2 := tunnelFor(t, &r, 0)
 	if r.Len() != 1 {
 		t.Fatalf("%d tunnels registered, want 1", r.Len())
 	}
@@ -115,7 +162,7 @@ func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 func TestBulkBothWays(t *testing.T) {
 	t.Parallel()
 	var r Registry
-	client, backend, done := tunnelFor(t, &r)
+	client, backend, done := tunnelFor(t, &r, 0)
 
 	// Bursts of every size, bulk among them, both ways at once, each
 	// direction read while the other is written.
@@ -167,7 +214,8 @@ func TestIdleTunnelsHoldNoGoroutine(t *testing.T) {
 	const n = 50
 	clients := make([]*net.TCPConn, n)
 	for i := range clients {
-		c, backend, _ := tunnelFor(t, &r)
+		// With a timeout: watching for idleness costs no goroutine either.
+		c, backend, _ := tunnelFor(t, &r, time.Hour)
 		clients[i] = c
 		// An echoing backend, to show that the tunnel works.
 		go io.Copy(backend, backend)
@@ -188,6 +236,117 @@ func TestIdleTunnelsHoldNoGoroutine(t *testing.T) {
 	r.CloseAll()
 	if r.Len() != 0 {
 		t.Errorf("%d tunnels left after CloseAll", r.Len())
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 200 * time.Millisecond
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			t.Parallel()
+			var r Registry
+			client, backend, done := k.start(t, &r, timeout)
+			deadline := time.Now().Add(10 * time.Second)
+			client.SetDeadline(deadline)
+			backend.SetDeadline(deadline)
+
+			// Bulk to the client, which goes through a blocking write with
+			// a deadline: one that outlived its write would end the tunnel
+			// below.
+			const bulk = 1 << 20
+			go backend.Write(make([]byte, bulk))
+			if _, err := io.ReadFull(client, make([]byte, bulk)); err != nil {
+				t.Fatal(err)
+			}
+
+			// Bytes one way only, for three timeouts: the tunnel stays.
+			const rounds = 12
+			tick := time.NewTicker(timeout / 4)
+			defer tick.Stop()
+			for range rounds {
+				<-tick.C
+				if _, err := io.WriteString(client, "x"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(backend, make([]byte, 1)); err != nil {
+					t.Fatalf("tunnel closed while bytes moved: %v", err)
+				}
+			}
+			io.WriteString(backend, "y")
+			if _, err := io.ReadFull(client, make([]byte, 1)); err != nil {
+				t.Fatalf("tunnel closed while bytes moved: %v", err)
+			}
+
+			// Then nothing moves: the tunnel closes, not before its time.
+			quiet := time.Now()
+			select {
+			case res := <-done:
+				if waited := time.Since(quiet); waited < timeout/2 {
+					t.Errorf("closed %v after the last byte, want about %v", waited, timeout)
+				}
+				if res.toB != rounds || res.toA != bulk+1 {
+					t.Errorf("counted %+v, want %d bytes to the client and %d to the backend", res, bulk+1, rounds)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("an idle tunnel outlived its timeout")
+			}
+			if _, err := backend.Read(make([]byte, 1)); err == nil {
+				t.Error("backend connection still open")
+			}
+			if _, err := client.Read(make([]byte, 1)); err == nil {
+				t.Error("client connection still open")
+			}
+			if r.Len() != 0 {
+				t.Errorf("registry still holds %d tunnels", r.Len())
+			}
+		})
+	}
+}
+
+// A client that stops reading while it goes on sending: the tunnel's write
+// to it makes no progress, and closes the tunnel though bytes still move
+// the other way.
+func TestStalledWriteTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 200 * time.Millisecond
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			t.Parallel()
+			var r Registry
+			client, backend, done := k.start(t, &r, timeout)
+			deadline := time.Now().Add(10 * time.Second)
+			client.SetDeadline(deadline)
+			backend.SetDeadline(deadline)
+
+			go io.Copy(io.Discard, backend)
+			go func() {
+				bulk := make([]byte, 64<<10)
+				for {
+					if _, err := backend.Write(bulk); err != nil {
+						return
+					}
+				}
+			}()
+			ticker := time.NewTicker(timeout / 8)
+			defer ticker.Stop()
+			tick, giveUp := ticker.C, time.After(10*time.Second)
+			for {
+				select {
+				case res := <-done:
+					if res.toB == 0 {
+						t.Errorf("counted %+v: the client's bytes never reached the backend", res)
+					}
+					return
+				case <-tick:
+					if _, err := client.Write(make([]byte, 1<<10)); err != nil {
+						tick = nil // the tunnel is closing
+					}
+				case <-giveUp:
+					t.Fatal("a tunnel whose write stalled was not closed")
+				}
+			}
+		})
 	}
 }
 
@@ -215,7 +374,7 @@ func BenchmarkEcho(b *testing.B) {
 	proxyB, backend := dial()
 	defer client.Close()
 	go io.Copy(backend, backend)
-	r.Start(proxyA, proxyB, func(int64, int64) { backend.Close() })
+	r.Start(proxyA, proxyB, time.Hour, func(int64, int64) { backend.Close() })
 	msg, buf := make([]byte, 128), make([]byte, 128)
 	b.SetBytes(int64(len(msg)))
 	b.ReportAllocs()
