@@ -445,7 +445,7 @@ func writeRequest(w *bufio.Writer, req *http.Request) {
 		w.WriteString("\r\n")
 	case body:
 		w.WriteString("Transfer-Encoding: chunked\r\n")
-	case req.Method != "GET" && req.Method != "HEAD":
+	case req.Method == "POST" || req.Method == "PUT" || req.Method == "PATCH":
 		// As net/http does: servers expect a length for these methods.
 		w.WriteString("Content-Length: 0\r\n")
 	}
