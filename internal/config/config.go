@@ -1,7 +1,9 @@
 // Package config turns a hipsterd INI file into plain, validated structs.
 //
 // It is pure: it reads the file (and the TLS files it names, to check them) and
-// returns data. Runtime objects are built from the result elsewhere, so a
+// returns data. Load also checks, without writing, that the access logs could
+// be opened; and binds follow how the system binds [::], read once from
+// /proc/sys/net/ipv6/bindv6only. Runtime objects are built from the result elsewhere, so a
 // reload can parse a new Config, build new objects and swap them in.
 //
 // Every problem is collected, not only the first, and each names the file, the

@@ -4,7 +4,9 @@
 // A reload is "build new, swap, drain old": the new configuration's backends
 // and handlers are built beside the running ones, swapped in at once, and the
 // old ones are let go when the last request that started on them ends.
-// Sockets whose bind address stays are kept, so no connection is refused.
+// Sockets whose bind address stays are kept, so no connection is refused; a
+// bind that moves between the wildcard and an address of its port is bound
+// beside the old socket before that one goes (see apply).
 package server
 
 import (
