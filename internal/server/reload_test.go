@@ -219,3 +219,24 @@ func TestReloadRereadsBackendCA(t *testing.T) {
 		t.Errorf("after reload with the new CA: %d %q", code, body)
 	}
 }
+
+// What -t accepts, start binds: different addresses on one port.
+func TestDifferentAddressesOnOnePort(t *testing.T) {
+	t.Parallel()
+	port := freeLoopbackPort(t)
+	binds := []string{fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.2:%d", port)}
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+		ln.Close()
+		binds = append(binds, fmt.Sprintf("[::1]:%d", port))
+	}
+	var src strings.Builder
+	for i, b := range binds {
+		fmt.Fprintf(&src, "[frontend f%d]\nbind = %s\nbackends = b%d\n[backend b%d]\nconnect = %s\n", i, b, i, i, namedBackend(t, fmt.Sprint(i)))
+	}
+	start(t, src.String())
+	for i, b := range binds {
+		if code, body := get(t, "http://"+b+"/", ""); code != 200 || body != fmt.Sprint(i) {
+			t.Errorf("%s: %d %q", b, code, body)
+		}
+	}
+}
