@@ -29,7 +29,9 @@ import (
 // configuration are swapped under a running server, so open keep-alive
 // connections carry on with the new configuration. Only a change of https
 // or of the server's timeouts needs a new http.Server, which takes over the
-// same socket.
+// same socket. After a reload that moved a bind to the wildcard of its port,
+// the socket of the old address may serve the frontend whose bind covers it
+// (its key is then not that frontend's bindKey).
 type listener struct {
 	key  string
 	addr config.Address // as bound
