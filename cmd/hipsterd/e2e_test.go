@@ -299,7 +299,8 @@ func TestCheckAccessLogs(t *testing.T) {
 // bind = *:PORT, HAProxy's way to write the wildcard, listens on every address.
 func TestStarBind(t *testing.T) {
 	t.Parallel()
-	addr := freePort(t, "tcp", "127.0.0.1")
+	// Free on every address, as the wildcard needs.
+	addr := "127.0.0.1:" + port(freePort(t, "tcp", ""))
 	cfg := writeConfig(t, fmt.Sprintf("[frontend f]\nbind = *:%s\nbackends = b\n[backend b]\nconnect = %s\n", port(addr), backend(t, "b", nil)))
 	if code, stdout, stderr := runBinary(t, "-t", "-config", cfg); code != 0 {
 		t.Fatalf("-t: exit %d, %q, %q", code, stdout, stderr)

@@ -34,7 +34,7 @@ import (
 // (its key is then not that frontend's bindKey).
 type listener struct {
 	key  string
-	addr config.Address // as bound
+	addr config.Address // as bound: an IP address or a wildcard
 	sock *net.TCPListener
 	log  *slog.Logger
 

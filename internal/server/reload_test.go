@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,15 +24,29 @@ import (
 	"github.com/hipsterd/hipsterd/internal/testcert"
 )
 
-// freeLoopbackPort returns a port that was free on 127.0.0.1 a moment ago.
-func freeLoopbackPort(t *testing.T) int {
+// freePort returns a port that was free on every IPv4 address a moment ago,
+// below the range of ephemeral ports where it can: there, a connection
+// from another loopback address (127.0.0.2:port, say) may take it while it
+// is bound to 127.0.0.1 only, and then the wildcard cannot be bound.
+func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 0
+	if data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(data), &low)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	for range 100 {
+		port := 0
+		if low > 2048 {
+			port = 1024 + rand.IntN(low-1024)
+		}
+		ln, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", port))
+		if err == nil {
+			defer ln.Close()
+			return ln.Addr().(*net.TCPAddr).Port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
 }
 
 func reload(t *testing.T, s *Server, src string) error {
@@ -55,7 +70,7 @@ func (s *Server) movingSockets() int {
 // wildcard covers it) or accepts until its last handshakes are done.
 func TestBindMovesWithoutRefusing(t *testing.T) {
 	t.Parallel()
-	port := freeLoopbackPort(t)
+	port := freePort(t)
 	specific, wildcard := fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("0.0.0.0:%d", port)
 	conf := func(bind string) string {
 		return fmt.Sprintf("[frontend f]\nbind = %s\nbackends = a\n[backend a]\nconnect = %s\n", bind, namedBackend(t, "a"))
@@ -138,7 +153,7 @@ func TestBindMovesWithoutRefusing(t *testing.T) {
 // beside another process's socket; hipsterd refuses to.
 func TestMovedBindRefusesForeignListener(t *testing.T) {
 	t.Parallel()
-	port := freeLoopbackPort(t)
+	port := freePort(t)
 	conf := func(bind string) string {
 		return fmt.Sprintf("[frontend f]\nbind = %s\nbackends = a\n[backend a]\nconnect = %s\n", bind, namedBackend(t, "a"))
 	}
@@ -223,7 +238,7 @@ func TestReloadRereadsBackendCA(t *testing.T) {
 // What -t accepts, start binds: different addresses on one port.
 func TestDifferentAddressesOnOnePort(t *testing.T) {
 	t.Parallel()
-	port := freeLoopbackPort(t)
+	port := freePort(t)
 	binds := []string{fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.2:%d", port)}
 	if ln, err := net.Listen("tcp6", "[::1]:0"); err == nil {
 		ln.Close()

@@ -133,7 +133,12 @@ func (s *Server) apply(cfg *config.Config) error {
 			closeFresh()
 			return err
 		}
-		l := &listener{key: key, addr: fc.Listen, sock: sock, log: s.log}
+		// The address as bound, which for a host name is its IP address.
+		addr, err := config.ParseBind(sock.Addr().String())
+		if err != nil {
+			addr = fc.Listen
+		}
+		l := &listener{key: key, addr: addr, sock: sock, log: s.log}
 		fresh = append(fresh, l)
 		next[key] = l
 	}
