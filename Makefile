@@ -43,10 +43,12 @@ demo: build
 	./scripts/demo.sh
 
 # Installs the binary, the example config (never over an existing one, with
-# its access log moved to LOGDIR), the systemd unit, the sysusers entry and
-# the logrotate file.
+# its access log moved to LOGDIR), the log directory (so that -t passes before
+# systemd's LogsDirectory= first makes it its own), the systemd unit, the
+# sysusers entry and the logrotate file.
 install: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(CONFDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(LOGROTATEDIR)
+	install -d -m 0750 $(DESTDIR)$(LOGDIR)
 	install -m 0755 hipsterd $(DESTDIR)$(BINDIR)/hipsterd
 	test -e $(DESTDIR)$(CONFDIR)/hipsterd.ini || \
 		sed 's|^accesslog = .*|accesslog = $(LOGDIR)/access.log|' configs/hipster.ini > $(DESTDIR)$(CONFDIR)/hipsterd.ini

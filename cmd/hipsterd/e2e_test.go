@@ -259,6 +259,58 @@ func TestCommandLine(t *testing.T) {
 	}
 }
 
+// -t finds what start would: an access log that cannot be written. It
+// creates no file.
+func TestCheckAccessLogs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	noDir, underFile, fine := filepath.Join(dir, "none", "access.log"), filepath.Join(file, "access.log"), filepath.Join(dir, "access.log")
+	conf := func(global, own string) string {
+		return writeConfig(t, fmt.Sprintf("[global]\naccesslog = %s\n[frontend f]\nbind = 127.0.0.1:1\nbackends = b\n[frontend g]\nbind = 127.0.0.1:2\nbackends = b\naccesslog = %s\n[backend b]\nconnect = 127.0.0.1:3\n", global, own))
+	}
+	bad := conf(noDir, underFile)
+	code, stdout, stderr := runBinary(t, "-t", "-config", bad)
+	if code != 1 || stdout != "" {
+		t.Errorf("-t: exit %d, stdout %q", code, stdout)
+	}
+	for _, want := range []string{
+		bad + ": [global] accesslog: cannot write " + noDir + ": directory " + filepath.Dir(noDir) + ": no such file or directory",
+		bad + ": [frontend g] accesslog: cannot write " + underFile + ": not a directory",
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("-t stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	good := conf(fine, fine)
+	if code, stdout, stderr := runBinary(t, "-t", "-config", good); code != 0 || stdout != "configuration OK\n" {
+		t.Errorf("-t with a writable access log: exit %d, %q, %q", code, stdout, stderr)
+	}
+	for _, path := range []string{noDir, underFile, fine} {
+		if _, err := os.Stat(path); err == nil {
+			t.Errorf("-t created %s", path)
+		}
+	}
+}
+
+// bind = *:PORT, HAProxy's way to write the wildcard, listens on every address.
+func TestStarBind(t *testing.T) {
+	t.Parallel()
+	// Free on every address, as the wildcard needs.
+	addr := "127.0.0.1:" + port(freePort(t, "tcp", ""))
+	cfg := writeConfig(t, fmt.Sprintf("[frontend f]\nbind = *:%s\nbackends = b\n[backend b]\nconnect = %s\n", port(addr), backend(t, "b", nil)))
+	if code, stdout, stderr := runBinary(t, "-t", "-config", cfg); code != 0 {
+		t.Fatalf("-t: exit %d, %q, %q", code, stdout, stderr)
+	}
+	startHipsterd(t, cfg, addr)
+	if code, s := body(t, http.DefaultClient, "http://"+addr+"/", ""); code != 200 || !strings.HasPrefix(s, "b ") {
+		t.Errorf("got %d %q", code, s)
+	}
+}
+
 func TestBadConfigBindsNothing(t *testing.T) {
 	t.Parallel()
 	addr := freePort(t, "tcp", "127.0.0.1")

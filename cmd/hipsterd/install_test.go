@@ -39,6 +39,14 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("%s has mode %v, want %v", name, fi.Mode().Perm(), mode)
 		}
 	}
+	if fi, err := os.Stat(filepath.Join(dest, logDir)); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o750 {
+		t.Errorf("LOGDIR not installed as a 0750 directory: %v %v", fi, err)
+	}
+	// LOGDIR names the directory on the target system, which DESTDIR
+	// stands for; -t checks that the access log can be written there.
+	if err := os.MkdirAll(logDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
 	bin := filepath.Join(dest, "usr/bin/hipsterd")
 	conf := filepath.Join(dest, "etc/hipsterd/hipsterd.ini")
 	out, err := exec.Command(bin, "-t", "-config", conf).CombinedOutput()

@@ -1,7 +1,9 @@
 // Package config turns a hipsterd INI file into plain, validated structs.
 //
 // It is pure: it reads the file (and the TLS files it names, to check them) and
-// returns data. Runtime objects are built from the result elsewhere, so a
+// returns data. Load also checks, without writing, that the access logs could
+// be opened; and binds follow how the system binds [::], read once from
+// /proc/sys/net/ipv6/bindv6only. Runtime objects are built from the result elsewhere, so a
 // reload can parse a new Config, build new objects and swap them in.
 //
 // Every problem is collected, not only the first, and each names the file, the
@@ -10,6 +12,8 @@ package config
 
 import (
 	"errors"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -69,7 +73,8 @@ type Global struct {
 // Frontend is one [frontend NAME] section.
 type Frontend struct {
 	Name             string
-	Bind             string
+	Bind             string   // as written
+	Listen           Address  // Bind resolved
 	Backends         []string // backend names; a name listed twice gets twice the share
 	Hosts            []string // host names (lower case) whose [host] sections apply
 	AddXForwardedFor bool
@@ -90,6 +95,63 @@ type Frontend struct {
 	// https, on port RedirectHTTPSPort.
 	RedirectHTTPS     bool
 	RedirectHTTPSPort int
+}
+
+// Address is a frontend's bind resolved: the addresses it listens on.
+type Address struct {
+	// Host is "" for a wildcard, else an IP address (in canonical form) or
+	// a host name (lower case).
+	Host string
+	Port int // 0: a port the kernel picks, different every time
+	// Family is 4 or 6 for a wildcard or an IP address of that family only,
+	// and 0 for both: the wildcard *, or [::] where the system binds IPv6
+	// wildcards dual-stack, or a host name.
+	Family int
+}
+
+// Network is the network to pass to net.Listen.
+func (a Address) Network() string {
+	switch a.Family {
+	case 4:
+		return "tcp4"
+	case 6:
+		return "tcp6"
+	}
+	return "tcp"
+}
+
+// String is the address to pass to net.Listen with Network.
+func (a Address) String() string {
+	host := a.Host
+	if host == "" {
+		switch a.Family {
+		case 4:
+			host = "0.0.0.0"
+		case 6:
+			host = "::"
+		}
+	}
+	return net.JoinHostPort(host, strconv.Itoa(a.Port))
+}
+
+// Conflicts reports whether a and b cannot both be bound: the same port and
+// address, or a wildcard and an address it covers. Port 0 conflicts with
+// nothing. A host name conflicts with wildcards of either family.
+func (a Address) Conflicts(b Address) bool {
+	if a.Port != b.Port || a.Port == 0 {
+		return false
+	}
+	if a.Host != "" && b.Host != "" {
+		return a.Host == b.Host
+	}
+	return a.Family == 0 || b.Family == 0 || a.Family == b.Family
+}
+
+// Covers reports whether every connection b accepts would reach a: a is a
+// wildcard of b's port for b's family (a host name's family is unknown, so
+// only a wildcard of both families covers it).
+func (a Address) Covers(b Address) bool {
+	return a.Host == "" && a.Port == b.Port && a.Port != 0 && (a.Family == 0 || a.Family == b.Family)
 }
 
 // Host is one [host NAME NAME…] section.

@@ -68,7 +68,7 @@ connect = [::1]:3
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Frontend{Name: "frontend1", Bind: "0.0.0.0:9000", Backends: []string{"backend1"},
+	want := Frontend{Name: "frontend1", Bind: "0.0.0.0:9000", Listen: Address{Port: 9000, Family: 4}, Backends: []string{"backend1"},
 		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, TunnelTimeout: DefaultTunnelTimeout, Balance: RoundRobin,
 		TLSMinVersion: "1.2", HTTP2: true, RedirectHTTPSPort: 443}
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
@@ -215,7 +215,9 @@ func TestErrors(t *testing.T) {
 		{"negative tunnel-timeout", "[frontend f]\nbind = :1\nbackends = b\ntunnel-timeout = -1m\n" + backend, []string{"[frontend f] tunnel-timeout:", "negative"}},
 		{"bad tunnel-timeout", "[global]\ntunnel-timeout = forever\n[frontend f]\nbind = :1\nbackends = b\n" + backend, []string{"[global] tunnel-timeout:", `"forever" is not a duration`}},
 		{"bad bool", "[frontend f]\nbind = :1\nbackends = b\nhttps = maybe\n" + backend, []string{"[frontend f] https:", "not a boolean"}},
-		{"duplicate bind", "[frontend f]\nbind = :9000\nbackends = b\n[frontend g]\nbind = 127.0.0.1:9000\nbackends = b\n" + backend, []string{"[frontend g] bind:", "already bound by [frontend f]"}},
+		{"duplicate bind", "[frontend f]\nbind = :9000\nbackends = b\n[frontend g]\nbind = 127.0.0.1:9000\nbackends = b\n" + backend, []string{"[frontend g] bind:", `"127.0.0.1:9000" conflicts with [frontend f]'s ":9000"`}},
+		{"star and specific", "[frontend f]\nbind = *:9000\nbackends = b\n[frontend g]\nbind = [::1]:9000\nbackends = b\n" + backend, []string{"[frontend g] bind:", `conflicts with [frontend f]'s "*:9000"`}},
+		{"bad bind host", "[frontend f]\nbind = *.example.com:9000\nbackends = b\n" + backend, []string{"[frontend f] bind:", "neither an IP address nor a host name"}},
 		{"duplicate section", "[frontend f]\nbind = :9000\nbackends = b\n[frontend f]\nbind = :9001\nbackends = b\n" + backend, []string{"[frontend f]: section defined twice"}},
 		{"duplicate backend", backend + backend + "[frontend f]\nbind = :9000\nbackends = b\n", []string{"[backend b]: section defined twice"}},
 		{"duplicate key", "[frontend f]\nbind = :9000\nbind = :9001\nbackends = b\n" + backend, []string{"[frontend f] bind: key set 2 times"}},
@@ -396,6 +398,153 @@ tls-skip-verify = true
 		if !strings.Contains(warnings, want) {
 			t.Errorf("warnings lack %q:\n%s", want, warnings)
 		}
+	}
+}
+
+func TestParseBind(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		bind      string
+		dualStack bool
+		want      Address
+		network   string
+		listen    string
+	}{
+		{"*:9200", true, Address{Port: 9200}, "tcp", ":9200"},
+		{":9200", false, Address{Port: 9200}, "tcp", ":9200"},
+		{"0.0.0.0:80", true, Address{Port: 80, Family: 4}, "tcp4", "0.0.0.0:80"},
+		{"[::]:80", true, Address{Port: 80}, "tcp", ":80"},
+		{"[::]:80", false, Address{Port: 80, Family: 6}, "tcp6", "[::]:80"},
+		{"[::ffff:0.0.0.0]:80", false, Address{Port: 80, Family: 4}, "tcp4", "0.0.0.0:80"},
+		{"127.0.0.1:9200", true, Address{Host: "127.0.0.1", Port: 9200, Family: 4}, "tcp4", "127.0.0.1:9200"},
+		{"[::ffff:127.0.0.1]:9200", true, Address{Host: "127.0.0.1", Port: 9200, Family: 4}, "tcp4", "127.0.0.1:9200"},
+		{"[0:0::1]:9200", true, Address{Host: "::1", Port: 9200, Family: 6}, "tcp6", "[::1]:9200"},
+		{"LocalHost:0", true, Address{Host: "localhost"}, "tcp", "localhost:0"},
+	}
+	for _, tc := range tests {
+		a, err := parseBind(tc.bind, tc.dualStack)
+		if err != nil || a != tc.want || a.Network() != tc.network || a.String() != tc.listen {
+			t.Errorf("parseBind(%q, dual-stack %v) = %+v (%s %s), %v; want %+v (%s %s)", tc.bind, tc.dualStack, a, a.Network(), a, err, tc.want, tc.network, tc.listen)
+		}
+	}
+}
+
+func TestBindConflicts(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		a, b      string
+		dualStack bool
+		conflict  bool
+	}{
+		{"127.0.0.1:9200", "127.0.0.2:9200", true, false},
+		{"127.0.0.1:9200", "[::1]:9200", true, false},
+		{"127.0.0.1:9200", "127.0.0.1:9201", true, false},
+		{"127.0.0.1:9200", "127.0.0.1:9200", true, true},
+		{"LOCALHOST:9200", "localhost:9200", true, true},
+		{"0.0.0.0:9200", "127.0.0.1:9200", false, true},
+		{"0.0.0.0:9200", "[::1]:9200", true, false},
+		{"0.0.0.0:9200", "[::]:9200", true, true},
+		{"0.0.0.0:9200", "[::]:9200", false, false},
+		{"[::]:9200", "127.0.0.1:9200", true, true},
+		{"[::]:9200", "127.0.0.1:9200", false, false},
+		{"[::]:9200", "[::1]:9200", false, true},
+		{"*:9200", "127.0.0.1:9200", false, true},
+		{"*:9200", "[::1]:9200", false, true},
+		{":9200", "0.0.0.0:9200", false, true},
+		{"*:9200", ":9200", false, true},
+		{"0.0.0.0:9200", "localhost:9200", false, true},
+		{"0.0.0.0:0", "0.0.0.0:0", true, false},
+	}
+	for _, tc := range tests {
+		a, errA := parseBind(tc.a, tc.dualStack)
+		b, errB := parseBind(tc.b, tc.dualStack)
+		if errA != nil || errB != nil {
+			t.Fatalf("%q, %q: %v, %v", tc.a, tc.b, errA, errB)
+		}
+		if got := a.Conflicts(b); got != tc.conflict || b.Conflicts(a) != got {
+			t.Errorf("%q and %q (dual-stack %v): conflict %v, want %v", tc.a, tc.b, tc.dualStack, got, tc.conflict)
+		}
+	}
+	// What the issue reported: different addresses on one port pass.
+	if _, err := parse(t, "[frontend a]\nbind = 127.0.0.1:9200\nbackends = b\n[frontend b]\nbind = 127.0.0.2:9200\nbackends = b\n[frontend c]\nbind = [::1]:9200\nbackends = b\n[backend b]\nconnect = x\n"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestBindCovers(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		a, b   string
+		covers bool
+	}{
+		{"*:80", "127.0.0.1:80", true},
+		{"*:80", "0.0.0.0:80", true},
+		{"*:80", "localhost:80", true},
+		{"0.0.0.0:80", "127.0.0.1:80", true},
+		{"0.0.0.0:80", "[::1]:80", false},
+		{"0.0.0.0:80", "localhost:80", false},
+		{"0.0.0.0:80", "*:80", false},
+		{"0.0.0.0:80", "127.0.0.1:81", false},
+		{"127.0.0.1:80", "0.0.0.0:80", false},
+		{"*:0", "127.0.0.1:0", false},
+	}
+	for _, tc := range tests {
+		a, _ := parseBind(tc.a, true)
+		b, _ := parseBind(tc.b, true)
+		if got := a.Covers(b); got != tc.covers {
+			t.Errorf("%q covers %q: %v, want %v", tc.a, tc.b, got, tc.covers)
+		}
+	}
+}
+
+func TestLoadChecksAccessLogs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	notDir := filepath.Join(dir, "file")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const rest = "backends = b\n[backend b]\nconnect = x\n"
+	tests := []struct {
+		name, global, own string
+		want              string // "" for no error
+	}{
+		{"new file", filepath.Join(dir, "new.log"), "", ""},
+		{"existing file", notDir, "", ""},
+		{"missing directory", filepath.Join(dir, "none", "a.log"), "", "[global] accesslog: cannot write " + filepath.Join(dir, "none", "a.log") + ": directory " + filepath.Join(dir, "none") + ": no such file or directory"},
+		{"parent is a file", "", filepath.Join(notDir, "a.log"), "[frontend g] accesslog: cannot write " + filepath.Join(notDir, "a.log") + ": not a directory"},
+		{"a directory", dir, "", "[global] accesslog: cannot write " + dir + ": it is a directory"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src := "[frontend f]\nbind = :0\n" + rest
+			if tc.own != "" {
+				src += "[frontend g]\nbind = :0\naccesslog = " + tc.own + "\n" + rest[:len("backends = b\n")]
+			}
+			if tc.global != "" {
+				src = "[global]\naccesslog = " + tc.global + "\n" + src
+			}
+			path := filepath.Join(t.TempDir(), "c.ini")
+			if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(path)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if _, err := Parse(path, []byte(src)); err != nil {
+				t.Errorf("Parse, which checks no file it writes, failed: %v", err)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "new.log")); err == nil {
+		t.Error("Load created the access log")
 	}
 }
 

@@ -3,13 +3,19 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gopkg.in/ini.v1"
 )
 
@@ -25,18 +31,24 @@ var knownKeys = map[string][]string{
 
 var sectionTypes = []string{"global", "frontend", "host", "backend"}
 
-// Load reads and validates the file at path.
+// Load reads and validates the file at path. Beyond what Parse checks, it
+// checks that every access log file could be opened for writing now,
+// without creating or changing one.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, Errors{{File: path, Msg: err.Error()}}
 	}
-	return Parse(path, data)
+	return parseFile(path, data, true)
 }
 
 // Parse validates data as the contents of the file called name. The error, if
 // any, is an Errors listing every problem.
 func Parse(name string, data []byte) (*Config, error) {
+	return parseFile(name, data, false)
+}
+
+func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
 	f, err := ini.LoadSources(ini.LoadOptions{
 		// Same-named sections and keys are reported, not merged.
 		AllowNonUniqueSections: true,
@@ -49,7 +61,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	if err != nil {
 		return nil, Errors{{File: name, Msg: "not a valid INI file: " + err.Error()}}
 	}
-	p := &parser{file: name, cfg: &Config{File: name}}
+	p := &parser{file: name, cfg: &Config{File: name}, dualStack: dualStack()}
 	p.cfg.Global = Global{
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
@@ -58,6 +70,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	p.sections(f)
 	p.resolve()
+	if checkLogs {
+		p.checkLogs()
+	}
 	if len(p.errs) > 0 {
 		return nil, p.errs
 	}
@@ -65,13 +80,18 @@ func Parse(name string, data []byte) (*Config, error) {
 }
 
 type parser struct {
-	file string
-	cfg  *Config
-	errs Errors
+	file      string
+	cfg       *Config
+	errs      Errors
+	dualStack bool // how the system binds [::]
 	// The sections as the file gives them, for the checks that need them all.
 	frontendSecs []*ini.Section
 	hostSecs     []*ini.Section
+	logs         []setting // the accesslog keys set
 }
+
+// setting is where a key was set, and its value.
+type setting struct{ section, value string }
 
 func (p *parser) warnf(section, key, format string, args ...any) {
 	p.cfg.Warnings = append(p.cfg.Warnings, (&Error{File: p.file, Section: section, Key: key, Msg: fmt.Sprintf(format, args...)}).Error())
@@ -174,6 +194,9 @@ func (p *parser) keys(sec *ini.Section, typ string) {
 func (p *parser) global(sec *ini.Section) {
 	g := &p.cfg.Global
 	g.AccessLog = value(sec, "accesslog")
+	if g.AccessLog != "" {
+		p.logs = append(p.logs, setting{sec.Name(), g.AccessLog})
+	}
 	p.duration(sec, "read-header-timeout", &g.ReadHeaderTimeout)
 	p.duration(sec, "idle-timeout", &g.IdleTimeout)
 	p.duration(sec, "shutdown-timeout", &g.ShutdownTimeout)
@@ -196,6 +219,9 @@ func (p *parser) frontend(sec *ini.Section) {
 	p.duration(sec, "idle-timeout", &fe.IdleTimeout)
 	p.duration(sec, "tunnel-timeout", &fe.TunnelTimeout)
 	fe.AccessLog = value(sec, "accesslog")
+	if fe.AccessLog != "" {
+		p.logs = append(p.logs, setting{sec.Name(), fe.AccessLog})
+	}
 	p.boolean(sec, "add-x-forwarded-for", &fe.AddXForwardedFor)
 	p.boolean(sec, "https", &fe.HTTPS)
 	fe.Balance = p.balance(sec)
@@ -222,8 +248,10 @@ func (p *parser) frontend(sec *ini.Section) {
 
 	if fe.Bind == "" {
 		p.errorf(sec.Name(), "bind", "missing: every frontend needs an address to listen on, as in bind = 0.0.0.0:9000")
-	} else if err := checkBind(fe.Bind); err != nil {
+	} else if a, err := parseBind(fe.Bind, p.dualStack); err != nil {
 		p.errorf(sec.Name(), "bind", "%q: %v", fe.Bind, err)
+	} else {
+		fe.Listen = a
 	}
 	if len(fe.Backends) == 0 && len(fe.Hosts) == 0 && !fe.RedirectHTTPS {
 		p.errorf(sec.Name(), "backends", "the frontend has neither backends nor hosts, so it could serve nothing")
@@ -374,7 +402,6 @@ func (p *parser) integer(sec *ini.Section, key string, lo, hi int, dst *int) {
 // resolve runs the checks that span sections, once every section is read.
 func (p *parser) resolve() {
 	g := p.cfg.Global
-	binds := map[string]string{}
 	for i := range p.cfg.Frontends {
 		fe := &p.cfg.Frontends[i]
 		if fe.ReadHeaderTimeout < 0 {
@@ -389,19 +416,71 @@ func (p *parser) resolve() {
 		if fe.AccessLog == "" {
 			fe.AccessLog = g.AccessLog
 		}
-		if fe.Bind == "" || checkBind(fe.Bind) != nil {
-			continue
-		}
-		for _, key := range bindKeys(fe.Bind) {
-			if other, ok := binds[key]; ok {
-				p.errorf("frontend "+fe.Name, "bind", "%q is already bound by [frontend %s]", fe.Bind, other)
+		for _, other := range p.cfg.Frontends[:i] {
+			if fe.Listen.Conflicts(other.Listen) {
+				p.errorf("frontend "+fe.Name, "bind", "%q conflicts with [frontend %s]'s %q%s", fe.Bind, other.Name, other.Bind, p.conflictHint(*fe, other))
 				break
 			}
 		}
-		for _, key := range bindKeys(fe.Bind) {
-			binds[key] = fe.Name
+	}
+}
+
+// conflictHint explains a conflict that is not a plain duplicate.
+func (p *parser) conflictHint(a, b Frontend) string {
+	if a.Listen.Host != "" && b.Listen.Host != "" {
+		return ""
+	}
+	for _, fe := range []Frontend{a, b} {
+		if host, _, _ := net.SplitHostPort(fe.Bind); host == "::" && p.dualStack {
+			return " ([::] takes IPv4 too on this system: net.ipv6.bindv6only is 0)"
 		}
 	}
+	return " (a wildcard takes its port on every address of its family)"
+}
+
+// checkLogs reports, once per file, an access log that could not be opened
+// for appending, as start or reload would find.
+func (p *parser) checkLogs() {
+	seen := map[string]bool{}
+	for _, l := range p.logs {
+		if seen[l.value] {
+			continue
+		}
+		seen[l.value] = true
+		if err := writable(l.value); err != nil {
+			p.errorf(l.section, "accesslog", "cannot write %s: %v", l.value, err)
+		}
+	}
+}
+
+// writable reports why the file at path could not be opened for appending,
+// and created if need be, by this process; it creates and changes nothing.
+func writable(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case err == nil:
+		if fi.IsDir() {
+			return fmt.Errorf("it is a directory")
+		}
+		if err := unix.Faccessat(unix.AT_FDCWD, path, unix.W_OK, unix.AT_EACCESS); err != nil {
+			return err
+		}
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return unwrapPathError(err)
+	}
+	dir := filepath.Dir(path)
+	di, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("directory %s: %v", dir, unwrapPathError(err))
+	}
+	if !di.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if err := unix.Faccessat(unix.AT_FDCWD, dir, unix.W_OK|unix.X_OK, unix.AT_EACCESS); err != nil {
+		return fmt.Errorf("cannot create a file in %s: %v", dir, err)
+	}
+	return nil
 }
 
 func (p *parser) backendRefs(sec *ini.Section, names []string) {
@@ -495,30 +574,61 @@ func value(sec *ini.Section, key string) string {
 	return strings.TrimSpace(sec.Key(key).String())
 }
 
-func checkBind(bind string) error {
-	_, port, err := net.SplitHostPort(bind)
+// ParseBind resolves a bind value as a frontend's bind is, for this system.
+func ParseBind(bind string) (Address, error) { return parseBind(bind, dualStack()) }
+
+// parseBind resolves a bind value. The wildcard is "*" or empty ("*:80",
+// ":80": every address of both families), 0.0.0.0 (IPv4 only) or [::]
+// (IPv6 only, or both where dualStack, as the system binds it).
+func parseBind(bind string, dualStack bool) (Address, error) {
+	host, port, err := net.SplitHostPort(bind)
 	if err != nil {
-		return fmt.Errorf("not host:port (%v)", err)
+		return Address{}, fmt.Errorf("not host:port (%v)", err)
 	}
-	if _, err := parsePort(port); err != nil {
-		return err
+	n, err := parsePort(port)
+	if err != nil {
+		return Address{}, err
 	}
-	return nil
+	a := Address{Port: n}
+	switch host {
+	case "", "*":
+		return a, nil
+	case "0.0.0.0":
+		a.Family = 4
+		return a, nil
+	case "::":
+		if !dualStack {
+			a.Family = 6
+		}
+		return a, nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		if ip.IsUnspecified() {
+			return parseBind(net.JoinHostPort(ip.String(), port), dualStack)
+		}
+		a.Host, a.Family = ip.String(), 6
+		if ip.Is4() {
+			a.Family = 4
+		}
+		return a, nil
+	}
+	if strings.ContainsAny(host, " /*[]") {
+		return Address{}, fmt.Errorf("%q is neither an IP address nor a host name", host)
+	}
+	a.Host = strings.ToLower(host)
+	return a, nil
 }
 
-// bindKeys returns the names under which a bind address conflicts with
-// others: its own, and for a wildcard host every address on that port.
-func bindKeys(bind string) []string {
-	host, port, _ := net.SplitHostPort(bind)
-	if port == "0" {
-		return nil // the kernel picks a free port each time
-	}
-	switch strings.ToLower(host) {
-	case "", "0.0.0.0", "::", "[::]":
-		return []string{"*:" + port}
-	}
-	return []string{strings.ToLower(host) + ":" + port, "*:" + port}
-}
+// dualStack reports whether the system binds an IPv6 wildcard socket to
+// IPv4 as well (net.ipv6.bindv6only = 0, Linux's default). Read once: the
+// setting applies to sockets as they are made, and hipsterd binds [::]
+// accordingly. Where it cannot be read (no IPv6, not Linux), Go binds [::]
+// dual-stack itself.
+var dualStack = sync.OnceValue(func() bool {
+	data, err := os.ReadFile("/proc/sys/net/ipv6/bindv6only")
+	return err != nil || strings.TrimSpace(string(data)) != "1"
+})
 
 // backendAddress completes connect's value to host:port; a host alone means
 // defaultPort (80, as in drunken-hipster, which handed it to net/http; 443

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bytes"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -22,6 +24,7 @@ type generation struct {
 	backends map[string]*upstream.Backend
 	handlers map[string]http.Handler // by frontend name
 	logPaths []string                // the access log files it holds
+	caPEM    map[string][]byte       // each backend's ca-file as read for it
 
 	inflight atomic.Int64
 	retired  atomic.Bool
@@ -55,18 +58,24 @@ func (g *generation) retire() {
 }
 
 // newGeneration builds the runtime of cfg. logs must hold an open file for
-// every access log path cfg names. A backend whose section is unchanged is
-// reused; one that changed but still has the same address keeps its up/down
+// every access log path cfg names. A backend whose section and ca-file are
+// unchanged is reused; one that changed but still has the same address keeps its up/down
 // state.
 func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile) *generation {
 	g := &generation{
 		cfg:      cfg,
 		backends: make(map[string]*upstream.Backend, len(cfg.Backends)),
 		handlers: make(map[string]http.Handler, len(cfg.Frontends)),
+		caPEM:    map[string][]byte{},
 	}
 	for _, bc := range cfg.Backends {
+		if bc.TLS && bc.CAFile != "" {
+			// Read again on every reload, as frontend certificates are:
+			// the backend's own copy is rebuilt when the file changed.
+			g.caPEM[bc.Name], _ = os.ReadFile(bc.CAFile)
+		}
 		old := s.backends[bc.Name]
-		if old != nil && old.Config() == bc {
+		if old != nil && old.Config() == bc && bytes.Equal(g.caPEM[bc.Name], s.current.caPEM[bc.Name]) {
 			g.backends[bc.Name] = old // idle connections and health carry on
 			continue
 		}

@@ -3,15 +3,23 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hipsterd/hipsterd/internal/config"
 )
@@ -21,9 +29,12 @@ import (
 // configuration are swapped under a running server, so open keep-alive
 // connections carry on with the new configuration. Only a change of https
 // or of the server's timeouts needs a new http.Server, which takes over the
-// same socket.
+// same socket. After a reload that moved a bind to the wildcard of its port,
+// the socket of the old address may serve the frontend whose bind covers it
+// (its key is then not that frontend's bindKey).
 type listener struct {
 	key  string
+	addr config.Address // as bound: an IP address or a wildcard
 	sock *net.TCPListener
 	log  *slog.Logger
 
@@ -45,32 +56,124 @@ type route struct {
 	handler http.Handler
 }
 
-// bindKey names the socket a frontend needs: binds that would clash share a
-// key. The wildcard spellings are one; Go listens on both IPv4 and IPv6 for
-// each. Port 0 is a new socket per frontend name.
+// bindKey names the socket a frontend needs: binds that need the same
+// socket share a key (":80", "*:80", and "[::]:80" where it is dual-stack).
+// Port 0 is a new socket per frontend name.
 func bindKey(fc config.Frontend) string {
-	host, port, _ := net.SplitHostPort(fc.Bind)
-	if port == "0" {
+	if fc.Listen.Port == 0 {
 		return "name " + fc.Name + " " + fc.Bind
 	}
-	switch host = strings.ToLower(host); host {
-	case "", "0.0.0.0", "::":
-		host = "*"
-	}
-	return host + ":" + port
+	return fc.Listen.Network() + " " + fc.Listen.String()
 }
 
-func bind(fc config.Frontend) (*net.TCPListener, error) {
+// bind makes the socket of fc. overlap are hipsterd's own listening sockets
+// whose addresses overlap fc's (a wildcard and an address on one port): they
+// stay open while the new one starts serving, so that no connection is
+// refused, which Linux allows only when both sockets have SO_REUSEPORT.
+// Sockets get it only then: with it, another process of the same user could
+// bind the same address and silently share its connections, so before such
+// a bind any listener of another process on an overlapping address is an
+// error.
+func bind(fc config.Frontend, overlap []*net.TCPListener) (*net.TCPListener, error) {
+	fail := func(err error) error {
+		return fmt.Errorf("frontend %s: cannot listen on %s: %w", fc.Name, fc.Bind, err)
+	}
 	// No TCP keep-alive on accepted connections: it costs four system calls
 	// per connection, and idle HTTP connections end at idle-timeout. The
 	// connections of WebSocket tunnels, which may idle for hours, get it
 	// when they are taken over.
 	lc := net.ListenConfig{KeepAlive: -1}
-	ln, err := lc.Listen(context.Background(), "tcp", fc.Bind)
+	if len(overlap) > 0 {
+		if err := foreignListener(fc.Listen, overlap); err != nil {
+			return nil, fail(err)
+		}
+		for _, ln := range overlap {
+			if err := setReusePort(ln); err != nil {
+				return nil, fail(err)
+			}
+		}
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var err error
+			if cerr := c.Control(func(fd uintptr) {
+				err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}); cerr != nil {
+				return cerr
+			}
+			return err
+		}
+	}
+	ln, err := lc.Listen(context.Background(), fc.Listen.Network(), fc.Listen.String())
 	if err != nil {
-		return nil, fmt.Errorf("frontend %s: cannot listen on %s: %w", fc.Name, fc.Bind, err)
+		return nil, fail(err)
 	}
 	return ln.(*net.TCPListener), nil
+}
+
+func setReusePort(ln *net.TCPListener) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// foreignListener returns an error if a listening TCP socket other than
+// ours (by inode) overlaps a, as /proc/net/tcp and tcp6 list them. Where
+// they cannot be read (not Linux), nothing is checked.
+func foreignListener(a config.Address, ours []*net.TCPListener) error {
+	inodes := map[string]bool{}
+	for _, ln := range ours {
+		rc, err := ln.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		rc.Control(func(fd uintptr) { err = unix.Fstat(int(fd), &st) })
+		if err != nil {
+			return err
+		}
+		inodes[strconv.FormatUint(st.Ino, 10)] = true
+	}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			f := strings.Fields(line)
+			const listening = "0A"
+			if len(f) < 10 || f[3] != listening || inodes[f[9]] {
+				continue
+			}
+			if other, ok := procAddress(f[1]); ok && other.Conflicts(a) {
+				return fmt.Errorf("another process listens on %s", other)
+			}
+		}
+	}
+	return nil
+}
+
+// procAddress decodes a local address of /proc/net/tcp{,6}: hex IP address
+// in 32-bit words of host byte order, colon, hex port.
+func procAddress(s string) (config.Address, bool) {
+	hexIP, hexPort, ok := strings.Cut(s, ":")
+	raw, err := hex.DecodeString(hexIP)
+	port, perr := strconv.ParseUint(hexPort, 16, 16)
+	if !ok || err != nil || perr != nil || (len(raw) != 4 && len(raw) != 16) {
+		return config.Address{}, false
+	}
+	for i := 0; i < len(raw); i += 4 {
+		binary.BigEndian.PutUint32(raw[i:], binary.NativeEndian.Uint32(raw[i:]))
+	}
+	ip, _ := netip.AddrFromSlice(raw)
+	a, err := config.ParseBind(netip.AddrPortFrom(ip, uint16(port)).String())
+	return a, err == nil
 }
 
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -165,6 +268,14 @@ func (v *acceptView) Accept() (net.Conn, error) {
 	// A connection accepted as the view closes is still served, by this
 	// server, which then closes it after its request.
 	return c, err
+}
+
+// finish makes the server accept for d more, then stop: for a socket that
+// closes next, whose connections are still being set up (one round trip)
+// or are waiting in its queue.
+func (v *acceptView) finish(d time.Duration) {
+	v.closed.Store(true)
+	v.sock.SetDeadline(time.Now().Add(d))
 }
 
 // Close wakes the blocked Accept with a deadline in the past.

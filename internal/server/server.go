@@ -4,7 +4,9 @@
 // A reload is "build new, swap, drain old": the new configuration's backends
 // and handlers are built beside the running ones, swapped in at once, and the
 // old ones are let go when the last request that started on them ends.
-// Sockets whose bind address stays are kept, so no connection is refused.
+// Sockets whose bind address stays are kept, so no connection is refused; a
+// bind that moves between the wildcard and an address of its port is bound
+// beside the old socket before that one goes (see apply).
 package server
 
 import (
@@ -28,6 +30,11 @@ import (
 // their handlers to return and write their access log lines.
 const closeGrace = 2 * time.Second
 
+// moveGrace is how long a socket whose address a reload gave to another,
+// overlapping one keeps accepting: long enough for a handshake begun on it
+// to finish (a round trip), and for the connections in its queue.
+const moveGrace = time.Second
+
 // Server runs the frontends of the current configuration.
 type Server struct {
 	log       *slog.Logger
@@ -38,6 +45,7 @@ type Server struct {
 	mu        sync.Mutex
 	current   *generation
 	listeners map[string]*listener           // by bindKey
+	moving    map[string]*listener           // sockets closing after moveGrace, by bindKey
 	draining  map[*http.Server]*atomic.Int64 // servers replaced or removed, with their open connections
 	backends  map[string]*upstream.Backend   // the current generation's
 
@@ -51,6 +59,7 @@ func New(log *slog.Logger) *Server {
 		log:       log,
 		serveErrs: make(chan error, 1),
 		listeners: map[string]*listener{},
+		moving:    map[string]*listener{},
 		draining:  map[*http.Server]*atomic.Int64{},
 		logs:      map[string]*logFile{},
 	}
@@ -93,29 +102,78 @@ func (s *Server) apply(cfg *config.Config) error {
 	}
 
 	next := map[string]*listener{}
-	var fresh []*listener
+	var fresh, revived []*listener
+	closeFresh := func() {
+		for _, l := range fresh {
+			l.sock.Close()
+		}
+	}
 	for _, fc := range cfg.Frontends {
 		key := bindKey(fc)
 		if l := s.listeners[key]; l != nil {
 			next[key] = l
 			continue
 		}
-		sock, err := bind(fc)
-		if err != nil {
-			for _, l := range fresh {
-				l.sock.Close()
+		if l := s.moving[key]; l != nil {
+			// Taken back before it closed: it never stopped listening.
+			next[key] = l
+			revived = append(revived, l)
+			continue
+		}
+		var overlap []*net.TCPListener
+		for _, ls := range []map[string]*listener{s.listeners, s.moving} {
+			for _, l := range ls {
+				if l.addr.Conflicts(fc.Listen) {
+					overlap = append(overlap, l.sock)
+				}
 			}
+		}
+		sock, err := bind(fc, overlap)
+		if err != nil {
+			closeFresh()
 			return err
 		}
-		l := &listener{key: key, sock: sock, log: s.log}
+		// The address as bound, which for a host name is its IP address.
+		addr, err := config.ParseBind(sock.Addr().String())
+		if err != nil {
+			addr = fc.Listen
+		}
+		l := &listener{key: key, addr: addr, sock: sock, log: s.log}
 		fresh = append(fresh, l)
 		next[key] = l
 	}
+	// A socket that a new wildcard bind covers stays open, serving that
+	// frontend: the kernel gives a connection to the most specific
+	// address, so it would take connections until the moment it closed,
+	// and those in its queue then would be reset.
+	type serving struct {
+		l  *listener
+		fc config.Frontend
+	}
+	var plan []serving
+	for _, fc := range cfg.Frontends {
+		plan = append(plan, serving{next[bindKey(fc)], fc})
+	}
+	for _, ls := range []map[string]*listener{s.listeners, s.moving} {
+		for key, l := range ls {
+			if next[key] != nil {
+				continue
+			}
+			for _, fc := range cfg.Frontends {
+				if fc.Listen.Covers(l.addr) {
+					next[key] = l
+					plan = append(plan, serving{l, fc})
+					if s.moving[key] == l {
+						revived = append(revived, l)
+					}
+					break
+				}
+			}
+		}
+	}
 
 	if err := s.openLogs(cfg); err != nil {
-		for _, l := range fresh {
-			l.sock.Close()
-		}
+		closeFresh()
 		return err
 	}
 
@@ -124,8 +182,16 @@ func (s *Server) apply(cfg *config.Config) error {
 	s.live.Add(1)
 	gen.release = func() { go s.releaseGeneration(gen) }
 
-	for _, fc := range cfg.Frontends {
-		l := next[bindKey(fc)]
+	for _, l := range revived {
+		delete(s.moving, l.key)
+		l.stopAccepting()
+		l.srv = nil // the old server drains as it was (moveAway)
+	}
+	for _, p := range plan {
+		l, fc := p.l, p.fc
+		if l.key != bindKey(fc) && (l.srv == nil || l.key == bindKey(l.cfg)) {
+			s.log.Info("frontend keeps serving a socket its bind covers", "frontend", fc.Name, "addr", l.sock.Addr().String())
+		}
 		if tc := tlsConfs[fc.Name]; tc != nil {
 			l.tlsConf.Store(tc)
 		}
@@ -143,11 +209,21 @@ func (s *Server) apply(cfg *config.Config) error {
 		}
 	}
 	for key, l := range s.listeners {
-		if next[key] == nil {
-			s.log.Info("frontend removed; draining its connections", "frontend", l.cfg.Name, "addr", l.sock.Addr().String())
-			s.drain(l, cfg.Global.ShutdownTimeout)
-			l.sock.Close()
+		if next[key] != nil {
+			continue
 		}
+		overlapped := false
+		for _, fc := range cfg.Frontends {
+			overlapped = overlapped || fc.Listen.Conflicts(l.addr)
+		}
+		if overlapped {
+			s.log.Info("frontend moved to another address; the old socket accepts for a moment more", "frontend", l.cfg.Name, "addr", l.sock.Addr().String())
+			s.moveAway(l, cfg.Global.ShutdownTimeout)
+			continue
+		}
+		s.log.Info("frontend removed; draining its connections", "frontend", l.cfg.Name, "addr", l.sock.Addr().String())
+		s.drain(l, cfg.Global.ShutdownTimeout)
+		l.sock.Close()
 	}
 	s.listeners = next
 	for name, b := range s.backends {
@@ -180,6 +256,33 @@ func (s *Server) drain(l *listener, timeout time.Duration) {
 	l.stopAccepting()
 	srv.SetKeepAlivesEnabled(false)
 	go func() {
+		if !waitZero(conns, timeout) {
+			srv.Close()
+		}
+		s.mu.Lock()
+		delete(s.draining, srv)
+		s.mu.Unlock()
+	}()
+}
+
+// moveAway lets l's server accept for moveGrace more, so that connections
+// whose handshake began on l's socket before an overlapping new socket
+// listened are served, then closes the socket and drains the server as
+// drain does. A reload may take the socket back meanwhile (apply).
+func (s *Server) moveAway(l *listener, timeout time.Duration) {
+	srv, conns, served := l.srv, l.conns, l.served
+	s.draining[srv] = conns
+	s.moving[l.key] = l
+	srv.SetKeepAlivesEnabled(false)
+	l.view.finish(moveGrace)
+	go func() {
+		<-served
+		s.mu.Lock()
+		if l.srv == srv { // not taken back
+			delete(s.moving, l.key)
+			l.sock.Close()
+		}
+		s.mu.Unlock()
 		if !waitZero(conns, timeout) {
 			srv.Close()
 		}
@@ -224,6 +327,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	for _, l := range s.listeners {
 		s.drain(l, 0)
 		l.sock.Close()
+	}
+	for _, l := range s.moving {
+		l.view.Close() // ends the grace now
 	}
 	for _, b := range s.backends {
 		b.StopChecks()
@@ -270,7 +376,9 @@ func (s *Server) Addrs() map[string]net.Addr {
 	defer s.mu.Unlock()
 	out := map[string]net.Addr{}
 	for _, l := range s.listeners {
-		out[l.cfg.Name] = l.sock.Addr()
+		if l.key == bindKey(l.cfg) { // not a socket kept for a covering bind
+			out[l.cfg.Name] = l.sock.Addr()
+		}
 	}
 	return out
 }
