@@ -42,10 +42,12 @@ bench:
 demo: build
 	./scripts/demo.sh
 
-# Installs the binary, the example config (never over an existing one, with
-# its access log moved to LOGDIR), the systemd unit, the sysusers entry and
-# the logrotate file.
-install: build
+# Installs the binary `make` built (so `sudo make install` needs no Go in
+# root's PATH), the example config (never over an existing one, with its
+# access log moved to LOGDIR), the systemd unit, the sysusers entry and the
+# logrotate file.
+install:
+	@test -x hipsterd || { echo 'make install: no ./hipsterd: run make first (as yourself), then sudo make install' >&2; exit 1; }
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(CONFDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(LOGROTATEDIR)
 	install -m 0755 hipsterd $(DESTDIR)$(BINDIR)/hipsterd
 	test -e $(DESTDIR)$(CONFDIR)/hipsterd.ini || \
