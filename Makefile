@@ -33,6 +33,7 @@ fmt:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/config
+	$(GO) test -run '^$$' -fuzz FuzzEscaping -fuzztime 30s ./internal/accesslog
 
 # Go benchmarks of the hot paths, with allocations per operation.
 bench:

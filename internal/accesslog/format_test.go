@@ -359,3 +359,29 @@ func TestNewLoggerPrefix(t *testing.T) {
 		t.Errorf("hipster prefix %s", got)
 	}
 }
+
+// Whatever a client sends, a JSON string is valid JSON that decodes to the
+// input (bad UTF-8 aside), and an escaped field holds no byte that could
+// end a line or a quoted field and unescapes to the input.
+func FuzzEscaping(f *testing.F) {
+	for _, a := range awkward {
+		f.Add(a.uri)
+		f.Add(a.ua)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b := appendJSONString(nil, s)
+		var got string
+		if err := json.Unmarshal(b, &got); err != nil || got != valid(s) {
+			t.Fatalf("%q: JSON %s decodes to %q, %v", s, b, got, err)
+		}
+		e := appendEscaped(nil, s)
+		if bytes.ContainsAny(e, "\"\n\r") || unescape(string(e)) != s {
+			t.Fatalf("%q: escaped %q", s, e)
+		}
+		for _, c := range e {
+			if c < 0x20 || c >= 0x7f {
+				t.Fatalf("%q: escaped %q holds %#x", s, e, c)
+			}
+		}
+	})
+}
