@@ -381,6 +381,11 @@ accesslog-format = combined
 [frontend j]
 bind = 127.0.0.1:0
 backends = b
+[frontend nopool]
+bind = 127.0.0.1:0
+hosts = only.example
+[host only.example]
+backends = b
 [backend b]
 connect = %s
 `, logPath, b))
@@ -407,6 +412,8 @@ connect = %s
 		BytesSent                                     int64    `json:"bytes_sent"`
 		Duration                                      *float64 `json:"duration"`
 		Backend                                       *string  `json:"backend"`
+		HeaderTime                                    *float64 `json:"header_time"`
+		Retries                                       int      `json:"retries"`
 		UserAgent                                     string   `json:"user_agent"`
 		Referer                                       string   `json:"referer"`
 		RequestID                                     string   `json:"request_id"`
@@ -418,8 +425,20 @@ connect = %s
 		j.Status != 200 || j.BytesSent != 5 || j.Duration == nil || j.UserAgent != `ua "1" \ 2` || j.Referer != `http://r/"` || j.RequestID != "id-1" {
 		t.Errorf("json line %q decodes to %+v", lines[1], j)
 	}
-	// Which backend answered is the pool's to fill in.
-	if j.Backend != nil && *j.Backend != "b" {
-		t.Errorf("json backend %q, want b (or null while the pool does not fill it in)", *j.Backend)
+	// A 503 without a pool: no backend, no header.
+	if status, _ := get(t, "http://"+addrs["nopool"]+"/", "other.example"); status != http.StatusServiceUnavailable {
+		t.Fatalf("nopool: status %d, want 503", status)
+	}
+	var n struct {
+		Status     int
+		Backend    *string  `json:"backend"`
+		HeaderTime *float64 `json:"header_time"`
+	}
+	if last := readLog(t, logPath, 3)[2]; json.Unmarshal([]byte(last), &n) != nil || n.Status != 503 || n.Backend != nil || n.HeaderTime != nil {
+		t.Errorf("503 line %q: want backend and header_time null", last)
+	}
+	// What the pool filled in.
+	if j.Backend == nil || *j.Backend != "b" || j.HeaderTime == nil || *j.HeaderTime <= 0 || *j.HeaderTime > *j.Duration || j.Retries != 0 {
+		t.Errorf("json line %q: want backend b, 0 retries and a header_time within the duration", lines[1])
 	}
 }
