@@ -33,6 +33,7 @@ fmt:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/config
+	$(GO) test -run '^$$' -fuzz FuzzEscaping -fuzztime 30s ./internal/accesslog
 
 # Go benchmarks of the hot paths, with allocations per operation.
 bench:
@@ -42,11 +43,13 @@ bench:
 demo: build
 	./scripts/demo.sh
 
-# Installs the binary, the example config (never over an existing one, with
-# its access log moved to LOGDIR), the log directory (so that -t passes before
+# Installs the binary `make` built (so `sudo make install` needs no Go in
+# root's PATH), the example config (never over an existing one, with its
+# access log moved to LOGDIR), the log directory (so that -t passes before
 # systemd's LogsDirectory= first makes it its own), the systemd unit, the
 # sysusers entry and the logrotate file.
-install: build
+install:
+	@test -x hipsterd || { echo 'make install: no ./hipsterd: run make first (as yourself), then sudo make install' >&2; exit 1; }
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(CONFDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(LOGROTATEDIR)
 	install -d -m 0750 $(DESTDIR)$(LOGDIR)
 	install -m 0755 hipsterd $(DESTDIR)$(BINDIR)/hipsterd

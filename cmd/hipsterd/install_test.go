@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,9 +9,11 @@ import (
 	"testing"
 )
 
-// TestMakeInstall installs into a temporary DESTDIR and checks what landed:
-// the binary runs, the installed config passes -t, and systemd accepts the
-// unit (when systemd-analyze is on the machine).
+// TestMakeInstall builds, then installs into a temporary DESTDIR without Go
+// (as `sudo make install` runs, with no Go in root's PATH), and checks what
+// landed: the binary runs, the installed config passes -t, the logrotate
+// script signals hipsterd and fails when that fails, and systemd accepts
+// the unit (when systemd-analyze is on the machine).
 func TestMakeInstall(t *testing.T) {
 	t.Parallel()
 	if _, err := exec.LookPath("make"); err != nil {
@@ -18,7 +21,10 @@ func TestMakeInstall(t *testing.T) {
 	}
 	dest := t.TempDir()
 	logDir := filepath.Join(dest, "logs")
-	cmd := exec.Command("make", "-C", "../..", "install", "DESTDIR="+dest, "PREFIX=/usr", "LOGDIR="+logDir)
+	if out, err := exec.Command("make", "-C", "../..", "build").CombinedOutput(); err != nil {
+		t.Fatalf("make build: %v\n%s", err, out)
+	}
+	cmd := exec.Command("make", "-C", "../..", "install", "GO=/nonexistent/go", "DESTDIR="+dest, "PREFIX=/usr", "LOGDIR="+logDir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}
@@ -65,9 +71,11 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("unit lacks %q", want)
 		}
 	}
-	if rotate, _ := os.ReadFile(filepath.Join(dest, "etc/logrotate.d/hipsterd")); !strings.Contains(string(rotate), logDir+"/*.log") || !strings.Contains(string(rotate), "USR1") {
+	rotate, _ := os.ReadFile(filepath.Join(dest, "etc/logrotate.d/hipsterd"))
+	if !strings.Contains(string(rotate), logDir+"/*.log") || !strings.Contains(string(rotate), "create 0640 hipsterd hipsterd") {
 		t.Errorf("logrotate file:\n%s", rotate)
 	}
+	checkPostrotate(t, string(rotate))
 
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
@@ -81,5 +89,55 @@ func TestMakeInstall(t *testing.T) {
 	}
 	if out, err := exec.Command(analyze, "verify", local).CombinedOutput(); err != nil || len(out) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// checkPostrotate runs the logrotate file's postrotate script, as logrotate
+// does (sh -c), against a stand-in systemctl: it signals only the main
+// process, with options every systemd accepts, and a failure to signal
+// fails the script.
+func checkPostrotate(t *testing.T, rotate string) {
+	t.Helper()
+	_, rest, ok1 := strings.Cut(rotate, "postrotate\n")
+	script, _, ok2 := strings.Cut(rest, "endscript")
+	if !ok1 || !ok2 {
+		t.Fatalf("no postrotate script in:\n%s", rotate)
+	}
+	for _, tc := range []struct {
+		name             string
+		active, killExit int
+		wantExit         int
+		wantKill         bool
+	}{
+		{"running", 0, 0, 0, true},
+		{"signal fails", 0, 1, 1, true},
+		{"stopped", 3, 0, 0, false},
+	} {
+		bin := t.TempDir()
+		calls := filepath.Join(bin, "calls")
+		fake := fmt.Sprintf("#!/bin/sh\necho \"$*\" >> %s\ncase \"$*\" in *is-active*) exit %d;; *kill*) echo 'Failed to kill unit' >&2; exit %d;; esac\n", calls, tc.active, tc.killExit)
+		if tc.killExit == 0 {
+			fake = strings.Replace(fake, "echo 'Failed to kill unit' >&2; ", "", 1)
+		}
+		if err := os.WriteFile(filepath.Join(bin, "systemctl"), []byte(fake), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("/bin/sh", "-c", script)
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		exit := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			exit = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := os.ReadFile(calls)
+		killed := strings.Contains(string(data), "kill --signal=USR1 --kill-who=main hipsterd.service")
+		if (exit != 0) != (tc.wantExit != 0) || killed != tc.wantKill {
+			t.Errorf("postrotate, %s: exit %d, systemctl called with %q; want exit %d and kill %v", tc.name, exit, data, tc.wantExit, tc.wantKill)
+		}
+		if tc.killExit != 0 && !strings.Contains(string(out), "Failed to kill unit") {
+			t.Errorf("postrotate, %s: systemctl's error hidden; output %q", tc.name, out)
+		}
 	}
 }

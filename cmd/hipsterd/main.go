@@ -1,9 +1,12 @@
 // Command hipsterd is a WebSocket-aware, TLS-capable HTTP reverse proxy and
 // load balancer configured by one INI file.
 //
-//	hipsterd -config /etc/hipsterd.ini      run
-//	hipsterd -t -config /etc/hipsterd.ini   check the file and exit
-//	hipsterd -version                       print the version and exit
+//	hipsterd -config /etc/hipsterd/hipsterd.ini      run
+//	hipsterd -t -config /etc/hipsterd/hipsterd.ini   check the file and exit
+//	hipsterd -version                                print the version and exit
+//
+// Events go to stderr (-log-format text or json, -log-level debug, info,
+// warn or error). Under journald each line starts with its syslog priority.
 package main
 
 import (
@@ -14,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,8 +41,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&check, "t", false, "check the configuration and exit")
 	fs.BoolVar(&check, "check", false, "same as -t")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	logFormat := fs.String("log-format", "text", "events on stderr as `text` or json")
+	logLevel := fs.String("log-level", "info", "the least important events logged: debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: hipsterd -config FILE [-t]\n       hipsterd -version\n")
+		fmt.Fprintf(stderr, "usage: hipsterd -config FILE [-t] [-log-format text|json] [-log-level LEVEL]\n       hipsterd -version\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -52,23 +58,36 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
+	// Lines outside the event log get a priority under journald too.
+	journal := underJournal(stderr)
+	prio := func(p string) string {
+		if journal {
+			return p
+		}
+		return ""
+	}
+	log, err := newLogger(stderr, *logFormat, *logLevel, journal)
+	if err != nil {
+		fmt.Fprintf(stderr, "hipsterd: %v\n", err)
+		fs.Usage()
+		return 2
+	}
 
 	cfg, err := config.Load(*configPath)
 	if err != nil {
 		for _, e := range config.List(err) {
-			fmt.Fprintf(stderr, "hipsterd: %v\n", e)
+			fmt.Fprintf(stderr, "%shipsterd: %v\n", prio(prioError), e)
 		}
 		return 1
 	}
 	if check {
-		for _, w := range cfg.Warnings {
-			fmt.Fprintf(stderr, "hipsterd: warning: %s\n", w)
+		for _, w := range warnings(cfg) {
+			fmt.Fprintf(stderr, "%shipsterd: warning: %s\n", prio(prioWarning), w)
 		}
 		fmt.Fprintln(stdout, "configuration OK")
 		return 0
 	}
 
-	log := slog.New(slog.NewTextHandler(stderr, nil))
 	warn(log, cfg)
 	srv := server.New(log)
 	// Signals are caught before binding, so a TERM during start is not lost.
@@ -76,11 +95,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 	if err := srv.Start(cfg); err != nil {
-		fmt.Fprintf(stderr, "hipsterd: %v\n", err)
+		fmt.Fprintf(stderr, "%shipsterd: %v\n", prio(prioError), err)
 		return 1
 	}
 	log.Info("hipsterd started", "version", version, "config", *configPath)
-	notify(log, sdnotify.Ready)
+	notify(log, sdnotify.Ready, sdnotify.Status(serving(cfg, srv)))
 
 	for {
 		select {
@@ -95,10 +114,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 				srv.ReopenLogs()
 			case syscall.SIGHUP:
 				notify(log, sdnotify.Reloading())
-				if next := reload(log, srv, *configPath); next != nil {
+				next, err := reload(log, srv, *configPath)
+				at := time.Now().Format(statusTime)
+				var status string
+				if err != nil {
+					status = fmt.Sprintf("reload failed at %s: %v; serving the previous configuration", at, err)
+				} else {
 					cfg = next
+					status = fmt.Sprintf("reloaded at %s; %s", at, serving(cfg, srv))
 				}
-				notify(log, sdnotify.Ready)
+				notify(log, sdnotify.Ready, sdnotify.Status(status))
 			default:
 				log.Info("shutting down", "signal", sig.String(), "timeout", cfg.Global.ShutdownTimeout)
 				shutdown(log, srv, cfg.Global.ShutdownTimeout)
@@ -110,38 +135,73 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 // reload applies the configuration file at path and returns it, or logs
-// every problem and returns nil, leaving the running configuration as it is.
-func reload(log *slog.Logger, srv *server.Server, path string) *config.Config {
+// every problem and returns the first, leaving the running configuration as
+// it is.
+func reload(log *slog.Logger, srv *server.Server, path string) (*config.Config, error) {
 	log.Info("reloading", "config", path)
 	cfg, err := config.Load(path)
 	if err == nil {
 		err = srv.Reload(cfg)
 	}
 	if err != nil {
-		for _, e := range config.List(err) {
+		errs := config.List(err)
+		for _, e := range errs {
 			log.Error("reload failed; the running configuration stays", "err", e)
 		}
-		return nil
+		return nil, errs[0]
 	}
 	warn(log, cfg)
 	log.Info("reloaded", "config", path)
-	return cfg
+	return cfg, nil
+}
+
+// warnings are the configuration's own warnings and those about how
+// systemd runs hipsterd.
+func warnings(cfg *config.Config) []string {
+	return append(cfg.Warnings[:len(cfg.Warnings):len(cfg.Warnings)], systemdWarnings(cfg)...)
 }
 
 func warn(log *slog.Logger, cfg *config.Config) {
-	for _, w := range cfg.Warnings {
+	for _, w := range warnings(cfg) {
 		log.Warn(w)
 	}
 }
 
-func notify(log *slog.Logger, state string) {
-	if err := sdnotify.Notify(state); err != nil {
+// statusTime is how times are written in systemd's status line.
+const statusTime = "2006-01-02 15:04:05 MST"
+
+// serving describes the frontends being served, for systemd's status line:
+// "serving 2 frontends: web on 0.0.0.0:80, api on 127.0.0.1:8080".
+func serving(cfg *config.Config, srv *server.Server) string {
+	addrs := srv.Addrs()
+	list := make([]string, 0, len(cfg.Frontends))
+	for _, fc := range cfg.Frontends {
+		addr := fc.Bind
+		if a := addrs[fc.Name]; a != nil {
+			addr = a.String()
+		}
+		list = append(list, fc.Name+" on "+addr)
+	}
+	noun := "frontends"
+	if len(list) == 1 {
+		noun = "frontend"
+	}
+	return fmt.Sprintf("serving %d %s: %s", len(list), noun, strings.Join(list, ", "))
+}
+
+// notify sends states to systemd, in one message.
+func notify(log *slog.Logger, states ...string) {
+	if err := sdnotify.Notify(strings.Join(states, "\n")); err != nil {
 		log.Warn("cannot notify systemd", "err", err)
 	}
 }
 
 func shutdown(log *slog.Logger, srv *server.Server, timeout time.Duration) {
-	notify(log, sdnotify.Stopping)
+	status := "shutting down: letting requests and tunnels finish"
+	if timeout > 0 {
+		status += " (for up to " + timeout.String() + ")"
+	}
+	notify(log, sdnotify.Stopping, sdnotify.Status(status))
 	ctx := context.Background()
 	if timeout > 0 {
 		var cancel context.CancelFunc

@@ -13,6 +13,7 @@ import (
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -371,8 +372,9 @@ func TestSystemdNotify(t *testing.T) {
 		}
 		return string(buf[:n])
 	}
-	if got := next(); got != "READY=1" {
-		t.Fatalf("first notification %q, want READY=1", got)
+	status := regexp.QuoteMeta("serving 1 frontend: f on " + front)
+	if got := next(); !regexp.MustCompile(`^READY=1\nSTATUS=` + status + `$`).MatchString(got) {
+		t.Fatalf("first notification %q, want READY=1 and STATUS=serving 1 frontend: f on %s", got, front)
 	}
 	// READY comes after binding: the frontend accepts now.
 	if c, err := net.Dial("tcp", front); err != nil {
@@ -384,12 +386,22 @@ func TestSystemdNotify(t *testing.T) {
 	if got := next(); !strings.HasPrefix(got, "RELOADING=1\nMONOTONIC_USEC=") {
 		t.Errorf("on SIGHUP %q, want RELOADING=1 with MONOTONIC_USEC", got)
 	}
-	if got := next(); got != "READY=1" {
-		t.Errorf("after reload %q, want READY=1", got)
+	stamp := `\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+`
+	if got := next(); !regexp.MustCompile(`^READY=1\nSTATUS=reloaded at ` + stamp + `; ` + status + `$`).MatchString(got) {
+		t.Errorf("after reload %q, want READY=1 and STATUS=reloaded at TIME; serving …", got)
+	}
+	// A reload that fails says so, with its first error.
+	if err := os.WriteFile(path, []byte(text+"bakends = a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGHUP)
+	next() // RELOADING=1
+	if got := next(); !regexp.MustCompile(`^READY=1\nSTATUS=reload failed at ` + stamp + `: .*\[backend a\] bakends: unknown key.*; serving the previous configuration$`).MatchString(got) {
+		t.Errorf("after a failed reload %q, want READY=1 and STATUS=reload failed at TIME: ERROR; serving the previous configuration", got)
 	}
 	p.signal(t, syscall.SIGTERM)
-	if got := next(); got != "STOPPING=1" {
-		t.Errorf("on SIGTERM %q, want STOPPING=1", got)
+	if got := next(); !strings.HasPrefix(got, "STOPPING=1\nSTATUS=shutting down") {
+		t.Errorf("on SIGTERM %q, want STOPPING=1 and STATUS=shutting down…", got)
 	}
 	if code := p.wait(t); code != 0 {
 		t.Errorf("exit %d", code)

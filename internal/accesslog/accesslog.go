@@ -1,6 +1,14 @@
-// Package accesslog writes one line per request in drunken-hipster's format:
+// Package accesslog writes one line per request, in one of three formats:
 //
-//	frontend:NAME 2006/01/02 15:04:05.000000 REMOTEADDR HOST "METHOD URI PROTO" STATUS BYTES
+//   - Hipster, drunken-hipster's own (the default):
+//     frontend:NAME 2006/01/02 15:04:05.000000 REMOTEADDR HOST "METHOD URI PROTO" STATUS BYTES
+//   - Combined, NCSA combined as nginx and Apache write it, for log analysers:
+//     CLIENTIP - - [02/Jan/2006:15:04:05 -0700] "METHOD URI PROTO" STATUS BYTES "REFERER" "USER-AGENT"
+//   - JSON, one object per line with the backend's side of the request too.
+//
+// Bytes that would break a line (a quote, a backslash, control characters
+// and, in the text formats, any byte outside printable ASCII) are escaped as
+// nginx does: \x22 in the text formats, JSON escapes in JSON.
 //
 // Lines are formatted without a lock into pooled buffers and appended to a
 // buffered file, flushed at least every second, on Reopen and on Close.
@@ -10,10 +18,10 @@ import (
 	"bufio"
 	"net/http"
 	"os"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/exchange"
 )
 
 // FlushInterval bounds how long a line may sit in memory before it is written.
@@ -23,7 +31,22 @@ const FlushInterval = time.Second
 // away before any response was sent.
 const StatusClientGone = 499
 
-// File is an access log file, shared by every frontend that logs to it.
+// FileMode is the mode of a log file hipsterd creates (less the umask):
+// readable by the log's group, as Debian's logrotate creates nginx's.
+const FileMode = 0o640
+
+// Format is the layout of a logger's lines.
+type Format uint8
+
+// The formats.
+const (
+	Hipster  Format = iota // drunken-hipster's line
+	Combined               // NCSA combined
+	JSON                   // one JSON object per line
+)
+
+// File is an access log file, shared by every frontend that logs to it,
+// whatever their formats.
 type File struct {
 	path string
 
@@ -35,7 +58,7 @@ type File struct {
 	done chan struct{}
 }
 
-// Open opens path for appending, creating it with mode 0600 if missing.
+// Open opens path for appending, creating it with FileMode if missing.
 func Open(path string) (*File, error) {
 	f, err := openFile(path)
 	if err != nil {
@@ -53,7 +76,7 @@ func Open(path string) (*File, error) {
 }
 
 func openFile(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, FileMode)
 }
 
 func (lf *File) flushLoop() {
@@ -112,21 +135,40 @@ func (lf *File) Close() error {
 
 // Logger writes the lines of one frontend.
 type Logger struct {
-	prefix string // "frontend:NAME "
+	format Format
+	prefix string // Hipster: "frontend:NAME "; JSON: the name as a JSON string
 	file   *File
 }
 
-// NewLogger returns a logger for frontend name writing to file.
-func NewLogger(name string, file *File) *Logger {
-	return &Logger{prefix: "frontend:" + name + " ", file: file}
+// NewLogger returns a logger for frontend name writing lines of format to
+// file.
+func NewLogger(name string, file *File, format Format) *Logger {
+	l := &Logger{format: format, file: file}
+	switch format {
+	case Hipster:
+		l.prefix = string(appendEscaped([]byte("frontend:"), name)) + " "
+	case JSON:
+		l.prefix = string(appendJSONString(nil, name))
+	}
+	return l
 }
 
 var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
-// Handler wraps next so that every request it serves is logged.
+// Handler wraps next so that every request it serves is logged. For the JSON
+// format it also puts an exchange.Info in the request's context (unless one
+// is there already), for the backend pool to fill in.
 func (l *Logger) Handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rw := &ResponseWriter{ResponseWriter: w, l: l, r: r}
+		if l.format == JSON {
+			rw.start = time.Now()
+			if rw.info = exchange.FromContext(r.Context()); rw.info == nil {
+				rw.info = &rw.ownInfo
+				r = r.WithContext(exchange.NewContext(r.Context(), rw.info))
+				rw.r = r
+			}
+		}
 		// Deferred, so that a handler that aborts with a panic (as
 		// ReverseProxy does when a response body breaks) is logged too.
 		defer rw.log()
@@ -146,71 +188,52 @@ func (rw *ResponseWriter) log() {
 			status = http.StatusOK
 		}
 	}
-	rw.l.write(requestOf(rw.r), status, rw.bytes)
+	req := rw.request()
+	rw.l.write(&req, status, rw.bytes)
 }
 
-func (l *Logger) write(req request, status int, n int64) {
+func (l *Logger) write(req *request, status int, n int64) {
 	bp := linePool.Get().(*[]byte)
-	b := appendLine((*bp)[:0], l.prefix, time.Now(), &req, status, n)
+	b := (*bp)[:0]
+	now := time.Now()
+	switch l.format {
+	case Combined:
+		b = appendCombined(b, now, req, status, n)
+	case JSON:
+		b = appendJSON(b, l.prefix, now, req, status, n)
+	default:
+		b = appendLine(b, l.prefix, now, req, status, n)
+	}
 	l.file.write(b)
 	*bp = b
 	linePool.Put(bp)
 }
 
-// request is what a line tells of a request.
+// request is what a line tells of a request. The fields past proto are
+// filled in only for the formats that show them.
 type request struct {
 	remoteAddr, host, method, uri, proto string
+	referer, userAgent, requestID        string
+	start                                time.Time
+	info                                 *exchange.Info
 }
 
 func requestOf(r *http.Request) request {
-	return request{r.RemoteAddr, r.Host, r.Method, r.RequestURI, r.Proto}
+	return request{remoteAddr: r.RemoteAddr, host: r.Host, method: r.Method, uri: r.RequestURI, proto: r.Proto}
 }
 
-func appendLine(b []byte, prefix string, now time.Time, r *request, status int, n int64) []byte {
-	b = append(b, prefix...)
-	b = appendTime(b, now)
-	b = append(b, ' ')
-	b = append(b, r.remoteAddr...)
-	b = append(b, ' ')
-	if r.host == "" {
-		b = append(b, '-')
-	} else {
-		b = append(b, r.host...)
+// request returns what the line of rw's request tells.
+func (rw *ResponseWriter) request() request {
+	req := requestOf(rw.r)
+	if rw.l.format != Hipster {
+		h := rw.r.Header
+		req.referer, req.userAgent = h.Get("Referer"), h.Get("User-Agent")
 	}
-	b = append(b, " \""...)
-	b = append(b, r.method...)
-	b = append(b, ' ')
-	b = append(b, r.uri...)
-	b = append(b, ' ')
-	b = append(b, r.proto...)
-	b = append(b, "\" "...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, ' ')
-	b = strconv.AppendInt(b, n, 10)
-	return append(b, '\n')
-}
-
-// second is a formatted second of the log's time stamps, kept while it
-// lasts: formatting a date costs more than the rest of a line.
-type second struct {
-	unix int64
-	text string // 2006/01/02 15:04:05
-}
-
-var lastSecond atomic.Pointer[second]
-
-// appendTime appends now as 2006/01/02 15:04:05.000000.
-func appendTime(b []byte, now time.Time) []byte {
-	sec := lastSecond.Load()
-	if sec == nil || sec.unix != now.Unix() {
-		sec = &second{unix: now.Unix(), text: now.Format("2006/01/02 15:04:05")}
-		lastSecond.Store(sec)
+	if rw.l.format == JSON {
+		req.requestID = rw.r.Header.Get("X-Request-Id")
+		req.start, req.info = rw.start, rw.info
 	}
-	b = append(b, sec.text...)
-	us := now.Nanosecond() / 1000
-	return append(b, '.',
-		byte('0'+us/100000), byte('0'+us/10000%10), byte('0'+us/1000%10),
-		byte('0'+us/100%10), byte('0'+us/10%10), byte('0'+us%10))
+	return req
 }
 
 // ResponseWriter records the status and the body size of a response. Unwrap
@@ -223,6 +246,11 @@ type ResponseWriter struct {
 	l        *Logger
 	r        *http.Request
 	detached bool
+	// For the JSON format: when the request came, and what it met on the
+	// backend side (ownInfo, unless an outer handler provided one).
+	start   time.Time
+	info    *exchange.Info
+	ownInfo exchange.Info
 }
 
 func (rw *ResponseWriter) WriteHeader(code int) {
@@ -247,9 +275,10 @@ func (rw *ResponseWriter) Unwrap() http.ResponseWriter { return rw.ResponseWrite
 
 // Detach leaves the line of a request whose hijacked connection outlives
 // its handler to the function it returns, called when the connection has
-// closed with the status sent on it and the bytes sent to the client.
+// closed with the status sent on it and the bytes sent to the client. The
+// duration logged is then the tunnel's lifetime.
 func (rw *ResponseWriter) Detach() func(status int, bytesToClient int64) {
 	rw.detached = true
-	l, req := rw.l, requestOf(rw.r)
-	return func(status int, n int64) { l.write(req, status, n) }
+	l, req := rw.l, rw.request()
+	return func(status int, n int64) { l.write(&req, status, n) }
 }

@@ -35,6 +35,7 @@ const (
 	DefaultBalance           = RoundRobin
 	DefaultTLSMinVersion     = "1.2"
 	DefaultRedirectHTTPSPort = 443
+	DefaultAccessLogFormat   = LogHipster
 	// CertExpiryWarning is how close to its end a certificate is warned about.
 	CertExpiryWarning = 14 * 24 * time.Hour
 )
@@ -47,6 +48,16 @@ const (
 	RoundRobin Balance = "roundrobin" // strict rotation (drunken-hipster's)
 	LeastConn  Balance = "leastconn"  // fewest requests and tunnels in flight
 	Source     Balance = "source"     // consistent hashing of the client IP
+)
+
+// LogFormat names the layout of access log lines.
+type LogFormat string
+
+// The access log formats.
+const (
+	LogHipster  LogFormat = "hipster"  // drunken-hipster's line
+	LogCombined LogFormat = "combined" // NCSA combined, as nginx and Apache write it
+	LogJSON     LogFormat = "json"     // one JSON object per line
 )
 
 // Config is one parsed and validated configuration file.
@@ -64,6 +75,7 @@ type Config struct {
 // Global holds the [global] section.
 type Global struct {
 	AccessLog         string // "" means no access log
+	AccessLogFormat   LogFormat
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
 	ShutdownTimeout   time.Duration
@@ -86,11 +98,12 @@ type Frontend struct {
 	IdleTimeout       time.Duration
 	// TunnelTimeout closes a WebSocket tunnel in which no byte moved either
 	// way, or whose write made no progress, for that long.
-	TunnelTimeout time.Duration
-	AccessLog     string // resolved: the frontend's own, else [global]'s, else ""
-	Balance       Balance
-	TLSMinVersion string // "1.2" or "1.3"
-	HTTP2         bool   // offer h2 by ALPN (https frontends)
+	TunnelTimeout   time.Duration
+	AccessLog       string    // resolved: the frontend's own, else [global]'s, else ""
+	AccessLogFormat LogFormat // resolved like AccessLog; never ""
+	Balance         Balance
+	TLSMinVersion   string // "1.2" or "1.3"
+	HTTP2           bool   // offer h2 by ALPN (https frontends)
 	// RedirectHTTPS answers every request with a 308 to the same URL on
 	// https, on port RedirectHTTPSPort.
 	RedirectHTTPS     bool

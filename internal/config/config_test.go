@@ -70,7 +70,7 @@ connect = [::1]:3
 	}
 	want := Frontend{Name: "frontend1", Bind: "0.0.0.0:9000", Listen: Address{Port: 9000, Family: 4}, Backends: []string{"backend1"},
 		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, TunnelTimeout: DefaultTunnelTimeout, Balance: RoundRobin,
-		TLSMinVersion: "1.2", HTTP2: true, RedirectHTTPSPort: 443}
+		TLSMinVersion: "1.2", HTTP2: true, RedirectHTTPSPort: 443, AccessLogFormat: LogHipster}
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
 		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
 	}
@@ -79,7 +79,7 @@ connect = [::1]:3
 	if !reflect.DeepEqual(c.Backends, []Backend{wantB}) {
 		t.Errorf("backends = %+v, want %+v", c.Backends, wantB)
 	}
-	if c.Global.ShutdownTimeout != DefaultShutdownTimeout || c.Global.TunnelTimeout != time.Hour || c.Global.AccessLog != "" {
+	if c.Global.ShutdownTimeout != DefaultShutdownTimeout || c.Global.TunnelTimeout != time.Hour || c.Global.AccessLog != "" || c.Frontends[0].AccessLogFormat != LogHipster {
 		t.Errorf("global = %+v", c.Global)
 	}
 
@@ -120,6 +120,7 @@ idle-timeout = 1m
 shutdown-timeout = 0
 tunnel-timeout = 10m
 accesslog = /tmp/all.log
+accesslog-format = combined
 
 [frontend a]
 bind = [::1]:0
@@ -128,6 +129,7 @@ hosts = Example.COM
 idle-timeout = 5s
 tunnel-timeout = 0
 accesslog = /tmp/a.log
+accesslog-format = JSON
 add-x-forwarded-for = yes
 
 [frontend b]
@@ -166,6 +168,9 @@ Connect = localhost:81
 	}
 	if a.AccessLog != "/tmp/a.log" || b.AccessLog != "/tmp/all.log" {
 		t.Errorf("access logs: %q %q", a.AccessLog, b.AccessLog)
+	}
+	if a.AccessLogFormat != LogJSON || b.AccessLogFormat != LogCombined {
+		t.Errorf("access log formats: %q %q, want json and combined from [global]", a.AccessLogFormat, b.AccessLogFormat)
 	}
 	if !a.AddXForwardedFor || b.AddXForwardedFor {
 		t.Errorf("xff: %v %v", a.AddXForwardedFor, b.AddXForwardedFor)
@@ -232,6 +237,10 @@ func TestErrors(t *testing.T) {
 		{"https unreadable file", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\ncertfile = /nonexistent/c.pem\nkeyfile = " + key + "\n" + backend, []string{"[frontend f] certfile: cannot read /nonexistent/c.pem"}},
 		{"https mismatched pair", "[frontend f]\nbind = :9000\nbackends = b\nhttps = true\ncertfile = " + other + "\nkeyfile = " + key + "\n" + backend, []string{"[frontend f] certfile: " + other}},
 		{"cert without https", "[frontend f]\nbind = :9000\nbackends = b\ncertfile = " + cert + "\n" + backend, []string{"[frontend f] certfile: set but https is not true"}},
+		{"bad global accesslog-format", "[global]\naccesslog-format = combind\n[frontend f]\nbind = :9000\nbackends = b\n" + backend,
+			[]string{`[global] accesslog-format: "combind" is not hipster, combined or json (did you mean "combined"?)`}},
+		{"bad accesslog-format", "[frontend f]\nbind = :9000\nbackends = b\naccesslog-format = xml\n" + backend,
+			[]string{`[frontend f] accesslog-format: "xml" is not hipster, combined or json`}},
 		{"bad balance", "[frontend f]\nbind = :9000\nbackends = b\nbalance = leastcon\n" + backend, []string{"[frontend f] balance:", `"leastcon" is not roundrobin, leastconn or source (did you mean "leastconn"?)`}},
 		{"bad host balance", "[frontend f]\nbind = :9000\nhosts = a\n[host a]\nbackends = b\nbalance = random\n" + backend, []string{"[host a] balance:", "not roundrobin"}},
 		{"bad weight", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "weight = 0\n", []string{"[backend b] weight:", "from 1 to 1000"}},

@@ -21,8 +21,8 @@ import (
 
 // The section types and the keys each accepts. A key not listed is an error.
 var knownKeys = map[string][]string{
-	"global": {"accesslog", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout"},
-	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "balance",
+	"global": {"accesslog", "accesslog-format", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout"},
+	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "accesslog-format", "balance",
 		"tunnel-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port"},
 	"host": {"backends", "balance", "certfile", "keyfile"},
 	"backend": {"connect", "connect-timeout", "response-timeout", "weight", "ca-file", "tls-server-name", "tls-skip-verify",
@@ -67,6 +67,7 @@ func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
 		IdleTimeout:       DefaultIdleTimeout,
 		ShutdownTimeout:   DefaultShutdownTimeout,
 		TunnelTimeout:     DefaultTunnelTimeout,
+		AccessLogFormat:   DefaultAccessLogFormat,
 	}
 	p.sections(f)
 	p.resolve()
@@ -197,6 +198,9 @@ func (p *parser) global(sec *ini.Section) {
 	if g.AccessLog != "" {
 		p.logs = append(p.logs, setting{sec.Name(), g.AccessLog})
 	}
+	if f := p.logFormat(sec); f != "" {
+		g.AccessLogFormat = f
+	}
 	p.duration(sec, "read-header-timeout", &g.ReadHeaderTimeout)
 	p.duration(sec, "idle-timeout", &g.IdleTimeout)
 	p.duration(sec, "shutdown-timeout", &g.ShutdownTimeout)
@@ -222,6 +226,7 @@ func (p *parser) frontend(sec *ini.Section) {
 	if fe.AccessLog != "" {
 		p.logs = append(p.logs, setting{sec.Name(), fe.AccessLog})
 	}
+	fe.AccessLogFormat = p.logFormat(sec) // "" until resolve()
 	p.boolean(sec, "add-x-forwarded-for", &fe.AddXForwardedFor)
 	p.boolean(sec, "https", &fe.HTTPS)
 	fe.Balance = p.balance(sec)
@@ -386,6 +391,22 @@ func (p *parser) balance(sec *ini.Section) Balance {
 	return DefaultBalance
 }
 
+// logFormat returns the section's accesslog-format, or "" when it is unset
+// or invalid.
+func (p *parser) logFormat(sec *ini.Section) LogFormat {
+	if !sec.HasKey("accesslog-format") {
+		return ""
+	}
+	v := LogFormat(strings.ToLower(value(sec, "accesslog-format")))
+	switch v {
+	case LogHipster, LogCombined, LogJSON:
+		return v
+	}
+	p.errorf(sec.Name(), "accesslog-format", "%q is not hipster, combined or json%s", value(sec, "accesslog-format"),
+		didYouMean(string(v), []string{string(LogHipster), string(LogCombined), string(LogJSON)}))
+	return ""
+}
+
 func (p *parser) integer(sec *ini.Section, key string, lo, hi int, dst *int) {
 	if !sec.HasKey(key) {
 		return
@@ -415,6 +436,9 @@ func (p *parser) resolve() {
 		}
 		if fe.AccessLog == "" {
 			fe.AccessLog = g.AccessLog
+		}
+		if fe.AccessLogFormat == "" {
+			fe.AccessLogFormat = g.AccessLogFormat
 		}
 		for _, other := range p.cfg.Frontends[:i] {
 			if fe.Listen.Conflicts(other.Listen) {

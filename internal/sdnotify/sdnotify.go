@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,7 +27,15 @@ func Reloading() string {
 	return "RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(usec, 10)
 }
 
-// Notify sends state to systemd, if it is listening.
+// Status is the state that sets the one line of free text systemctl status
+// shows for the service; each run of white space in text, line breaks
+// included, becomes one space.
+func Status(text string) string {
+	return "STATUS=" + strings.Join(strings.Fields(text), " ")
+}
+
+// Notify sends state to systemd, if it is listening. state may hold several
+// assignments, one a line.
 func Notify(state string) error {
 	path := os.Getenv("NOTIFY_SOCKET")
 	if path == "" {

@@ -21,7 +21,7 @@ func TestNotify(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Setenv("NOTIFY_SOCKET", addr)
-		for _, state := range []string{Ready, Reloading(), Stopping} {
+		for _, state := range []string{Ready, Reloading(), Stopping, Ready + "\n" + Status("serving 1 frontend")} {
 			if err := Notify(state); err != nil {
 				t.Fatalf("%s: %v", addr, err)
 			}
@@ -36,6 +36,9 @@ func TestNotify(t *testing.T) {
 	}
 	if s := Reloading(); !strings.HasPrefix(s, "RELOADING=1\nMONOTONIC_USEC=") || strings.HasSuffix(s, "=0") {
 		t.Errorf("Reloading() = %q", s)
+	}
+	if s := Status("reload failed:\n  bad\tkey "); s != "STATUS=reload failed: bad key" {
+		t.Errorf("Status() = %q, want one line", s)
 	}
 	t.Setenv("NOTIFY_SOCKET", "")
 	if err := Notify(Ready); err != nil {

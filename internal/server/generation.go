@@ -137,9 +137,16 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		h = proxy.RedirectHTTPS(fc.RedirectHTTPSPort)
 	}
 	if lf != nil {
-		h = accesslog.NewLogger(fc.Name, lf).Handler(h)
+		h = accesslog.NewLogger(fc.Name, lf, logFormats[fc.AccessLogFormat]).Handler(h)
 	}
 	return h
+}
+
+// logFormats maps the config's access log formats to the logger's.
+var logFormats = map[config.LogFormat]accesslog.Format{
+	config.LogHipster:  accesslog.Hipster,
+	config.LogCombined: accesslog.Combined,
+	config.LogJSON:     accesslog.JSON,
 }
 
 // logFile is an open access log file and the number of generations using it.

@@ -362,3 +362,83 @@ func TestAccessLogLines(t *testing.T) {
 		}
 	}
 }
+
+// Two frontends, one combined and one json, share a file; a request with a
+// URI and headers that break naive log lines leaves one parsable line in
+// each format.
+func TestAccessLogFormats(t *testing.T) {
+	t.Parallel()
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	b := namedBackend(t, "hello")
+	_, addrs := start(t, fmt.Sprintf(`
+[global]
+accesslog = %s
+accesslog-format = json
+[frontend c]
+bind = 127.0.0.1:0
+backends = b
+accesslog-format = combined
+[frontend j]
+bind = 127.0.0.1:0
+backends = b
+[frontend nopool]
+bind = 127.0.0.1:0
+hosts = only.example
+[host only.example]
+backends = b
+[backend b]
+connect = %s
+`, logPath, b))
+	const uri = `/q?a="b"\c&d=%22`
+	req := "GET " + uri + " HTTP/1.1\r\nHost: example.com\r\nUser-Agent: ua \"1\" \\ 2\r\nReferer: http://r/\"\r\nX-Request-Id: id-1\r\nConnection: close\r\n\r\n"
+	for _, fe := range []string{"c", "j"} {
+		resp := rawExchange(t, addrs[fe], req)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("frontend %s: status %d", fe, resp.StatusCode)
+		}
+		readLog(t, logPath, map[string]int{"c": 1, "j": 2}[fe]) // in this order
+	}
+	lines := readLog(t, logPath, 2)
+	combined := regexp.MustCompile(`^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "([^"]*)" 200 5 "([^"]*)" "([^"]*)"$`)
+	m := combined.FindStringSubmatch(lines[0])
+	if m == nil || m[1] != `GET /q?a=\x22b\x22\x5Cc&d=%22 HTTP/1.1` || m[2] != `http://r/\x22` || m[3] != `ua \x221\x22 \x5C 2` {
+		t.Errorf("combined line %q", lines[0])
+	}
+	var j struct {
+		Frontend, Client, Host, Method, URI, Protocol string
+		Status                                        int
+		BytesSent                                     int64    `json:"bytes_sent"`
+		Duration                                      *float64 `json:"duration"`
+		Backend                                       *string  `json:"backend"`
+		HeaderTime                                    *float64 `json:"header_time"`
+		Retries                                       int      `json:"retries"`
+		UserAgent                                     string   `json:"user_agent"`
+		Referer                                       string   `json:"referer"`
+		RequestID                                     string   `json:"request_id"`
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &j); err != nil {
+		t.Fatalf("json line %q: %v", lines[1], err)
+	}
+	if j.Frontend != "j" || j.Client != "127.0.0.1" || j.Host != "example.com" || j.URI != uri || j.Protocol != "HTTP/1.1" ||
+		j.Status != 200 || j.BytesSent != 5 || j.Duration == nil || j.UserAgent != `ua "1" \ 2` || j.Referer != `http://r/"` || j.RequestID != "id-1" {
+		t.Errorf("json line %q decodes to %+v", lines[1], j)
+	}
+	// A 503 without a pool: no backend, no header.
+	if status, _ := get(t, "http://"+addrs["nopool"]+"/", "other.example"); status != http.StatusServiceUnavailable {
+		t.Fatalf("nopool: status %d, want 503", status)
+	}
+	var n struct {
+		Status     int
+		Backend    *string  `json:"backend"`
+		HeaderTime *float64 `json:"header_time"`
+	}
+	if last := readLog(t, logPath, 3)[2]; json.Unmarshal([]byte(last), &n) != nil || n.Status != 503 || n.Backend != nil || n.HeaderTime != nil {
+		t.Errorf("503 line %q: want backend and header_time null", last)
+	}
+	// What the pool filled in.
+	if j.Backend == nil || *j.Backend != "b" || j.HeaderTime == nil || *j.HeaderTime <= 0 || *j.HeaderTime > *j.Duration || j.Retries != 0 {
+		t.Errorf("json line %q: want backend b, 0 retries and a header_time within the duration", lines[1])
+	}
+}
