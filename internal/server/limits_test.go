@@ -3,6 +3,8 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,10 +14,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testcert"
 )
 
 // logBuffer keeps what the server logs, and sends it to the test's log too.
@@ -314,5 +318,145 @@ func TestBadBodyIsTheClientsFault(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// h2Frame is an HTTP/2 frame: the test speaks raw frames to do what a
+// well-behaved client would not.
+func h2Frame(typ, flags byte, stream uint32, payload []byte) []byte {
+	n := len(payload)
+	return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags,
+		byte(stream >> 24), byte(stream >> 16), byte(stream >> 8), byte(stream)}, payload...)
+}
+
+const (
+	h2Data          = 0
+	h2Headers       = 1
+	h2RSTStream     = 3
+	h2Settings      = 4
+	h2GoAway        = 7
+	h2EndStream     = 0x1
+	h2Ack           = 0x1
+	h2EndHeaders    = 0x4
+	h2Protocol      = 1
+	h2RefusedStream = 7
+)
+
+// h2Get is a HEADERS frame for GET https://localhost/ on stream id, in
+// HPACK without Huffman coding or indexing.
+func h2Get(id uint32) []byte {
+	block := []byte{0x82, 0x87, 0x84, 0x01, 9} // :method GET, :scheme https, :path /, :authority (9 bytes)
+	block = append(block, "localhost"...)
+	return h2Frame(h2Headers, h2EndHeaders|h2EndStream, id, block)
+}
+
+func TestHTTP2StreamsPastTheLimitAreRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := testcert.Files(t, dir, "localhost")
+	var arrived atomic.Int64
+	release := make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Add(1)
+		<-release
+		io.WriteString(w, "ok")
+	}))
+	t.Cleanup(backend.Close)
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	_, addrs := start(t, fmt.Sprintf("[frontend tls]\nbind = 127.0.0.1:0\nbackends = b\nhttps = true\ncertfile = %s\nkeyfile = %s\n[backend b]\nconnect = %s\n",
+		cert, key, backend.Listener.Addr()))
+
+	c, err := tls.Dial("tcp", addrs["tls"], &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("ALPN gave %q", p)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	send := func(b []byte) {
+		t.Helper()
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), h2Frame(h2Settings, 0, 0, nil)...))
+
+	// Frames from hipsterd, read in the background; its SETTINGS are
+	// acknowledged as they come.
+	type frame struct {
+		typ, flags byte
+		stream     uint32
+		payload    []byte
+	}
+	frames := make(chan frame, 1024)
+	go func() {
+		defer close(frames)
+		br := bufio.NewReader(c)
+		var head [9]byte
+		for {
+			if _, err := io.ReadFull(br, head[:]); err != nil {
+				return
+			}
+			f := frame{typ: head[3], flags: head[4], stream: binary.BigEndian.Uint32(head[5:]) & 0x7fffffff,
+				payload: make([]byte, int(head[0])<<16|int(head[1])<<8|int(head[2]))}
+			if _, err := io.ReadFull(br, f.payload); err != nil {
+				return
+			}
+			if f.typ == h2Settings && f.flags&h2Ack == 0 {
+				c.Write(h2Frame(h2Settings, h2Ack, 0, nil))
+			}
+			frames <- f
+		}
+	}()
+	next := func() frame {
+		t.Helper()
+		f, ok := <-frames
+		if !ok {
+			t.Fatal("hipsterd closed the connection")
+		}
+		if f.typ == h2GoAway {
+			t.Fatalf("GOAWAY, error code %d", binary.BigEndian.Uint32(f.payload[4:]))
+		}
+		return f
+	}
+
+	for i := uint32(0); i < h2MaxStreams; i++ {
+		send(h2Get(2*i + 1))
+	}
+	waitFor(t, "every allowed stream at the backend", func() bool { return arrived.Load() == h2MaxStreams })
+	over := uint32(2*h2MaxStreams + 1)
+	send(h2Get(over))
+	for {
+		f := next()
+		if f.typ == h2RSTStream {
+			code := binary.BigEndian.Uint32(f.payload)
+			if f.stream != over || code != h2Protocol && code != h2RefusedStream {
+				t.Fatalf("RST_STREAM on stream %d, code %d; want stream %d refused", f.stream, code, over)
+			}
+			break
+		}
+	}
+
+	// The connection carries on: the open streams are answered, and a
+	// new one is served.
+	free()
+	done := map[uint32]bool{}
+	for len(done) < h2MaxStreams {
+		if f := next(); f.typ == h2Data && f.flags&h2EndStream != 0 {
+			done[f.stream] = true
+		}
+	}
+	send(h2Get(over + 2))
+	for {
+		if f := next(); f.stream == over+2 && f.typ == h2Data && f.flags&h2EndStream != 0 {
+			break
+		}
+	}
+	if n := arrived.Load(); n != h2MaxStreams+1 {
+		t.Errorf("the backend saw %d requests, want %d: the refused stream reached it", n, h2MaxStreams+1)
 	}
 }
