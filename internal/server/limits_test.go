@@ -460,3 +460,47 @@ func TestHTTP2StreamsPastTheLimitAreRefused(t *testing.T) {
 		t.Errorf("the backend saw %d requests, want %d: the refused stream reached it", n, h2MaxStreams+1)
 	}
 }
+
+func TestClientTimeoutHTTP2SlowBody(t *testing.T) {
+	t.Parallel()
+	cert, key := testcert.Files(t, t.TempDir(), "localhost")
+	bodyErr := make(chan error, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.ReadAll(r.Body)
+		bodyErr <- err
+	}))
+	t.Cleanup(backend.Close)
+	s, addrs, _ := startLogged(t, fmt.Sprintf("[frontend tls]\nbind = 127.0.0.1:0\nbackends = b\nhttps = true\ncertfile = %s\nkeyfile = %s\nclient-timeout = %s\n[backend b]\nconnect = %s\nhealth-fall = 1\n",
+		cert, key, clientTimeout, backend.Listener.Addr()))
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"},
+		ForceAttemptHTTP2: true,
+	}}
+	t.Cleanup(client.CloseIdleConnections)
+
+	// Ten bytes, then nothing: the stream stalls, not the connection.
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	go pw.Write([]byte("0123456789"))
+	resp, err := client.Post("https://"+addrs["tls"]+"/upload", "text/plain", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusRequestTimeout {
+		t.Errorf("%s %d, want HTTP/2 and 408", resp.Proto, resp.StatusCode)
+	}
+	select {
+	case err := <-bodyErr:
+		if err == nil {
+			t.Error("the backend read a whole body")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend's request was not cut")
+	}
+	b := s.backend("b")
+	waitFor(t, "the backend's slot released", func() bool { return b.InFlight() == 0 })
+	if !b.Up() {
+		t.Error("the client's stall took the backend down")
+	}
+}

@@ -138,7 +138,7 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 			// holds no stream (each stream has client-timeout too).
 			WriteByteTimeout: cfg.ClientTimeout,
 		},
-		ErrorLog:          log.New(serverLog{l.log}, "", 0),
+		ErrorLog: log.New(serverLog{l.log}, "", 0),
 		ConnState: func(_ net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:
