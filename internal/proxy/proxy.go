@@ -54,14 +54,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.forward(w, w, r, pool)
 		return
 	}
-	c := newClientClock(w, h.ClientTimeout)
+	c, cw := newClientClock(w, h.ClientTimeout)
 	defer c.stop()
-	cw := &clientWriter{ResponseWriter: w, c: c}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		// A copy of the request carries the body: net/http looks at the
 		// original's to decide what to do with what is left unread.
 		r = r.WithContext(r.Context())
-		r.Body = &clientBody{ReadCloser: r.Body, c: c}
+		r.Body = c.wrapBody(r.Body)
 	}
 	h.forward(w, cw, r, pool)
 }

@@ -33,10 +33,24 @@ type clientClock struct {
 	read     time.Time // the read deadline set; zero: none
 	write    time.Time // the write deadline set
 	bodyDone bool      // the body was read to its end, or failed otherwise than by the deadline
+
+	// The wrappers live here, so that a request costs one allocation.
+	writer clientWriter
+	body   clientBody
 }
 
-func newClientClock(w http.ResponseWriter, timeout time.Duration) *clientClock {
-	return &clientClock{rc: *http.NewResponseController(w), timeout: timeout, slack: timeout / 8}
+// newClientClock returns the clock of a request answered on w, and the
+// writer to answer it on.
+func newClientClock(w http.ResponseWriter, timeout time.Duration) (*clientClock, *clientWriter) {
+	c := &clientClock{rc: *http.NewResponseController(w), timeout: timeout, slack: timeout / 8}
+	c.writer = clientWriter{ResponseWriter: w, c: c}
+	return c, &c.writer
+}
+
+// wrapBody returns body, read under the clock.
+func (c *clientClock) wrapBody(body io.ReadCloser) io.ReadCloser {
+	c.body = clientBody{ReadCloser: body, c: c}
+	return &c.body
 }
 
 // extendRead pushes the read deadline out before a read of the body.

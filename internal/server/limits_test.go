@@ -247,6 +247,7 @@ func TestClientTimeoutSpareStreams(t *testing.T) {
 	t.Parallel()
 	const events = 12
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "text/event-stream")
 		for i := 0; i < events; i++ {
 			fmt.Fprintf(w, "data: %d\n\n", i)
@@ -257,18 +258,32 @@ func TestClientTimeoutSpareStreams(t *testing.T) {
 	t.Cleanup(backend.Close)
 	_, addrs, _ := startLogged(t, limitsConfig(filepath.Join(t.TempDir(), "access.log"), backend.Listener.Addr().String()))
 
-	start := time.Now()
-	resp, err := http.Get("http://" + addrs["f"] + "/events")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil || strings.Count(string(body), "data: ") != events {
-		t.Errorf("after %v: %d events, %v; want all %d", time.Since(start), strings.Count(string(body), "data: "), err, events)
-	}
-	if time.Since(start) < 3*clientTimeout {
-		t.Errorf("the stream took %v, not longer than client-timeout", time.Since(start))
+	// After a request body, the body's deadline must not outlive it.
+	for _, method := range []string{"GET", "POST"} {
+		t.Run(method, func(t *testing.T) {
+			t.Parallel()
+			var body io.Reader
+			if method == "POST" {
+				body = strings.NewReader("a request body")
+			}
+			req, err := http.NewRequest(method, "http://"+addrs["f"]+"/events", body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || strings.Count(string(got), "data: ") != events {
+				t.Errorf("after %v: %d events, %v; want all %d", time.Since(start), strings.Count(string(got), "data: "), err, events)
+			}
+			if time.Since(start) < 3*clientTimeout {
+				t.Errorf("the stream took %v, not longer than client-timeout", time.Since(start))
+			}
+		})
 	}
 }
 
