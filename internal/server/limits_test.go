@@ -519,3 +519,46 @@ func TestClientTimeoutHTTP2SlowBody(t *testing.T) {
 		t.Error("the client's stall took the backend down")
 	}
 }
+
+func TestClientTimeoutHTTP2StalledReader(t *testing.T) {
+	t.Parallel()
+	cert, key := testcert.Files(t, t.TempDir(), "localhost")
+	writeErr := make(chan error, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+	}))
+	t.Cleanup(backend.Close)
+	s, addrs, _ := startLogged(t, fmt.Sprintf("[frontend tls]\nbind = 127.0.0.1:0\nbackends = b\nhttps = true\ncertfile = %s\nkeyfile = %s\nclient-timeout = %s\n[backend b]\nconnect = %s\n",
+		cert, key, clientTimeout, backend.Listener.Addr()))
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"},
+		ForceAttemptHTTP2: true,
+	}}
+	t.Cleanup(client.CloseIdleConnections)
+
+	resp, err := client.Get("https://" + addrs["tls"] + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("%s, want HTTP/2", resp.Proto)
+	}
+	// The client reads no more: once its stream's flow-control window is
+	// full, hipsterd's writes stall, and the stream is reset.
+	select {
+	case <-writeErr:
+	case <-time.After(clientTimeout + 10*time.Second):
+		t.Fatal("the backend's response was not cut")
+	}
+	waitFor(t, "the backend's slot released", func() bool { return s.backend("b").InFlight() == 0 })
+	if _, err := io.Copy(io.Discard, resp.Body); err == nil {
+		t.Error("the stream ended cleanly; want it reset")
+	}
+}
