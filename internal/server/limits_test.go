@@ -562,3 +562,33 @@ func TestClientTimeoutHTTP2StalledReader(t *testing.T) {
 		t.Error("the stream ended cleanly; want it reset")
 	}
 }
+
+func TestClientTimeoutLeavesKeepAliveAlone(t *testing.T) {
+	t.Parallel()
+	b := namedBackend(t, "hello")
+	_, addrs, _ := startLogged(t, limitsConfig(filepath.Join(t.TempDir(), "access.log"), b))
+	c := dialRaw(t, addrs["f"])
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for i, req := range []string{
+		"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody",
+		"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /c HTTP/1.1\r\nHost: x\r\n\r\n",
+	} {
+		if i > 0 {
+			// Idle between requests for longer than client-timeout: the
+			// deadlines of the last exchange must not end this one.
+			time.Sleep(2 * clientTimeout)
+		}
+		io.WriteString(c, req)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d on the kept-alive connection: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "hello" {
+			t.Errorf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+}
