@@ -76,10 +76,15 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	fmt.Printf("%-11s %9s %9s %9s %9s %9s %10s %6s %s\n", "scenario", "attackers", "requests", "success", "p50", "p99", "peak RSS", "fds", "hipsterd log")
+	fmt.Printf("%-11s %9s %9s %9s %9s %9s %8s %10s %6s %s\n", "scenario", "attackers", "requests", "success", "p50", "p99", "p99/base", "peak RSS", "fds", "hipsterd log")
+	var base time.Duration
 	for _, name := range o.scenarios {
-		if err := run(o, name, backend); err != nil {
+		p99, err := run(o, name, backend, base)
+		if err != nil {
 			fmt.Printf("%-11s %s\n", name, err)
+		}
+		if name == "baseline" {
+			base = p99
 		}
 	}
 }
@@ -119,8 +124,9 @@ func startBackend(size int) (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// run runs one scenario in a fresh hipsterd.
-func run(o options, name, backend string) error {
+// run runs one scenario in a fresh hipsterd and returns its p99; base is
+// the baseline's, 0 when unknown.
+func run(o options, name, backend string, base time.Duration) (time.Duration, error) {
 	var attack func(addr string, stop <-chan struct{}, held *atomic.Int64)
 	attackers, maxConns := 0, 0
 	switch name {
@@ -140,22 +146,22 @@ func run(o options, name, backend string) error {
 		attack = stalledReader
 	case "idle":
 		if o.maxConns == 0 {
-			return errors.New("skipped: -max-connections not given")
+			return 0, errors.New("skipped: -max-connections not given")
 		}
 		attackers, maxConns = 2*o.maxConns, o.maxConns
 		attack = idleClient
 	default:
-		return fmt.Errorf("unknown scenario")
+		return 0, fmt.Errorf("unknown scenario")
 	}
 
 	dir, err := os.MkdirTemp("", "hostile")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer os.RemoveAll(dir)
 	addr, err := freeAddr()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	ini := fmt.Sprintf("[frontend f]\nbind = %s\nbackends = b\n[backend b]\nconnect = %s\n", addr, backend)
 	global := ""
@@ -170,23 +176,23 @@ func run(o options, name, backend string) error {
 	}
 	cfgPath := filepath.Join(dir, "hipsterd.ini")
 	if err := os.WriteFile(cfgPath, []byte(ini), 0o644); err != nil {
-		return err
+		return 0, err
 	}
 	if out, err := exec.Command(o.binary, "-t", "-config", cfgPath).CombinedOutput(); err != nil {
 		if strings.Contains(string(out), "unknown key") {
-			return fmt.Errorf("skipped: this hipsterd does not know a key: %s", strings.TrimSpace(string(out)))
+			return 0, fmt.Errorf("skipped: this hipsterd does not know a key: %s", strings.TrimSpace(string(out)))
 		}
-		return fmt.Errorf("hipsterd -t: %v: %s", err, out)
+		return 0, fmt.Errorf("hipsterd -t: %v: %s", err, out)
 	}
 
 	logFile, err := os.Create(filepath.Join(dir, "stderr"))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	cmd := exec.Command(o.binary, "-config", cfgPath)
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {
-		return err
+		return 0, err
 	}
 	defer func() {
 		cmd.Process.Signal(syscall.SIGTERM)
@@ -200,7 +206,7 @@ func run(o options, name, backend string) error {
 		}
 	}()
 	if err := waitListening(addr, 5*time.Second); err != nil {
-		return err
+		return 0, err
 	}
 
 	stop := make(chan struct{})
@@ -228,10 +234,14 @@ func run(o options, name, backend string) error {
 	logFile.Close()
 	logText, _ := os.ReadFile(logFile.Name())
 	logNote := fmt.Sprintf("%d errors, %d warnings", strings.Count(string(logText), "level=ERROR"), strings.Count(string(logText), "level=WARN"))
-	fmt.Printf("%-11s %9d %9d %8.2f%% %9s %9s %7.1f MiB %6d %s\n", name, attackers, res.total,
-		100*float64(res.ok)/float64(max(res.total, 1)), round(res.p50), round(res.p99),
+	ratio := "-"
+	if base > 0 {
+		ratio = fmt.Sprintf("%.2f", float64(res.p99)/float64(base))
+	}
+	fmt.Printf("%-11s %9d %9d %8.2f%% %9s %9s %8s %6.1f MiB %6d %s\n", name, attackers, res.total,
+		100*float64(res.ok)/float64(max(res.total, 1)), round(res.p50), round(res.p99), ratio,
 		float64(peak.rssKiB.Load())/1024, peak.fds.Load(), logNote)
-	return nil
+	return res.p99, nil
 }
 
 func round(d time.Duration) string { return d.Round(10 * time.Microsecond).String() }
