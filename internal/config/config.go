@@ -27,6 +27,7 @@ const (
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultTunnelTimeout     = time.Hour
+	DefaultClientTimeout     = 60 * time.Second
 	DefaultHealthTimeout     = 2 * time.Second
 	DefaultHealthInterval    = 2 * time.Second
 	DefaultHealthRise        = 2
@@ -80,6 +81,7 @@ type Global struct {
 	IdleTimeout       time.Duration
 	ShutdownTimeout   time.Duration
 	TunnelTimeout     time.Duration
+	ClientTimeout     time.Duration
 }
 
 // Frontend is one [frontend NAME] section.
@@ -98,7 +100,10 @@ type Frontend struct {
 	IdleTimeout       time.Duration
 	// TunnelTimeout closes a WebSocket tunnel in which no byte moved either
 	// way, or whose write made no progress, for that long.
-	TunnelTimeout   time.Duration
+	TunnelTimeout time.Duration
+	// ClientTimeout is the longest the client may go without sending a
+	// byte of its request body, or without taking a byte of the response.
+	ClientTimeout   time.Duration
 	AccessLog       string    // resolved: the frontend's own, else [global]'s, else ""
 	AccessLogFormat LogFormat // resolved like AccessLog; never ""
 	Balance         Balance

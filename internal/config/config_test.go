@@ -69,7 +69,7 @@ connect = [::1]:3
 		t.Fatal(err)
 	}
 	want := Frontend{Name: "frontend1", Bind: "0.0.0.0:9000", Listen: Address{Port: 9000, Family: 4}, Backends: []string{"backend1"},
-		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, TunnelTimeout: DefaultTunnelTimeout, Balance: RoundRobin,
+		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, TunnelTimeout: DefaultTunnelTimeout, ClientTimeout: DefaultClientTimeout, Balance: RoundRobin,
 		TLSMinVersion: "1.2", HTTP2: true, RedirectHTTPSPort: 443, AccessLogFormat: LogHipster}
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
 		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
@@ -603,4 +603,59 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("config %v and error %v", c, err)
 		}
 	})
+}
+
+func TestClientTimeout(t *testing.T) {
+	t.Parallel()
+	c, err := parse(t, `
+[global]
+client-timeout = 30s
+
+[frontend a]
+bind = :9000
+backends = b
+client-timeout = 0
+
+[frontend b]
+bind = :9001
+backends = b
+
+[backend b]
+connect = a:1
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := c.Frontends[0].ClientTimeout, c.Frontends[1].ClientTimeout; a != 0 || b != 30*time.Second {
+		t.Errorf("client-timeout: a %v (0: none), b %v (from [global])", a, b)
+	}
+	c, err = parse(t, "[frontend a]\nbind = :9000\nbackends = b\n[backend b]\nconnect = a:1\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Frontends[0].ClientTimeout; got != DefaultClientTimeout {
+		t.Errorf("default client-timeout = %v, want %v", got, DefaultClientTimeout)
+	}
+}
+
+func TestReadHeaderTimeoutZeroWarns(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, src, want string
+	}{
+		{"frontend", "[frontend a]\nbind = :9000\nbackends = b\nread-header-timeout = 0\n", "[frontend a] read-header-timeout: 0 leaves no limit"},
+		{"global", "[global]\nread-header-timeout = 0\n[frontend a]\nbind = :9000\nbackends = b\n", "[global] read-header-timeout: 0 leaves [frontend a] no limit"},
+		{"overridden", "[global]\nread-header-timeout = 0\n[frontend a]\nbind = :9000\nbackends = b\nread-header-timeout = 5s\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parse(t, tc.src+"[backend b]\nconnect = a:1\n")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(c.Warnings, "\n")
+			if tc.want == "" && got != "" || !strings.Contains(got, tc.want) {
+				t.Errorf("warnings %q, want one containing %q", got, tc.want)
+			}
+		})
+	}
 }

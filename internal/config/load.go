@@ -21,9 +21,9 @@ import (
 
 // The section types and the keys each accepts. A key not listed is an error.
 var knownKeys = map[string][]string{
-	"global": {"accesslog", "accesslog-format", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout"},
+	"global": {"accesslog", "accesslog-format", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout", "client-timeout"},
 	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "accesslog-format", "balance",
-		"tunnel-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port"},
+		"tunnel-timeout", "client-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port"},
 	"host": {"backends", "balance", "certfile", "keyfile"},
 	"backend": {"connect", "connect-timeout", "response-timeout", "weight", "ca-file", "tls-server-name", "tls-skip-verify",
 		"health-check", "health-check-host", "health-timeout", "health-interval", "health-rise", "health-fall"},
@@ -68,6 +68,7 @@ func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
 		ShutdownTimeout:   DefaultShutdownTimeout,
 		TunnelTimeout:     DefaultTunnelTimeout,
 		AccessLogFormat:   DefaultAccessLogFormat,
+		ClientTimeout:     DefaultClientTimeout,
 	}
 	p.sections(f)
 	p.resolve()
@@ -205,6 +206,7 @@ func (p *parser) global(sec *ini.Section) {
 	p.duration(sec, "idle-timeout", &g.IdleTimeout)
 	p.duration(sec, "shutdown-timeout", &g.ShutdownTimeout)
 	p.duration(sec, "tunnel-timeout", &g.TunnelTimeout)
+	p.duration(sec, "client-timeout", &g.ClientTimeout)
 }
 
 func (p *parser) frontend(sec *ini.Section) {
@@ -218,10 +220,11 @@ func (p *parser) frontend(sec *ini.Section) {
 	}
 	// Frontend timeouts default to [global]'s, which may come later in the
 	// file; resolve() fills in those not set here.
-	fe.ReadHeaderTimeout, fe.IdleTimeout, fe.TunnelTimeout = -1, -1, -1
+	fe.ReadHeaderTimeout, fe.IdleTimeout, fe.TunnelTimeout, fe.ClientTimeout = -1, -1, -1, -1
 	p.duration(sec, "read-header-timeout", &fe.ReadHeaderTimeout)
 	p.duration(sec, "idle-timeout", &fe.IdleTimeout)
 	p.duration(sec, "tunnel-timeout", &fe.TunnelTimeout)
+	p.duration(sec, "client-timeout", &fe.ClientTimeout)
 	fe.AccessLog = value(sec, "accesslog")
 	if fe.AccessLog != "" {
 		p.logs = append(p.logs, setting{sec.Name(), fe.AccessLog})
@@ -425,8 +428,17 @@ func (p *parser) resolve() {
 	g := p.cfg.Global
 	for i := range p.cfg.Frontends {
 		fe := &p.cfg.Frontends[i]
-		if fe.ReadHeaderTimeout < 0 {
+		switch {
+		case fe.ReadHeaderTimeout < 0:
 			fe.ReadHeaderTimeout = g.ReadHeaderTimeout
+			if fe.ReadHeaderTimeout == 0 {
+				p.warnf("global", "read-header-timeout", "0 leaves [frontend %s] no limit on how long a client may take to send its request header (slowloris)", fe.Name)
+			}
+		case fe.ReadHeaderTimeout == 0:
+			p.warnf("frontend "+fe.Name, "read-header-timeout", "0 leaves no limit on how long a client may take to send its request header (slowloris)")
+		}
+		if fe.ClientTimeout < 0 {
+			fe.ClientTimeout = g.ClientTimeout
 		}
 		if fe.IdleTimeout < 0 {
 			fe.IdleTimeout = g.IdleTimeout

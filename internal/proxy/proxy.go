@@ -13,6 +13,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/router"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
+	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
 // NoBackendBody is the body of the 503 sent when no pool applies; it keeps
@@ -29,6 +30,13 @@ type Handler struct {
 	// that long, or whose write to a peer made no progress for that long.
 	// Zero means no limit.
 	TunnelTimeout time.Duration
+	// ClientTimeout is the longest the client may go without sending a
+	// byte of its request body while it is read, and without taking a
+	// byte of the response while it is written. Past it the exchange
+	// ends: the request to the backend is cancelled, and the client gets
+	// a 408 if nothing was sent yet (upstream.StatusFor), else its
+	// connection is closed. Zero means no limit.
+	ClientTimeout time.Duration
 	// Hold, if set, is called when a tunnel outlives its request, and the
 	// function it returns when the tunnel has closed (the server keeps the
 	// configuration the tunnel started on alive in between).
@@ -42,8 +50,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, NoBackendBody, http.StatusServiceUnavailable)
 		return
 	}
+	if h.ClientTimeout <= 0 {
+		h.forward(w, w, r, pool)
+		return
+	}
+	c, cw := newClientClock(w, h.ClientTimeout)
+	defer c.stop()
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		// A copy of the request carries the body: net/http looks at the
+		// original's to decide what to do with what is left unread.
+		r = r.WithContext(r.Context())
+		r.Body = c.wrapBody(r.Body)
+	}
+	h.forward(w, cw, r, pool)
+}
+
+// forward sends r to pool, answering on w. orig is the writer the server
+// gave, which a WebSocket tunnel takes over.
+func (h *Handler) forward(orig, w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
 	if IsWebSocket(r.Header) {
-		h.serveWebSocket(w, r, pool)
+		h.serveWebSocket(orig, w, r, pool)
 		return
 	}
 	if _, ok := r.Header["Upgrade"]; ok {

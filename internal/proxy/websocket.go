@@ -24,8 +24,9 @@ type Detacher interface {
 // the pool (the same backend choice, retries, header rewriting and error
 // answers), and, if the backend switches protocols, takes over the client
 // connection and tunnels it to the backend's. A refusal passes through as
-// it is.
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
+// it is, on w; orig is the server's writer, whose connection the tunnel
+// takes over.
+func (h *Handler) serveWebSocket(orig, w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
 	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
 		// A WebSocket handshake has no body (RFC 6455, section 4.1).
 		// Closing spares net/http waiting to discard one never sent.
@@ -34,7 +35,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, pool *u
 		return
 	}
 	handoff := func(resp *http.Response, bconn net.Conn, early []byte, slot *upstream.Slot) error {
-		return h.tunnel(w, resp, bconn, early, slot)
+		return h.tunnel(orig, resp, bconn, early, slot)
 	}
 	pool.ServeHTTP(w, r.WithContext(upstream.WithHandoff(r.Context(), handoff)))
 }

@@ -130,6 +130,7 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		Router:        router.New(routes, fallback),
 		Tunnels:       &s.tunnels,
 		TunnelTimeout: fc.TunnelTimeout,
+		ClientTimeout: fc.ClientTimeout,
 		Hold:          g.hold,
 		Log:           log,
 	}

@@ -193,8 +193,33 @@ func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // sameServer reports whether a and b can share one http.Server.
 func sameServer(a, b config.Frontend) bool {
-	return a.HTTPS == b.HTTPS && a.HTTP2 == b.HTTP2 && a.ReadHeaderTimeout == b.ReadHeaderTimeout && a.IdleTimeout == b.IdleTimeout
+	return a.HTTPS == b.HTTPS && a.HTTP2 == b.HTTP2 && a.ReadHeaderTimeout == b.ReadHeaderTimeout && a.IdleTimeout == b.IdleTimeout &&
+		(!a.HTTPS || !a.HTTP2 || a.ClientTimeout == b.ClientTimeout)
 }
+
+// The HTTP/2 limits of https frontends, set here so that they are
+// deliberate (they are Go's defaults) and listed in the README.
+const (
+	// h2MaxStreams is the most concurrent streams a client may open on a
+	// connection; a HEADERS frame past it gets RST_STREAM, and the
+	// connection carries on. Streams the client resets count until their
+	// handlers return, and more than 4×h2MaxStreams waiting for a handler
+	// close the connection (ENHANCE_YOUR_CALM): the rapid-reset guard.
+	h2MaxStreams = 250
+	// h2MaxReadFrame is the largest frame a client may send.
+	h2MaxReadFrame = 1 << 20
+	// h2ConnWindow and h2StreamWindow bound the request body bytes a
+	// client may send ahead of hipsterd reading them, per connection and
+	// per stream.
+	h2ConnWindow   = 1 << 20
+	h2StreamWindow = 1 << 20
+)
+
+// maxHeaderBytes bounds a request's header: for HTTP/1, past it the client
+// gets 431; for HTTP/2 it is the advertised SETTINGS_MAX_HEADER_LIST_SIZE
+// (plus 320 bytes), and a header block much larger, CONTINUATION frames
+// included, closes the connection. Go's default.
+const maxHeaderBytes = http.DefaultMaxHeaderBytes
 
 // startServer starts a new http.Server for cfg on the listener's socket.
 func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
@@ -205,7 +230,18 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		Handler:           l,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
-		ErrorLog:          log.New(serverLog{l.log}, "", 0),
+		MaxHeaderBytes:    maxHeaderBytes,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          h2MaxStreams,
+			MaxReadFrameSize:              h2MaxReadFrame,
+			MaxReceiveBufferPerConnection: h2ConnWindow,
+			MaxReceiveBufferPerStream:     h2StreamWindow,
+			// A connection on which nothing could be written for that
+			// long is closed: a client that stops reading altogether
+			// holds no stream (each stream has client-timeout too).
+			WriteByteTimeout: cfg.ClientTimeout,
+		},
+		ErrorLog: log.New(serverLog{l.log}, "", 0),
 		ConnState: func(_ net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:

@@ -268,13 +268,16 @@ func isLocal(err error) bool {
 
 // StatusFor maps an error forwarding a request to the status a client gets:
 // no backend up, or none reachable for lack of a local resource, is 503; a
-// bad request body from the client 400; failing to connect 502 whatever the
-// cause; a timeout after connecting 504; anything else 502.
+// request body from the client that stalled past client-timeout 408, a bad
+// one 400; failing to connect 502 whatever the cause; a timeout after
+// connecting 504; anything else 502.
 func StatusFor(err error) int {
 	var ce *ClientError
 	switch {
 	case errors.Is(err, ErrNoBackend) || isLocal(err):
 		return http.StatusServiceUnavailable
+	case errors.As(err, &ce) && isTimeout(ce.Err):
+		return http.StatusRequestTimeout
 	case errors.As(err, &ce):
 		return http.StatusBadRequest
 	case isConnect(err):

@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +24,8 @@ func TestStatusFor(t *testing.T) {
 		{"TLS handshake", &ConnectError{errors.New("TLS handshake with b: bad certificate")}, 502},
 		{"out of file descriptors", &ConnectError{&net.OpError{Op: "dial", Err: os.NewSyscallError("socket", syscall.EMFILE)}}, 503},
 		{"bad request body", &ClientError{io.ErrUnexpectedEOF}, 400},
+		{"request body stalled (HTTP/1)", &ClientError{&net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}}, 408},
+		{"request body stalled (HTTP/2)", &ClientError{fmt.Errorf("%w", os.ErrDeadlineExceeded)}, 408},
 		{"header timeout", &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}, 504},
 		{"reset", &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}, 502},
 		{"all down", ErrNoBackend, 503},

@@ -173,6 +173,13 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 	defer func() {
 		if err != nil {
 			stop()
+			if w != nil && ctx.Err() != nil {
+				// The client's connection failed (its body stalled past
+				// client-timeout, or was cut short) and net/http cancelled
+				// the request: the body writer, whose read of the body
+				// fails too, tells whose fault it was.
+				<-w.done
+			}
 			if cerr := w.clientErr(); cerr != nil {
 				err, retry = cerr, false
 			}

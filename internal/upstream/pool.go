@@ -373,20 +373,24 @@ func AppendForwardedFor(out, in http.Header, remoteAddr string) {
 
 // proxyError answers a request that could not be forwarded: 503 when every
 // backend is down, 502 when none could be reached or one broke the exchange,
-// 504 when it did not answer in time. A client that went away gets nothing;
-// the access log records 499 for it.
+// 504 when it did not answer in time, 400 or 408 when the client's body was
+// bad or stalled. A client that went away otherwise gets nothing; the access
+// log records 499 for it.
 func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil || errors.Is(err, errHandedOff) {
+	status := StatusFor(err)
+	clientFault := status == http.StatusBadRequest || status == http.StatusRequestTimeout
+	// A client whose own body failed may still read why, though net/http
+	// cancelled its request.
+	if errors.Is(err, errHandedOff) || r.Context().Err() != nil && !clientFault {
 		return
 	}
-	status := StatusFor(err)
 	switch {
 	case errors.Is(err, ErrNoBackend):
 		// The backends' going down was logged; each refused request is in
 		// the access log.
 		http.Error(w, ErrNoBackend.Error(), status)
 		return
-	case status == http.StatusBadRequest:
+	case clientFault:
 		// The client's fault: worth a line when debugging only.
 		p.log.Debug("bad request body", "method", r.Method, "uri", r.RequestURI, "err", err)
 		http.Error(w, http.StatusText(status), status)
