@@ -10,6 +10,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"time"
 )
@@ -31,6 +32,7 @@ const (
 	DefaultBalance           = RoundRobin
 	DefaultTLSMinVersion     = "1.2"
 	DefaultRedirectHTTPSPort = 443
+	DefaultMode              = ModeHTTP
 	// CertExpiryWarning is how close to its end a certificate is warned about.
 	CertExpiryWarning = 14 * 24 * time.Hour
 )
@@ -43,6 +45,15 @@ const (
 	RoundRobin Balance = "roundrobin" // strict rotation (drunken-hipster's)
 	LeastConn  Balance = "leastconn"  // fewest requests and tunnels in flight
 	Source     Balance = "source"     // consistent hashing of the client IP
+)
+
+// Mode is what a frontend speaks to its clients.
+type Mode string
+
+// The frontend modes.
+const (
+	ModeHTTP Mode = "http" // an HTTP reverse proxy (drunken-hipster's)
+	ModeTCP  Mode = "tcp"  // bytes copied both ways to a backend, as HAProxy's mode tcp
 )
 
 // Config is one parsed and validated configuration file.
@@ -68,10 +79,15 @@ type Global struct {
 
 // Frontend is one [frontend NAME] section.
 type Frontend struct {
-	Name             string
-	Bind             string
-	Backends         []string // backend names; a name listed twice gets twice the share
-	Hosts            []string // host names (lower case) whose [host] sections apply
+	Name string
+	Bind string
+	Mode Mode
+	// Backends are the backend names; a name listed twice gets twice the
+	// share. A tcp frontend has no other.
+	Backends []string
+	// Hosts are the host names (lower case) whose [host] sections apply; on
+	// a tcp frontend only for their SNI certificates.
+	Hosts            []string
 	AddXForwardedFor bool
 	HTTPS            bool
 	CertFile         string
@@ -90,6 +106,11 @@ type Frontend struct {
 	// https, on port RedirectHTTPSPort.
 	RedirectHTTPS     bool
 	RedirectHTTPSPort int
+	// AcceptProxy requires every connection to open with a PROXY protocol
+	// header (v1 or v2), whose source address is then the client's.
+	AcceptProxy bool
+	// AcceptProxyFrom, when not empty, are the only peers that may send one.
+	AcceptProxyFrom []netip.Prefix
 }
 
 // Host is one [host NAME NAME…] section.
@@ -117,7 +138,10 @@ type Backend struct {
 	ResponseTimeout time.Duration
 	// Weight counts as listing the backend that many times.
 	Weight int
-	Health HealthCheck
+	// SendProxy is the PROXY protocol version (1 or 2) whose header opens
+	// every connection to the backend; 0 for none.
+	SendProxy int
+	Health    HealthCheck
 }
 
 // HealthCheck is a backend's active check. With Kind HealthNone only
