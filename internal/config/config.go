@@ -95,8 +95,9 @@ type Frontend struct {
 	// Zero means no limit.
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
-	// TunnelTimeout closes a WebSocket tunnel in which no byte moved either
-	// way, or whose write made no progress, for that long.
+	// TunnelTimeout closes a WebSocket tunnel, or a tcp frontend's
+	// connection, in which no byte moved either way, or whose write made no
+	// progress, for that long.
 	TunnelTimeout time.Duration
 	AccessLog     string // resolved: the frontend's own, else [global]'s, else ""
 	Balance       Balance
