@@ -74,8 +74,9 @@ connect = %s
 	}
 }
 
-// proxyBackend is a raw backend that reads a PROXY header, sends it on
-// headers, answers an HTTP upgrade with 101 and then echoes.
+// proxyBackend is a raw backend that reads a PROXY header and sends it on
+// headers, then answers requests with "ok" until one asks for an upgrade,
+// which it answers with 101, and then echoes.
 func proxyBackend(t *testing.T, headers chan<- *proxyproto.Header) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -97,8 +98,15 @@ func proxyBackend(t *testing.T, headers chan<- *proxyproto.Header) string {
 					return
 				}
 				headers <- h
-				if _, err := http.ReadRequest(r); err != nil {
-					return
+				for {
+					req, err := http.ReadRequest(r)
+					if err != nil {
+						return
+					}
+					if req.Header.Get("Upgrade") != "" {
+						break
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 				}
 				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 				io.Copy(c, r)
@@ -130,7 +138,7 @@ func TestSendProxy(t *testing.T) {
 	t.Parallel()
 	h1, h2, hws, hcheck := make(chan *proxyproto.Header, 16), make(chan *proxyproto.Header, 16), make(chan *proxyproto.Header, 16), make(chan *proxyproto.Header, 16)
 	v1, v2, ws, checked := lineEcho(t, "v1", h1), lineEcho(t, "v2", h2), proxyBackend(t, hws), lineEcho(t, "checked", hcheck)
-	tcp, web := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
+	tcp, web, chk := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
 	cfg := writeConfig(t, fmt.Sprintf(`
 [frontend tcp]
 bind = %s
@@ -138,7 +146,10 @@ mode = tcp
 backends = v1 v2
 [frontend web]
 bind = %s
-backends = ws checked
+backends = ws
+[frontend chk]
+bind = %s
+backends = checked
 [backend v1]
 connect = %s
 send-proxy = v1
@@ -155,7 +166,7 @@ connect = %s
 send-proxy = v1
 health-check = tcp
 health-interval = 100ms
-`, tcp, web, v1, v2, ws, checked))
+`, tcp, web, chk, v1, v2, ws, checked))
 	startHipsterd(t, cfg, tcp)
 	// startHipsterd's probe reached v1 or v2; take its header.
 	select {
@@ -182,7 +193,17 @@ health-interval = 100ms
 		}
 	}
 
-	// A WebSocket tunnel: the header comes before the upgrade request.
+	// A plain request: its connection is kept for others, so its header
+	// names hipsterd's end of it, not a client.
+	if code, s := body(t, http.DefaultClient, "http://"+web+"/", ""); code != 200 || s != "ok" {
+		t.Fatalf("plain request: %d %q", code, s)
+	}
+	if h := recvHeader(t, hws); h.SourceAddr.(*net.TCPAddr).IP.String() != "127.0.0.1" || h.DestinationAddr.String() != ws {
+		t.Errorf("plain request: PROXY %v -> %v, want 127.0.0.1:* -> %s", h.SourceAddr, h.DestinationAddr, ws)
+	}
+
+	// A WebSocket tunnel, though a connection is idle: a new one, whose
+	// header names the client, before the upgrade request.
 	c, err := net.Dial("tcp", web)
 	if err != nil {
 		t.Fatal(err)
