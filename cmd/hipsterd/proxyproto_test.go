@@ -497,3 +497,107 @@ backend db
 		}
 	}
 }
+
+// prefixWriter sends prefix with its first write, so that a PROXY header
+// and what follows it arrive together.
+type prefixWriter struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	if p.prefix != nil {
+		_, err := p.Conn.Write(append(p.prefix, b...))
+		p.prefix = nil
+		return len(b), err
+	}
+	return p.Conn.Write(b)
+}
+
+func TestAcceptProxyTLS(t *testing.T) {
+	t.Parallel()
+	cert, key := testcert.Files(t, t.TempDir(), "localhost")
+	x, a := backend(t, "x", nil), lineEcho(t, "a", nil)
+	web, db := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf(`
+[frontend web]
+bind = %s
+https = true
+certfile = %s
+keyfile = %s
+backends = x
+add-x-forwarded-for = true
+accept-proxy = true
+[frontend db]
+bind = %s
+mode = tcp
+https = true
+certfile = %s
+keyfile = %s
+backends = a
+accept-proxy = true
+[backend x]
+connect = %s
+[backend a]
+connect = %s
+`, web, cert, key, db, cert, key, x, a))
+	startHipsterd(t, cfg, web)
+	tlsDial := func(addr, src string) (*tls.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		// The header and the ClientHello in one write.
+		tc := tls.Client(&prefixWriter{Conn: c, prefix: proxyHeader(t, 2, src, "192.0.2.1:443")}, &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("%s: TLS handshake after a PROXY header: %v", addr, err)
+		}
+		return tc, bufio.NewReader(tc)
+	}
+
+	tc, r := tlsDial(web, "203.0.113.9:1234")
+	io.WriteString(tc, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	if string(got) != "x 203.0.113.9" {
+		t.Errorf("https frontend: %q", got)
+	}
+
+	tc, r = tlsDial(db, "203.0.113.9:1235")
+	if l, err := r.ReadString('\n'); err != nil || l != "a\n" {
+		t.Fatalf("tcp frontend with https: greeting %q, %v", l, err)
+	}
+	echoLine(t, tc, r, "over TLS after a PROXY header")
+}
+
+func TestAcceptProxySourceBalancing(t *testing.T) {
+	t.Parallel()
+	a, b := lineEcho(t, "a", nil), lineEcho(t, "b", nil)
+	front := freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf("[frontend t]\nbind = %s\nmode = tcp\nbalance = source\naccept-proxy = true\nbackends = a b\n[backend a]\nconnect = %s\n[backend b]\nconnect = %s\n", front, a, b))
+	startHipsterd(t, cfg, front)
+	// Every connection comes from 127.0.0.1; only the headers' addresses
+	// can spread them, and each sticks to its backend.
+	first := map[string]string{}
+	seen := map[string]int{}
+	for round := 0; round < 2; round++ {
+		for i := 1; i <= 20; i++ {
+			src := fmt.Sprintf("198.51.100.%d:999", i)
+			got := strings.TrimSpace(exchange(t, front, true, proxyHeader(t, 1, src, "192.0.2.1:5432")))
+			if round == 0 {
+				first[src] = got
+				seen[got]++
+			} else if got != first[src] {
+				t.Errorf("%s: %s, then %s", src, first[src], got)
+			}
+		}
+	}
+	if seen["a"] == 0 || seen["b"] == 0 || seen["a"]+seen["b"] != 20 {
+		t.Errorf("20 clients by source: %v", seen)
+	}
+}

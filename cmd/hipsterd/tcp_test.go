@@ -114,10 +114,10 @@ func waitLines(t *testing.T, path string, n int) []string {
 func TestTCPFrontend(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	logPath := filepath.Join(dir, "access.log")
+	logPath, noneLog := filepath.Join(dir, "access.log"), filepath.Join(dir, "none.log")
 	a, b, c := lineEcho(t, "a", nil), lineEcho(t, "b", nil), lineEcho(t, "c", nil)
 	down, refused := closedPort(t), closedPort(t)
-	front, retry, skip := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
+	front, retry, skip, none := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
 	cfg := writeConfig(t, fmt.Sprintf(`
 [frontend tcp]
 bind = %s
@@ -135,6 +135,12 @@ bind = %s
 mode = tcp
 backends = down b
 
+[frontend none]
+bind = %s
+mode = tcp
+backends = refused
+accesslog = %s
+
 [backend a]
 connect = %s
 [backend b]
@@ -149,7 +155,7 @@ connect = %s
 health-check = tcp
 health-interval = 50ms
 health-fall = 1
-`, front, logPath, retry, skip, a, b, c, refused, down))
+`, front, logPath, retry, skip, none, noneLog, a, b, c, refused, down))
 	p := startHipsterd(t, cfg, front)
 
 	// The access log's line of each connection, by the client's address.
@@ -213,6 +219,21 @@ health-fall = 1
 	}
 
 	want[conn.LocalAddr().String()] = line{name, 256 << 10, 2 + 256<<10}
+
+	// No backend to be reached: closed at once, logged with "-".
+	nc, err := net.Dial("tcp", none)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(nc); len(got) != 0 || err != nil {
+		t.Errorf("no backend: read %q, %v", got, err)
+	}
+	noneRe := regexp.MustCompile(`^frontend:none \S+ \S+ ` + regexp.QuoteMeta(nc.LocalAddr().String()) + ` - "TCP" 0 0 \d+\.\d{3}s$`)
+	nc.Close()
+	if l := waitLines(t, noneLog, 1); len(l) != 1 || !noneRe.MatchString(l[0]) {
+		t.Errorf("access log of a connection that reached no backend: %q", l)
+	}
 
 	re := regexp.MustCompile(`^frontend:tcp \d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6} (127\.0\.0\.1:\d+) (a|b|c|-) "TCP" (\d+) (\d+) \d+\.\d{3}s$`)
 	for _, l := range waitLines(t, logPath, 8) { // with the probe's
