@@ -5,6 +5,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/pires/go-proxyproto"
 
 	"github.com/hipsterd/hipsterd/internal/testcert"
@@ -273,7 +275,7 @@ func exchange(t *testing.T, addr string, halfClose bool, data ...[]byte) string 
 func TestAcceptProxy(t *testing.T) {
 	t.Parallel()
 	logPath := filepath.Join(t.TempDir(), "access.log")
-	x, a := backend(t, "x", nil), lineEcho(t, "a", nil)
+	x, a, echo := backend(t, "x", nil), lineEcho(t, "a", nil), newServer(t, wsEcho)
 	web, db, picky := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
 	cfg := writeConfig(t, fmt.Sprintf(`
 [global]
@@ -282,8 +284,11 @@ read-header-timeout = 500ms
 [frontend web]
 bind = %s
 backends = x
+hosts = ws
 add-x-forwarded-for = true
 accept-proxy = true
+[host ws]
+backends = echo
 [frontend db]
 bind = %s
 mode = tcp
@@ -299,7 +304,9 @@ accept-proxy-from = 10.0.0.0/8 192.0.2.7
 connect = %s
 [backend a]
 connect = %s
-`, logPath, web, db, picky, x, a))
+[backend echo]
+connect = %s
+`, logPath, web, db, picky, x, a, echo))
 	startHipsterd(t, cfg, web)
 
 	get := []byte("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
@@ -312,6 +319,23 @@ connect = %s
 	if got := exchange(t, db, true, proxyHeader(t, 2, "[2001:db8::7]:5555", "[2001:db8::1]:5432"), []byte("hi\n")); got != "a\nhi\n" {
 		t.Errorf("tcp frontend, v2 header: %q", got)
 	}
+	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &prefixWriter{Conn: c, prefix: proxyHeader(t, 1, "203.0.113.8:7000", "192.0.2.1:80")}, nil
+	}}
+	ws, _, err := d.Dial("ws://"+web+"/chat", http.Header{"Host": {"ws"}})
+	if err != nil {
+		t.Fatalf("WebSocket after a PROXY header: %v", err)
+	}
+	ws.NetConn().SetDeadline(time.Now().Add(10 * time.Second))
+	ws.WriteMessage(websocket.TextMessage, []byte("tunnelled"))
+	if _, msg, err := ws.ReadMessage(); err != nil || string(msg) != "tunnelled" {
+		t.Errorf("WebSocket echo %q, %v", msg, err)
+	}
+	ws.Close()
 
 	// Refused: no header, a silent client, a peer outside
 	// accept-proxy-from. Each is closed without a byte.
@@ -330,9 +354,10 @@ connect = %s
 		}
 	}
 
-	lines := waitLines(t, logPath, 3)
+	lines := waitLines(t, logPath, 4)
 	text := strings.Join(lines, "\n")
 	for _, want := range []string{
+		` 203.0.113.8:7000 ws "GET /chat HTTP/1.1" 101 `,
 		` 203.0.113.7:40001 h "GET / HTTP/1.1" 200 `,
 		` 203.0.113.7:40002 h "GET / HTTP/1.1" 200 `,
 		` [2001:db8::7]:5555 a "TCP" 3 5 `,
@@ -341,8 +366,8 @@ connect = %s
 			t.Errorf("access log lacks %q:\n%s", want, text)
 		}
 	}
-	if len(lines) != 3 {
-		t.Errorf("access log has %d lines, want 3 (refused connections are not logged):\n%s", len(lines), text)
+	if len(lines) != 4 {
+		t.Errorf("access log has %d lines, want 4 (refused connections are not logged):\n%s", len(lines), text)
 	}
 }
 

@@ -219,8 +219,9 @@ func waitZero(n *atomic.Int64, timeout time.Duration) bool {
 }
 
 // Shutdown stops accepting at once, lets requests in flight finish and
-// tunnels (WebSocket, tcp frontends') run until ctx ends, then closes whatever is left and
-// flushes the access logs. Reaching the deadline is not an error.
+// tunnels (WebSocket, tcp frontends' connections) run until ctx ends, then
+// closes whatever is left and flushes the access logs. Reaching the
+// deadline is not an error.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
 	gen := s.current

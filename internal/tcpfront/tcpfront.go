@@ -55,6 +55,7 @@ type Handler struct {
 	AccessLog *accesslog.Logger
 	// Log gets the errors (a backend that cannot be reached); a refused
 	// client (no PROXY header, a failed TLS handshake) only at debug level.
+	// Nil means slog.Default().
 	Log *slog.Logger
 }
 
@@ -67,7 +68,7 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 	src, dst := c.RemoteAddr(), c.LocalAddr()
 	var early []byte // the client's bytes that came with its PROXY header
 	refuse := func(msg string, err error) {
-		h.Log.Debug(msg, "client", c.RemoteAddr().String(), "err", err)
+		h.log().Debug(msg, "client", c.RemoteAddr().String(), "err", err)
 		c.Close()
 		done()
 	}
@@ -102,7 +103,7 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 	bconn, slot, err := h.Pool.Dial(ctx, src.String(), nil)
 	if err != nil {
 		if !errors.Is(err, upstream.ErrNoBackend) {
-			h.Log.Error("tcp: no backend could be reached", "client", src.String(), "err", err)
+			h.log().Error("tcp: no backend could be reached", "client", src.String(), "err", err)
 		}
 		client.Close()
 		h.logLine(src, "", 0, 0, start)
@@ -127,6 +128,13 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 		h.logLine(src, slot.Backend().Name, sent+toBackend, toClient, start)
 		done()
 	})
+}
+
+func (h *Handler) log() *slog.Logger {
+	if h.Log == nil {
+		return slog.Default()
+	}
+	return h.Log
 }
 
 func (h *Handler) logLine(src net.Addr, backend string, in, out int64, start time.Time) {
