@@ -8,3 +8,5 @@ require (
 )
 
 require golang.org/x/sys v0.49.0
+
+require github.com/pires/go-proxyproto v0.15.0

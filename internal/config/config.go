@@ -13,6 +13,7 @@ package config
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +38,7 @@ const (
 	DefaultTLSMinVersion     = "1.2"
 	DefaultRedirectHTTPSPort = 443
 	DefaultAccessLogFormat   = LogHipster
+	DefaultMode              = ModeHTTP
 	// CertExpiryWarning is how close to its end a certificate is warned about.
 	CertExpiryWarning = 14 * 24 * time.Hour
 )
@@ -59,6 +61,15 @@ const (
 	LogHipster  LogFormat = "hipster"  // drunken-hipster's line
 	LogCombined LogFormat = "combined" // NCSA combined, as nginx and Apache write it
 	LogJSON     LogFormat = "json"     // one JSON object per line
+)
+
+// Mode is what a frontend speaks to its clients.
+type Mode string
+
+// The frontend modes.
+const (
+	ModeHTTP Mode = "http" // an HTTP reverse proxy (drunken-hipster's)
+	ModeTCP  Mode = "tcp"  // bytes copied both ways to a backend, as HAProxy's mode tcp
 )
 
 // Config is one parsed and validated configuration file.
@@ -86,11 +97,16 @@ type Global struct {
 
 // Frontend is one [frontend NAME] section.
 type Frontend struct {
-	Name             string
-	Bind             string   // as written
-	Listen           Address  // Bind resolved
-	Backends         []string // backend names; a name listed twice gets twice the share
-	Hosts            []string // host names (lower case) whose [host] sections apply
+	Name   string
+	Bind   string  // as written
+	Listen Address // Bind resolved
+	Mode   Mode
+	// Backends are the backend names; a name listed twice gets twice the
+	// share. A tcp frontend has no other.
+	Backends []string
+	// Hosts are the host names (lower case) whose [host] sections apply; on
+	// a tcp frontend only for their SNI certificates.
+	Hosts            []string
 	AddXForwardedFor bool
 	HTTPS            bool
 	CertFile         string
@@ -98,8 +114,9 @@ type Frontend struct {
 	// Zero means no limit.
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
-	// TunnelTimeout closes a WebSocket tunnel in which no byte moved either
-	// way, or whose write made no progress, for that long.
+	// TunnelTimeout closes a WebSocket tunnel, or a tcp frontend's
+	// connection, in which no byte moved either way, or whose write made no
+	// progress, for that long.
 	TunnelTimeout time.Duration
 	// ClientTimeout is the longest the client may go without sending a
 	// byte of its request body, or without taking a byte of the response.
@@ -113,6 +130,11 @@ type Frontend struct {
 	// https, on port RedirectHTTPSPort.
 	RedirectHTTPS     bool
 	RedirectHTTPSPort int
+	// AcceptProxy requires every connection to open with a PROXY protocol
+	// header (v1 or v2), whose source address is then the client's.
+	AcceptProxy bool
+	// AcceptProxyFrom, when not empty, are the only peers that may send one.
+	AcceptProxyFrom []netip.Prefix
 }
 
 // Address is a frontend's bind resolved: the addresses it listens on.
@@ -197,7 +219,10 @@ type Backend struct {
 	ResponseTimeout time.Duration
 	// Weight counts as listing the backend that many times.
 	Weight int
-	Health HealthCheck
+	// SendProxy is the PROXY protocol version (1 or 2) whose header opens
+	// every connection to the backend; 0 for none.
+	SendProxy int
+	Health    HealthCheck
 }
 
 // HealthCheck is a backend's active check. With Kind HealthNone only

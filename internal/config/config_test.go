@@ -70,7 +70,7 @@ connect = [::1]:3
 	}
 	want := Frontend{Name: "frontend1", Bind: "0.0.0.0:9000", Listen: Address{Port: 9000, Family: 4}, Backends: []string{"backend1"},
 		ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, TunnelTimeout: DefaultTunnelTimeout, ClientTimeout: DefaultClientTimeout, Balance: RoundRobin,
-		TLSMinVersion: "1.2", HTTP2: true, RedirectHTTPSPort: 443, AccessLogFormat: LogHipster}
+		TLSMinVersion: "1.2", HTTP2: true, RedirectHTTPSPort: 443, AccessLogFormat: LogHipster, Mode: ModeHTTP}
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
 		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
 	}
@@ -257,6 +257,14 @@ func TestErrors(t *testing.T) {
 		{"unreadable ca-file", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\nconnect = https://x\nca-file = /nonexistent/ca.pem\n", []string{"[backend b] ca-file: cannot read /nonexistent/ca.pem"}},
 		{"global with name", "[global x]\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"[global x]: [global] takes no name"}},
 		{"not ini", "[frontend f\n", []string{"test.ini: not a valid INI file"}},
+		{"bad mode", "[frontend f]\nbind = :9000\nbackends = b\nmode = udp\n" + backend, []string{"[frontend f] mode:", `"udp" is not http or tcp`}},
+		{"tcp with xff", "[frontend f]\nbind = :9000\nbackends = b\nmode = tcp\nadd-x-forwarded-for = true\n" + backend, []string{"[frontend f] add-x-forwarded-for: makes no sense on a tcp frontend"}},
+		{"tcp with http2", "[frontend f]\nbind = :9000\nbackends = b\nmode = tcp\nhttp2 = false\nhttps = true\ncertfile = " + cert + "\nkeyfile = " + key + "\n" + backend, []string{"[frontend f] http2: makes no sense on a tcp frontend"}},
+		{"tcp with redirect", "[frontend f]\nbind = :9000\nbackends = b\nmode = tcp\nredirect-https = true\n" + backend, []string{"[frontend f] redirect-https: makes no sense on a tcp frontend"}},
+		{"tcp without backends", "[frontend f]\nbind = :9000\nhosts = a\nmode = tcp\n[host a]\nbackends = b\n" + backend, []string{"[frontend f] backends: missing: a tcp frontend needs backends"}},
+		{"accept-proxy-from alone", "[frontend f]\nbind = :9000\nbackends = b\naccept-proxy-from = 10.0.0.0/8\n" + backend, []string{"[frontend f] accept-proxy-from: set but accept-proxy is not true"}},
+		{"bad accept-proxy-from", "[frontend f]\nbind = :9000\nbackends = b\naccept-proxy = true\naccept-proxy-from = 10.0.0.0/8 10.0.0/8\n" + backend, []string{"[frontend f] accept-proxy-from:", `"10.0.0/8" is neither`}},
+		{"bad send-proxy", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "send-proxy = v3\n", []string{"[backend b] send-proxy:", `"v3" is not v1 or v2`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -566,6 +574,54 @@ func TestHTTPSValid(t *testing.T) {
 	}
 	if fe := c.Frontends[0]; !fe.HTTPS || fe.CertFile != cert || fe.KeyFile != key {
 		t.Errorf("frontend = %+v", fe)
+	}
+}
+
+func TestTCPAndProxyProtocol(t *testing.T) {
+	t.Parallel()
+	cert, key := testcert.Files(t, t.TempDir(), "localhost")
+	c, err := parse(t, `
+[frontend db]
+bind = :5432
+mode = TCP
+backends = a b
+hosts = db.example
+https = true
+certfile = `+cert+`
+keyfile = `+key+`
+accept-proxy = true
+accept-proxy-from = 10.0.0.0/8 192.0.2.7 2001:db8::/32
+[frontend web]
+bind = :80
+backends = a
+[host db.example]
+backends = a
+[backend a]
+connect = 10.0.0.1:5432
+send-proxy = V2
+[backend b]
+connect = 10.0.0.2:5432
+send-proxy = v1
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, web := c.Frontends[0], c.Frontends[1]
+	if db.Mode != ModeTCP || !db.AcceptProxy || web.Mode != ModeHTTP || web.AcceptProxy {
+		t.Errorf("db %+v\nweb %+v", db, web)
+	}
+	var from []string
+	for _, p := range db.AcceptProxyFrom {
+		from = append(from, p.String())
+	}
+	if want := []string{"10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"}; !reflect.DeepEqual(from, want) {
+		t.Errorf("accept-proxy-from %v, want %v", from, want)
+	}
+	if c.Backends[0].SendProxy != 2 || c.Backends[1].SendProxy != 1 {
+		t.Errorf("send-proxy %d %d", c.Backends[0].SendProxy, c.Backends[1].SendProxy)
+	}
+	if w := firstMatching(strings.Join(c.Warnings, "\n"), "hosts:"); !strings.Contains(w, "[frontend db] hosts: on a tcp frontend only the SNI certificates") {
+		t.Errorf("warnings %q", c.Warnings)
 	}
 }
 

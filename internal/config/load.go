@@ -23,10 +23,10 @@ import (
 var knownKeys = map[string][]string{
 	"global": {"accesslog", "accesslog-format", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout", "client-timeout"},
 	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "accesslog-format", "balance",
-		"tunnel-timeout", "client-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port"},
+		"tunnel-timeout", "client-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port", "mode", "accept-proxy", "accept-proxy-from"},
 	"host": {"backends", "balance", "certfile", "keyfile"},
 	"backend": {"connect", "connect-timeout", "response-timeout", "weight", "ca-file", "tls-server-name", "tls-skip-verify",
-		"health-check", "health-check-host", "health-timeout", "health-interval", "health-rise", "health-fall"},
+		"health-check", "health-check-host", "health-timeout", "health-interval", "health-rise", "health-fall", "send-proxy"},
 }
 
 var sectionTypes = []string{"global", "frontend", "host", "backend"}
@@ -261,7 +261,13 @@ func (p *parser) frontend(sec *ini.Section) {
 	} else {
 		fe.Listen = a
 	}
-	if len(fe.Backends) == 0 && len(fe.Hosts) == 0 && !fe.RedirectHTTPS {
+	p.mode(sec, &fe)
+	p.acceptProxy(sec, &fe)
+	if fe.Mode == ModeTCP {
+		if len(fe.Backends) == 0 {
+			p.errorf(sec.Name(), "backends", "missing: a tcp frontend needs backends (the backends of its hosts are not used)")
+		}
+	} else if len(fe.Backends) == 0 && len(fe.Hosts) == 0 && !fe.RedirectHTTPS {
 		p.errorf(sec.Name(), "backends", "the frontend has neither backends nor hosts, so it could serve nothing")
 	}
 	p.backendRefs(sec, fe.Backends)
@@ -283,6 +289,72 @@ func (p *parser) frontend(sec *ini.Section) {
 		}
 	}
 	p.cfg.Frontends = append(p.cfg.Frontends, fe)
+}
+
+// mode reads mode and rejects, on a tcp frontend, the keys only HTTP has.
+func (p *parser) mode(sec *ini.Section, fe *Frontend) {
+	fe.Mode = DefaultMode
+	if !sec.HasKey("mode") {
+		return
+	}
+	switch m := Mode(strings.ToLower(value(sec, "mode"))); m {
+	case ModeHTTP, ModeTCP:
+		fe.Mode = m
+	default:
+		p.errorf(sec.Name(), "mode", "%q is not http or tcp", value(sec, "mode"))
+		return
+	}
+	if fe.Mode != ModeTCP {
+		return
+	}
+	for _, k := range []string{"add-x-forwarded-for", "http2", "redirect-https", "redirect-https-port", "idle-timeout"} {
+		if sec.HasKey(k) {
+			p.errorf(sec.Name(), k, "makes no sense on a tcp frontend, which sees no HTTP")
+		}
+	}
+	switch {
+	case len(fe.Hosts) > 0 && fe.HTTPS:
+		p.warnf(sec.Name(), "hosts", "on a tcp frontend only the SNI certificates of these [host] sections are used, not their backends")
+	case len(fe.Hosts) > 0:
+		p.warnf(sec.Name(), "hosts", "not used: a tcp frontend without https serves no certificate and routes by no name")
+	}
+}
+
+// acceptProxy reads accept-proxy and accept-proxy-from.
+func (p *parser) acceptProxy(sec *ini.Section, fe *Frontend) {
+	p.boolean(sec, "accept-proxy", &fe.AcceptProxy)
+	if !sec.HasKey("accept-proxy-from") {
+		return
+	}
+	if !fe.AcceptProxy {
+		p.errorf(sec.Name(), "accept-proxy-from", "set but accept-proxy is not true")
+	}
+	list := fields(value(sec, "accept-proxy-from"))
+	if len(list) == 0 {
+		p.errorf(sec.Name(), "accept-proxy-from", "empty: list addresses or networks, as in 10.0.0.0/8 192.0.2.7")
+	}
+	for _, s := range list {
+		pfx, err := parsePrefix(s)
+		if err != nil {
+			p.errorf(sec.Name(), "accept-proxy-from", "%q is neither an IP address nor a network in CIDR notation (10.0.0.0/8)", s)
+			continue
+		}
+		fe.AcceptProxyFrom = append(fe.AcceptProxyFrom, pfx)
+	}
+}
+
+// parsePrefix reads a network (10.0.0.0/8) or one address (a /32 or /128).
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		pfx, err := netip.ParsePrefix(s)
+		return pfx.Masked(), err
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	ip = ip.Unmap()
+	return netip.PrefixFrom(ip, ip.BitLen()), nil
 }
 
 func (p *parser) host(sec *ini.Section) {
@@ -334,6 +406,14 @@ func (p *parser) backend(sec *ini.Section, name string) {
 	p.duration(sec, "connect-timeout", &b.ConnectTimeout)
 	p.duration(sec, "response-timeout", &b.ResponseTimeout)
 	p.integer(sec, "weight", 1, 1000, &b.Weight)
+	if sec.HasKey("send-proxy") {
+		switch v := strings.ToLower(value(sec, "send-proxy")); v {
+		case "v1", "v2":
+			b.SendProxy = int(v[1] - '0')
+		default:
+			p.errorf(sec.Name(), "send-proxy", "%q is not v1 or v2", value(sec, "send-proxy"))
+		}
+	}
 	b.CAFile = value(sec, "ca-file")
 	b.TLSServerName = value(sec, "tls-server-name")
 	p.boolean(sec, "tls-skip-verify", &b.TLSSkipVerify)

@@ -2,15 +2,19 @@ package server
 
 import (
 	"bytes"
+	"crypto/tls"
+	"log/slog"
 	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
 
+	"github.com/hipsterd/hipsterd/internal/acceptproxy"
 	"github.com/hipsterd/hipsterd/internal/accesslog"
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/proxy"
 	"github.com/hipsterd/hipsterd/internal/router"
+	"github.com/hipsterd/hipsterd/internal/tcpfront"
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
@@ -22,9 +26,10 @@ import (
 type generation struct {
 	cfg      *config.Config
 	backends map[string]*upstream.Backend
-	handlers map[string]http.Handler // by frontend name
-	logPaths []string                // the access log files it holds
-	caPEM    map[string][]byte       // each backend's ca-file as read for it
+	handlers map[string]http.Handler      // http frontends', by name
+	tcp      map[string]*tcpfront.Handler // tcp frontends', by name
+	logPaths []string                     // the access log files it holds
+	caPEM    map[string][]byte            // each backend's ca-file as read for it
 
 	inflight atomic.Int64
 	retired  atomic.Bool
@@ -58,15 +63,17 @@ func (g *generation) retire() {
 }
 
 // newGeneration builds the runtime of cfg. logs must hold an open file for
-// every access log path cfg names. A backend whose section and ca-file are
-// unchanged is reused; one that changed but still has the same address keeps its up/down
+// every access log path cfg names; tlsConfs holds the TLS configuration of
+// each https frontend. A backend whose section and ca-file are unchanged is
+// reused; one that changed but still has the same address keeps its up/down
 // state.
-func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile) *generation {
+func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tlsConfs map[string]*tls.Config) *generation {
 	g := &generation{
 		cfg:      cfg,
 		backends: make(map[string]*upstream.Backend, len(cfg.Backends)),
 		handlers: make(map[string]http.Handler, len(cfg.Frontends)),
 		caPEM:    map[string][]byte{},
+		tcp:      map[string]*tcpfront.Handler{},
 	}
 	for _, bc := range cfg.Backends {
 		if bc.TLS && bc.CAFile != "" {
@@ -95,22 +102,58 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile) *ge
 				g.logPaths = append(g.logPaths, fc.AccessLog)
 			}
 		}
+		if fc.Mode == config.ModeTCP {
+			g.tcp[fc.Name] = s.newTCPHandler(g, fc, lf, tlsConfs[fc.Name])
+			continue
+		}
 		g.handlers[fc.Name] = s.newHandler(g, fc, lf)
 	}
 	return g
 }
 
+// pool returns a new pool of g's backends called names.
+func (g *generation) pool(names []string, balance config.Balance, xff bool, log *slog.Logger) *upstream.Pool {
+	bs := make([]*upstream.Backend, len(names))
+	for i, n := range names {
+		bs[i] = g.backends[n]
+	}
+	return upstream.NewPool(bs, balance, xff, log)
+}
+
+// newTCPHandler builds a tcp frontend's handler of generation g; tc is its
+// TLS configuration, nil for TLS passthrough.
+func (s *Server) newTCPHandler(g *generation, fc config.Frontend, lf *accesslog.File, tc *tls.Config) *tcpfront.Handler {
+	log := s.log.With("frontend", fc.Name)
+	h := &tcpfront.Handler{
+		Pool:             g.pool(fc.Backends, fc.Balance, false, log),
+		Tunnels:          &s.tunnels,
+		TLS:              tc,
+		HandshakeTimeout: fc.ReadHeaderTimeout,
+		TunnelTimeout:    fc.TunnelTimeout,
+		AcceptProxy:      proxyPolicy(fc),
+		Log:              log,
+	}
+	if lf != nil {
+		h.AccessLog = accesslog.NewLogger(fc.Name, lf, logFormats[fc.AccessLogFormat])
+	}
+	return h
+}
+
+// proxyPolicy is the accept-proxy policy of fc; nil without accept-proxy.
+func proxyPolicy(fc config.Frontend) *acceptproxy.Policy {
+	if !fc.AcceptProxy {
+		return nil
+	}
+	return &acceptproxy.Policy{From: fc.AcceptProxyFrom, Timeout: fc.ReadHeaderTimeout}
+}
+
 // newHandler builds a frontend's handler of generation g: access log around
 // host routing around the proxy.
 func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.File) http.Handler {
-	cfg, backends := g.cfg, g.backends
+	cfg := g.cfg
 	log := s.log.With("frontend", fc.Name)
 	pool := func(names []string, balance config.Balance) *upstream.Pool {
-		bs := make([]*upstream.Backend, len(names))
-		for i, n := range names {
-			bs[i] = backends[n]
-		}
-		return upstream.NewPool(bs, balance, fc.AddXForwardedFor, log)
+		return g.pool(names, balance, fc.AddXForwardedFor, log)
 	}
 	var fallback *upstream.Pool
 	if len(fc.Backends) > 0 {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,10 +22,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hipsterd/hipsterd/internal/acceptproxy"
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/tcpfront"
 )
 
-// A listener is one bound socket and the http.Server serving it. The socket
+// A listener is one bound socket and the http.Server serving it, or for a
+// tcp frontend, its accept loop (then srv is nil). The socket
 // outlives reloads that keep its bind address; the handler and the TLS
 // configuration are swapped under a running server, so open keep-alive
 // connections carry on with the new configuration. Only a change of https
@@ -53,7 +57,8 @@ type listener struct {
 // generation it belongs to.
 type route struct {
 	gen     *generation
-	handler http.Handler
+	handler http.Handler      // an http frontend's
+	tcp     *tcpfront.Handler // a tcp frontend's
 }
 
 // bindKey names the socket a frontend needs: binds that need the same
@@ -177,24 +182,38 @@ func procAddress(s string) (config.Address, bool) {
 }
 
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := l.enter()
+	defer rt.gen.leave()
+	rt.handler.ServeHTTP(w, r)
+}
+
+// enter returns the current route with its generation entered; the caller
+// leaves it when done.
+func (l *listener) enter() *route {
 	// Enter the route's generation, then make sure it is still current: a
 	// generation retired in between may already be released.
 	for {
 		rt := l.route.Load()
 		rt.gen.enter()
 		if l.route.Load() == rt {
-			defer rt.gen.leave()
-			rt.handler.ServeHTTP(w, r)
-			return
+			return rt
 		}
 		rt.gen.leave()
 	}
 }
 
-// sameServer reports whether a and b can share one http.Server.
+// sameServer reports whether a and b can share one http.Server, or one
+// accept loop of a tcp frontend (whose handler holds all the rest).
 func sameServer(a, b config.Frontend) bool {
+	if a.Mode != b.Mode {
+		return false
+	}
+	if a.Mode == config.ModeTCP {
+		return true
+	}
 	return a.HTTPS == b.HTTPS && a.HTTP2 == b.HTTP2 && a.ReadHeaderTimeout == b.ReadHeaderTimeout && a.IdleTimeout == b.IdleTimeout &&
-		(!a.HTTPS || !a.HTTP2 || a.ClientTimeout == b.ClientTimeout)
+		(!a.HTTPS || !a.HTTP2 || a.ClientTimeout == b.ClientTimeout) &&
+		a.AcceptProxy == b.AcceptProxy && slices.Equal(a.AcceptProxyFrom, b.AcceptProxyFrom)
 }
 
 // The HTTP/2 limits of https frontends, set here so that they are
@@ -221,8 +240,13 @@ const (
 // included, closes the connection. Go's default.
 const maxHeaderBytes = http.DefaultMaxHeaderBytes
 
-// startServer starts a new http.Server for cfg on the listener's socket.
+// startServer starts a new http.Server for cfg on the listener's socket, or
+// the accept loop of a tcp frontend.
 func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
+	if cfg.Mode == config.ModeTCP {
+		l.startTCP(cfg, errs)
+		return
+	}
 	l.cfg = cfg
 	conns := new(atomic.Int64)
 	l.conns = conns
@@ -255,7 +279,7 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		// A non-nil map keeps net/http from setting up HTTP/2.
 		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
-	l.view = &acceptView{sock: l.sock}
+	l.view = &acceptView{sock: l.sock, proxy: proxyPolicy(cfg), log: l.log.With("frontend", cfg.Name)}
 	l.served = make(chan struct{})
 	var ln net.Listener = l.view
 	if cfg.HTTPS {
@@ -268,15 +292,62 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 	srv, served, name := l.srv, l.served, cfg.Name
 	go func() {
 		defer close(served)
-		err := srv.Serve(ln)
-		if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			l.log.Error("frontend stopped serving", "frontend", name, "err", err)
-			select {
-			case errs <- fmt.Errorf("frontend %s: %w", name, err):
-			default:
-			}
-		}
+		l.stopped(name, srv.Serve(ln), errs)
 	}()
+}
+
+// stopped reports the error that ended a frontend's serving, unless it was
+// asked to stop.
+func (l *listener) stopped(name string, err error, errs chan<- error) {
+	if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		l.log.Error("frontend stopped serving", "frontend", name, "err", err)
+		select {
+		case errs <- fmt.Errorf("frontend %s: %w", name, err):
+		default:
+		}
+	}
+}
+
+// startTCP starts the accept loop of a tcp frontend on the listener's
+// socket.
+func (l *listener) startTCP(cfg config.Frontend, errs chan<- error) {
+	l.cfg, l.srv, l.conns = cfg, nil, nil
+	l.view = &acceptView{sock: l.sock}
+	l.served = make(chan struct{})
+	view, served, name := l.view, l.served, cfg.Name
+	go func() {
+		defer close(served)
+		l.stopped(name, l.serveTCP(view), errs)
+	}()
+}
+
+// serveTCP accepts connections until view is closed, and serves each on a
+// goroutine of its own with the route current when it was accepted. Like
+// net/http, it waits a little after a failed accept (out of file
+// descriptors, say) and tries again.
+func (l *listener) serveTCP(view *acceptView) error {
+	var delay time.Duration
+	for {
+		c, err := view.Accept()
+		if err != nil {
+			var te interface{ Temporary() bool }
+			if !errors.As(err, &te) || !te.Temporary() {
+				return err
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.log.Error("tcp: accept failed; retrying", "err", err, "in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		go serveTCPConn(l.enter(), c.(*net.TCPConn))
+	}
+}
+
+// serveTCPConn serves one connection of a tcp frontend; the generation of
+// rt is held until the connection is closed.
+func serveTCPConn(rt *route, c *net.TCPConn) {
+	rt.tcp.Serve(c, rt.gen.leave)
 }
 
 // stopAccepting makes the server stop accepting, without closing the
@@ -291,19 +362,39 @@ func (l *listener) stopAccepting() {
 // acceptView is one http.Server's view of a shared socket: closing it ends
 // that server's Accept loop but leaves the socket open and its backlog of
 // connections waiting for the next server.
+//
+// With accept-proxy, it refuses peers outside accept-proxy-from and returns
+// connections that read their PROXY header lazily, in the server's own
+// goroutine for the connection: reading it here would let one silent client
+// hold up every other.
 type acceptView struct {
 	sock   *net.TCPListener
 	closed atomic.Bool
+	proxy  *acceptproxy.Policy // nil without accept-proxy
+	log    *slog.Logger
 }
 
 func (v *acceptView) Accept() (net.Conn, error) {
-	c, err := v.sock.Accept()
-	if err != nil && v.closed.Load() {
-		return nil, net.ErrClosed
+	for {
+		c, err := v.sock.AcceptTCP()
+		if err != nil {
+			if v.closed.Load() {
+				return nil, net.ErrClosed
+			}
+			return nil, err
+		}
+		// A connection accepted as the view closes is still served, by
+		// this server, which then closes it after its request.
+		if v.proxy == nil {
+			return c, nil
+		}
+		if !v.proxy.Allowed(c.RemoteAddr()) {
+			v.log.Debug("connection refused", "client", c.RemoteAddr().String(), "err", acceptproxy.ErrPeerNotAllowed)
+			c.Close()
+			continue
+		}
+		return v.proxy.Wrap(c), nil
 	}
-	// A connection accepted as the view closes is still served, by this
-	// server, which then closes it after its request.
-	return c, err
 }
 
 // finish makes the server accept for d more, then stop: for a socket that
@@ -356,9 +447,13 @@ func loadTLS(cfg *config.Config, fc config.Frontend) (*tls.Config, error) {
 	if fc.TLSMinVersion == "1.3" {
 		minVersion = tls.VersionTLS13
 	}
-	protos := []string{"http/1.1"}
-	if fc.HTTP2 {
+	var protos []string // a tcp frontend's clients speak what they like
+	switch {
+	case fc.Mode == config.ModeTCP:
+	case fc.HTTP2:
 		protos = []string{"h2", "http/1.1"}
+	default:
+		protos = []string{"http/1.1"}
 	}
 	return &tls.Config{
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {

@@ -178,7 +178,7 @@ func (s *Server) apply(cfg *config.Config) error {
 	}
 
 	// Nothing can fail from here on.
-	gen := s.newGeneration(cfg, s.logs)
+	gen := s.newGeneration(cfg, s.logs, tlsConfs)
 	s.live.Add(1)
 	gen.release = func() { go s.releaseGeneration(gen) }
 
@@ -195,11 +195,11 @@ func (s *Server) apply(cfg *config.Config) error {
 		if tc := tlsConfs[fc.Name]; tc != nil {
 			l.tlsConf.Store(tc)
 		}
-		l.route.Store(&route{gen: gen, handler: gen.handlers[fc.Name]})
+		l.route.Store(&route{gen: gen, handler: gen.handlers[fc.Name], tcp: gen.tcp[fc.Name]})
 		switch {
-		case l.srv == nil:
+		case l.view == nil:
 			l.startServer(fc, s.serveErrs)
-			s.log.Info("frontend listening", "frontend", fc.Name, "addr", l.sock.Addr().String(), "https", fc.HTTPS)
+			s.log.Info("frontend listening", "frontend", fc.Name, "addr", l.sock.Addr().String(), "mode", string(fc.Mode), "https", fc.HTTPS)
 		case !sameServer(l.cfg, fc):
 			s.drain(l, cfg.Global.ShutdownTimeout)
 			l.startServer(fc, s.serveErrs)
@@ -250,7 +250,14 @@ func (s *Server) apply(cfg *config.Config) error {
 // http.Server.Shutdown is not used: it drops, unanswered, a request it reads
 // after it started, and a connection accepted a moment before would lose its
 // first request that way.
+//
+// A tcp frontend's connections are tunnels, which live on like WebSocket
+// tunnels: only its accepting stops.
 func (s *Server) drain(l *listener, timeout time.Duration) {
+	if l.srv == nil {
+		l.stopAccepting()
+		return
+	}
 	srv, conns := l.srv, l.conns
 	s.draining[srv] = conns
 	l.stopAccepting()
@@ -315,8 +322,9 @@ func waitZero(n *atomic.Int64, timeout time.Duration) bool {
 }
 
 // Shutdown stops accepting at once, lets requests in flight finish and
-// WebSocket tunnels run until ctx ends, then closes whatever is left and
-// flushes the access logs. Reaching the deadline is not an error.
+// tunnels (WebSocket, tcp frontends' connections) run until ctx ends, then
+// closes whatever is left and flushes the access logs. Reaching the
+// deadline is not an error.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
 	gen := s.current
@@ -387,7 +395,8 @@ func (s *Server) Addrs() map[string]net.Addr {
 // own (its socket failed).
 func (s *Server) Errors() <-chan error { return s.serveErrs }
 
-// OpenTunnels is the number of WebSocket tunnels open now.
+// OpenTunnels is the number of tunnels open now: WebSocket connections and
+// connections of tcp frontends.
 func (s *Server) OpenTunnels() int { return s.tunnels.Len() }
 
 // ReopenLogs reopens every access log file, for log rotation.

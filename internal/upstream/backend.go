@@ -64,7 +64,7 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 		b.Scheme = "https"
 		b.tls = clientTLS(c, b.log)
 	}
-	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, log: b.log}
+	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, log: b.log, sendProxy: c.SendProxy != 0}
 	hc := c.Health
 	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
 	return b
@@ -105,7 +105,7 @@ func (e *ConnectError) Unwrap() error { return e.Err }
 
 // dial connects to the backend, with TLS for a TLS backend.
 func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
-	c, err := b.dialer.DialContext(ctx, "tcp", b.Addr)
+	c, err := b.dialTCP(ctx, "tcp", b.Addr)
 	if err != nil {
 		return nil, &ConnectError{err}
 	}
@@ -191,7 +191,7 @@ func (b *Backend) checkLoop(stop <-chan struct{}) {
 	hc := b.cfg.Health
 	client := &http.Client{
 		Transport: &http.Transport{
-			DialContext:       b.dialer.DialContext,
+			DialContext:       b.dialTCP,
 			DisableKeepAlives: true,
 			TLSClientConfig:   b.tls,
 		},
@@ -224,7 +224,7 @@ func (b *Backend) check(client *http.Client) error {
 	ctx, cancel := context.WithTimeout(context.Background(), hc.Timeout)
 	defer cancel()
 	if hc.Kind == config.HealthTCP {
-		c, err := b.dialer.DialContext(ctx, "tcp", b.Addr)
+		c, err := b.dialTCP(ctx, "tcp", b.Addr)
 		if err != nil {
 			return fmt.Errorf("tcp check: %w", err)
 		}

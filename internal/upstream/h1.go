@@ -45,6 +45,9 @@ type h1Transport struct {
 	// sent; 0: none.
 	timeout time.Duration
 	log     *slog.Logger // names the backend
+	// sendProxy is set for a send-proxy backend, whose connections open
+	// with a PROXY header.
+	sendProxy bool
 
 	mu       sync.Mutex
 	idle     []*h1Conn // most recently used last
@@ -132,11 +135,22 @@ func hasBody(req *http.Request) bool {
 func (t *h1Transport) roundTrip(req *http.Request, s *Slot, info *exchange.Info) (*http.Response, error) {
 	ctx := req.Context()
 	resend := !hasBody(req) && replayable(req)
+	// The PROXY header of a send-proxy backend's connection names one
+	// client: an upgrade, whose connection becomes that client's tunnel,
+	// gets a new one, whose header names its client.
+	own := t.sendProxy && req.Header.Get("Upgrade") != ""
 	for {
-		pc := t.get()
+		var pc *h1Conn
+		if !own {
+			pc = t.get()
+		}
 		reused := pc != nil
 		if !reused {
-			c, err := t.dial(ctx)
+			dctx := ctx
+			if own {
+				dctx = withRemote(ctx, req.RemoteAddr)
+			}
+			c, err := t.dial(dctx)
 			if err != nil {
 				return nil, err
 			}
