@@ -185,7 +185,7 @@ func (s *Server) apply(cfg *config.Config) error {
 	for _, l := range revived {
 		delete(s.moving, l.key)
 		l.stopAccepting()
-		l.srv = nil // the old server drains as it was (moveAway)
+		l.srv, l.view = nil, nil // the old server drains as it was (moveAway); a new one starts
 	}
 	for _, p := range plan {
 		l, fc := p.l, p.fc
@@ -278,18 +278,23 @@ func (s *Server) drain(l *listener, timeout time.Duration) {
 // drain does. A reload may take the socket back meanwhile (apply).
 func (s *Server) moveAway(l *listener, timeout time.Duration) {
 	srv, conns, served := l.srv, l.conns, l.served
-	s.draining[srv] = conns
 	s.moving[l.key] = l
-	srv.SetKeepAlivesEnabled(false)
+	if srv != nil {
+		s.draining[srv] = conns
+		srv.SetKeepAlivesEnabled(false)
+	}
 	l.view.finish(moveGrace)
 	go func() {
 		<-served
 		s.mu.Lock()
-		if l.srv == srv { // not taken back
+		if s.moving[l.key] == l { // not taken back
 			delete(s.moving, l.key)
 			l.sock.Close()
 		}
 		s.mu.Unlock()
+		if srv == nil {
+			return // a tcp frontend: its connections are tunnels
+		}
 		if !waitZero(conns, timeout) {
 			srv.Close()
 		}
@@ -367,6 +372,17 @@ func (s *Server) Shutdown(ctx context.Context) {
 		case <-time.After(closeGrace):
 			s.log.Warn("requests still running after shutdown; their access log lines may be lost")
 		}
+	}
+	// A handler returns before net/http has written the end of its
+	// response out; a draining connection closes once it has.
+	s.mu.Lock()
+	open := make([]*atomic.Int64, 0, len(s.draining))
+	for _, conns := range s.draining {
+		open = append(open, conns)
+	}
+	s.mu.Unlock()
+	for _, conns := range open {
+		waitZero(conns, closeGrace)
 	}
 	s.logMu.Lock()
 	defer s.logMu.Unlock()
