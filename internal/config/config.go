@@ -34,6 +34,7 @@ const (
 	DefaultHealthRise        = 2
 	DefaultHealthFall        = 3
 	DefaultWeight            = 1
+	DefaultQueueTimeout      = 5 * time.Second
 	DefaultBalance           = RoundRobin
 	DefaultTLSMinVersion     = "1.2"
 	DefaultRedirectHTTPSPort = 443
@@ -219,6 +220,11 @@ type Backend struct {
 	ResponseTimeout time.Duration
 	// Weight counts as listing the backend that many times.
 	Weight int
+	// MaxConnections bounds the requests and tunnels in flight to the
+	// backend; more wait in its queue for up to QueueTimeout. Zero means
+	// no limit.
+	MaxConnections int
+	QueueTimeout   time.Duration
 	// SendProxy is the PROXY protocol version (1 or 2) whose header opens
 	// every connection to the backend; 0 for none.
 	SendProxy int

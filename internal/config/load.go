@@ -26,7 +26,8 @@ var knownKeys = map[string][]string{
 		"tunnel-timeout", "client-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port", "mode", "accept-proxy", "accept-proxy-from"},
 	"host": {"backends", "balance", "certfile", "keyfile"},
 	"backend": {"connect", "connect-timeout", "response-timeout", "weight", "ca-file", "tls-server-name", "tls-skip-verify",
-		"health-check", "health-check-host", "health-timeout", "health-interval", "health-rise", "health-fall", "send-proxy"},
+		"health-check", "health-check-host", "health-timeout", "health-interval", "health-rise", "health-fall", "send-proxy",
+		"max-connections", "queue-timeout"},
 }
 
 var sectionTypes = []string{"global", "frontend", "host", "backend"}
@@ -382,6 +383,7 @@ func (p *parser) backend(sec *ini.Section, name string) {
 		ConnectTimeout:  DefaultConnectTimeout,
 		ResponseTimeout: DefaultResponseTimeout,
 		Weight:          DefaultWeight,
+		QueueTimeout:    DefaultQueueTimeout,
 		Health: HealthCheck{
 			Timeout:  DefaultHealthTimeout,
 			Interval: DefaultHealthInterval,
@@ -406,6 +408,11 @@ func (p *parser) backend(sec *ini.Section, name string) {
 	p.duration(sec, "connect-timeout", &b.ConnectTimeout)
 	p.duration(sec, "response-timeout", &b.ResponseTimeout)
 	p.integer(sec, "weight", 1, 1000, &b.Weight)
+	p.integer(sec, "max-connections", 0, 1_000_000, &b.MaxConnections)
+	p.duration(sec, "queue-timeout", &b.QueueTimeout)
+	if sec.HasKey("queue-timeout") && b.MaxConnections == 0 {
+		p.errorf(sec.Name(), "queue-timeout", "set but max-connections is not: without a limit nothing queues")
+	}
 	if sec.HasKey("send-proxy") {
 		switch v := strings.ToLower(value(sec, "send-proxy")); v {
 		case "v1", "v2":

@@ -43,6 +43,7 @@ type Backend struct {
 	tls      *tls.Config // nil for plain backends
 	health   *Health
 	inflight atomic.Int64 // requests and tunnels: see Slot
+	queue    queue        // for max-connections
 	log      *slog.Logger
 
 	stopChecks chan struct{} // nil unless checks run
@@ -59,6 +60,7 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 		cfg:             c,
 		dialer:          &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: tcpKeepAlive},
 		log:             log.With("backend", c.Name),
+		queue:           queue{max: int64(c.MaxConnections), timeout: c.QueueTimeout},
 	}
 	if c.TLS {
 		b.Scheme = "https"
@@ -131,30 +133,6 @@ func (b *Backend) InFlight() int64 { return b.inflight.Load() }
 
 // Health returns a snapshot of the backend's health.
 func (b *Backend) Health() State { return b.health.State() }
-
-// A Slot is one request or tunnel in flight to a backend, as leastconn
-// counts them. It is the only way the count changes: take one before the
-// first byte goes to the backend, and Release it, once, when the exchange
-// is over; more calls do nothing.
-type Slot struct {
-	b    *Backend
-	done atomic.Bool
-}
-
-func (b *Backend) take() *Slot {
-	b.inflight.Add(1)
-	return &Slot{b: b}
-}
-
-// Release gives the slot back.
-func (s *Slot) Release() {
-	if s.done.CompareAndSwap(false, true) {
-		s.b.inflight.Add(-1)
-	}
-}
-
-// Backend is the backend the slot is held on.
-func (s *Slot) Backend() *Backend { return s.b }
 
 // KeepStateOf takes over old's up/down state, for a backend whose section
 // changed in a reload but that is still the same server.
@@ -274,7 +252,7 @@ func isLocal(err error) bool {
 func StatusFor(err error) int {
 	var ce *ClientError
 	switch {
-	case errors.Is(err, ErrNoBackend) || isLocal(err):
+	case errors.Is(err, ErrNoBackend) || errors.Is(err, ErrQueueTimeout) || isLocal(err):
 		return http.StatusServiceUnavailable
 	case errors.As(err, &ce) && isTimeout(ce.Err):
 		return http.StatusRequestTimeout

@@ -352,7 +352,7 @@ func TestRequestAsNetHTTPSendsIt(t *testing.T) {
 			resp.Body.Close()
 			return <-got
 		}
-		mine := sent(func(r *http.Request) (*http.Response, error) { return b.h1.roundTrip(r, b.take(), nil) })
+		mine := sent(func(r *http.Request) (*http.Response, error) { return b.h1.roundTrip(r, b.tryTake(), nil) })
 		theirs := sent(std.RoundTrip)
 		if mine != theirs {
 			t.Errorf("%s:\nhipsterd sent %q\nnet/http sent %q", tc.name, mine, theirs)

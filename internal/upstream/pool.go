@@ -85,27 +85,38 @@ func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Pool) pick(key uint64, tried []*Backend) *Backend {
 	switch p.balance {
 	case config.LeastConn:
-		return p.leastConn(tried)
+		// Any backend with a free slot before one whose queue it joins.
+		if b := p.leastConn(tried, true); b != nil {
+			return b
+		}
+		return p.leastConn(tried, false)
 	case config.Source:
 		return p.ring.pick(p.unique, key, tried)
 	}
 	n := p.next.Add(1) - 1
 	l := uint64(len(p.entries))
+	var queued *Backend // the first in turn, though at max-connections
 	for i := uint64(0); i < l; i++ {
 		if b := p.entries[(n+i)%l]; b.Up() && !contains(tried, b) {
-			return b
+			if !b.full() {
+				return b
+			}
+			if queued == nil {
+				queued = b
+			}
 		}
 	}
-	return nil
+	return queued
 }
 
 // leastConn returns the backend with the fewest requests and tunnels in
-// flight for its share; ties go round-robin.
-func (p *Pool) leastConn(tried []*Backend) *Backend {
+// flight for its share, among those with a free slot if free is true; ties
+// go round-robin.
+func (p *Pool) leastConn(tried []*Backend, free bool) *Backend {
 	var bestLoad, bestShare int64
 	ties := uint64(0)
 	for j, b := range p.unique {
-		if !b.Up() || contains(tried, b) {
+		if !b.Up() || contains(tried, b) || free && b.full() {
 			continue
 		}
 		load := b.inflight.Load()
@@ -122,7 +133,7 @@ func (p *Pool) leastConn(tried []*Backend) *Backend {
 	}
 	k := (p.next.Add(1) - 1) % ties
 	for j, b := range p.unique {
-		if b.Up() && !contains(tried, b) && b.inflight.Load()*bestShare == bestLoad*p.share[j] {
+		if b.Up() && !contains(tried, b) && !(free && b.full()) && b.inflight.Load()*bestShare == bestLoad*p.share[j] {
 			if k == 0 {
 				return b
 			}
@@ -131,7 +142,7 @@ func (p *Pool) leastConn(tried []*Backend) *Backend {
 	}
 	// Loads moved between the two passes; any candidate will do.
 	for _, b := range p.unique {
-		if b.Up() && !contains(tried, b) {
+		if b.Up() && !contains(tried, b) && !(free && b.full()) {
 			return b
 		}
 	}
@@ -294,8 +305,13 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 			info.Backend = b.Name
 		}
 		tried = append(tried, b)
-		s := b.take()
-		err := do(b, s)
+		s, err := b.take(ctx)
+		if err != nil {
+			// Queued past queue-timeout, or the client left meanwhile.
+			lastErr = fmt.Errorf("backend %s: %w", b.Name, err)
+			break
+		}
+		err = do(b, s)
 		if err == nil {
 			b.health.Answered()
 			if info != nil {
@@ -385,7 +401,7 @@ func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	switch {
-	case errors.Is(err, ErrNoBackend):
+	case errors.Is(err, ErrNoBackend) || errors.Is(err, ErrQueueTimeout):
 		// The backends' going down was logged; each refused request is in
 		// the access log.
 		http.Error(w, ErrNoBackend.Error(), status)

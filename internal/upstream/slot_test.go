@@ -1,0 +1,179 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hipsterd/hipsterd/internal/config"
+)
+
+func limitedBackend(name, addr string, max int, queueTimeout time.Duration) *Backend {
+	return NewBackend(config.Backend{Name: name, Address: addr, Weight: 1, MaxConnections: max, QueueTimeout: queueTimeout,
+		Health: config.HealthCheck{Rise: 2, Fall: 3}}, discard)
+}
+
+// concurrency counts the requests a test backend serves at once, and the
+// most it ever served at once.
+type concurrency struct{ now, peak atomic.Int64 }
+
+func (c *concurrency) enter() {
+	n := c.now.Add(1)
+	for p := c.peak.Load(); n > p && !c.peak.CompareAndSwap(p, n); p = c.peak.Load() {
+	}
+}
+
+func (c *concurrency) leave() { c.now.Add(-1) }
+
+func TestMaxConnectionsQueues(t *testing.T) {
+	t.Parallel()
+	var load concurrency
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		load.enter()
+		defer load.leave()
+		<-release
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	b := limitedBackend("small", srv.Listener.Addr().String(), 2, 5*time.Second)
+	defer b.Close()
+	front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
+	defer front.Close()
+
+	const n = 6
+	codes := make(chan int, n)
+	for range n {
+		go func() {
+			resp, err := http.Get(front.URL)
+			if err != nil {
+				codes <- 0
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	waitFor(t, "two requests at the backend, four in its queue", func() bool {
+		return load.now.Load() == 2 && b.QueueLen() == n-2
+	})
+	close(release)
+	for range n {
+		if code := <-codes; code != 200 {
+			t.Errorf("status %d, want 200", code)
+		}
+	}
+	if p := load.peak.Load(); p != 2 {
+		t.Errorf("the backend saw %d requests at once, max-connections is 2", p)
+	}
+	if b.InFlight() != 0 || b.QueueLen() != 0 {
+		t.Errorf("in flight %d, queued %d after every answer", b.InFlight(), b.QueueLen())
+	}
+}
+
+func TestQueueTimeoutAndLeavers(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+	}))
+	defer srv.Close()
+	b := limitedBackend("small", srv.Listener.Addr().String(), 1, 100*time.Millisecond)
+	defer b.Close()
+	p := NewPool([]*Backend{b}, config.RoundRobin, false, discard)
+	front := httptest.NewServer(p)
+	defer front.Close()
+	defer close(release) // before the servers wait for their handlers
+
+	go http.Get(front.URL) // holds the only slot
+	waitFor(t, "the slot taken", func() bool { return b.InFlight() == 1 })
+	start := time.Now()
+	resp, err := http.Get(front.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Errorf("queued past queue-timeout: %d, want 503", resp.StatusCode)
+	}
+	if d := time.Since(start); d < 100*time.Millisecond || d > 5*time.Second {
+		t.Errorf("503 after %v, queue-timeout is 100ms", d)
+	}
+	if !b.Health().Up {
+		t.Error("a full queue took the backend down")
+	}
+
+	// A client that leaves is dropped from the queue at once.
+	long := limitedBackend("long", srv.Listener.Addr().String(), 1, time.Hour)
+	defer long.Close()
+	s, err := long.take(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := long.take(ctx)
+		done <- err
+	}()
+	waitFor(t, "one waiting", func() bool { return long.QueueLen() == 1 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("leaver got %v", err)
+	}
+	if long.QueueLen() != 0 {
+		t.Error("a leaver stayed in the queue")
+	}
+	s.Release()
+	if long.InFlight() != 0 {
+		t.Errorf("in flight %d", long.InFlight())
+	}
+}
+
+// A request goes to any backend of the pool with a free slot before it
+// queues.
+func TestFreeSlotBeforeQueue(t *testing.T) {
+	t.Parallel()
+	for _, balance := range []config.Balance{config.RoundRobin, config.LeastConn} {
+		t.Run(string(balance), func(t *testing.T) {
+			t.Parallel()
+			var bs []*Backend
+			for i := range 3 {
+				bs = append(bs, limitedBackend(fmt.Sprint("b", i), fmt.Sprintf("b%d:80", i), 1, time.Second))
+			}
+			p := NewPool(bs, balance, false, discard)
+			var held []*Slot
+			for range 3 {
+				b := p.pick(0, nil)
+				s := b.tryTake()
+				if s == nil {
+					t.Fatalf("%s picked while full", b.Name)
+				}
+				held = append(held, s)
+			}
+			for _, b := range bs {
+				if b.InFlight() != 1 {
+					t.Errorf("%s has %d in flight; each should have one", b.Name, b.InFlight())
+				}
+			}
+			// All full: the pick still names one, to queue on.
+			if p.pick(0, nil) == nil {
+				t.Error("no backend to queue on")
+			}
+			var wg sync.WaitGroup
+			for _, s := range held {
+				wg.Add(1)
+				go func() { defer wg.Done(); s.Release() }()
+			}
+			wg.Wait()
+		})
+	}
+}
