@@ -70,8 +70,12 @@ type connLimit struct {
 	reached atomic.Uint64 // times an accept loop found it full
 	logged  atomic.Int64  // unix nanoseconds of the last log line about it
 
-	mu    sync.Mutex
-	freed chan struct{} // closed when a slot frees; nil while nobody waits
+	// waiting spares release the lock while no accept loop waits: a
+	// waiter sets it before it checks the count again, a release looks at
+	// it after it changed the count, so one of them sees the other.
+	waiting atomic.Bool
+	mu      sync.Mutex
+	freed   chan struct{} // closed when a slot frees; nil while nobody waits
 }
 
 // take counts a connection if the limit allows one more.
@@ -99,7 +103,11 @@ func (c *connLimit) release() {
 }
 
 func (c *connLimit) wake() {
+	if !c.waiting.Load() {
+		return
+	}
 	c.mu.Lock()
+	c.waiting.Store(false)
 	if c.freed != nil {
 		close(c.freed)
 		c.freed = nil
@@ -116,6 +124,7 @@ func (c *connLimit) waitFreed() <-chan struct{} {
 	if c.freed == nil {
 		c.freed = make(chan struct{})
 	}
+	c.waiting.Store(true)
 	return c.freed
 }
 
