@@ -40,12 +40,12 @@ const (
 	fdPerBackend = 256 + 1
 )
 
-// DefaultMaxConnections is the global max-connections when the config sets
+// defaultMaxConnections is the global max-connections when the config sets
 // none, for nofile file descriptors: half of what is left after the
 // listening sockets, fdReserve and fdPerBackend for each backend, since each
 // client connection may hold a backend connection; at least a quarter of
 // nofile, so that a low limit still serves.
-func DefaultMaxConnections(nofile uint64, cfg *config.Config) int64 {
+func defaultMaxConnections(nofile uint64, cfg *config.Config) int64 {
 	reserve := uint64(fdReserve + len(cfg.Frontends) + fdPerBackend*len(cfg.Backends))
 	n := nofile / 4
 	if nofile > reserve {

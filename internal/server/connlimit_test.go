@@ -283,8 +283,8 @@ func TestDefaultMaxConnections(t *testing.T) {
 		{"tiny", 2, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := DefaultMaxConnections(tc.nofile, cfg); got != tc.want {
-				t.Errorf("DefaultMaxConnections(%d) = %d, want %d", tc.nofile, got, tc.want)
+			if got := defaultMaxConnections(tc.nofile, cfg); got != tc.want {
+				t.Errorf("defaultMaxConnections(%d) = %d, want %d", tc.nofile, got, tc.want)
 			}
 		})
 	}

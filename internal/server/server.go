@@ -403,7 +403,7 @@ func (s *Server) setMaxConnections(cfg *config.Config) {
 	n := int64(cfg.Global.MaxConnections)
 	nofile := fileLimit()
 	if n == 0 {
-		n = DefaultMaxConnections(nofile, cfg)
+		n = defaultMaxConnections(nofile, cfg)
 	}
 	if old := s.global.max.Load(); old != n {
 		s.log.Info("max-connections", "max-connections", n, "file-descriptors", nofile, "default", cfg.Global.MaxConnections == 0)
