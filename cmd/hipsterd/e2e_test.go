@@ -117,7 +117,14 @@ func newServer(t *testing.T, h http.HandlerFunc) string {
 // launch starts the binary on config, with env added to its environment.
 func launch(t *testing.T, config string, env ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary, "-config", config), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	return launchCmd(t, exec.Command(binary, "-config", config), env...)
+}
+
+// launchCmd starts cmd, which runs the binary, with env added to its
+// environment.
+func launchCmd(t *testing.T, cmd *exec.Cmd, env ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, stderr: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -156,7 +163,12 @@ func wsEcho(w http.ResponseWriter, r *http.Request) {
 // startHipsterd starts the binary on config and waits until addr accepts.
 func startHipsterd(t *testing.T, config, addr string) *proc {
 	t.Helper()
-	p := launch(t, config)
+	return waitListening(t, launch(t, config), addr)
+}
+
+// waitListening waits until addr accepts, and returns p.
+func waitListening(t *testing.T, p *proc, addr string) *proc {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.Dial("tcp", addr)

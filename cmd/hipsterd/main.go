@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -89,6 +90,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	warn(log, cfg)
+	logFileLimit(log, raiseFileLimit())
 	srv := server.New(log)
 	// Signals are caught before binding, so a TERM during start is not lost.
 	sigs := make(chan os.Signal, 4)
@@ -131,6 +133,53 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return 0
 			}
 		}
+	}
+}
+
+// fileLimit is the limit on open file descriptors, as raiseFileLimit left it.
+type fileLimit struct {
+	soft, hard uint64
+	err        error // why the soft limit could not be raised
+}
+
+// raiseFileLimit raises the soft limit on open file descriptors to the hard
+// one, which max-connections' default is worked out from. Go's runtime
+// does so already at start when it can (and gives child processes the
+// original back); this covers a hard limit of "unlimited", which Linux
+// caps at fs.nr_open.
+func raiseFileLimit() fileLimit {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fileLimit{err: err}
+	}
+	if lim.Cur >= lim.Max {
+		return fileLimit{soft: lim.Cur, hard: lim.Max}
+	}
+	want := lim
+	want.Cur = lim.Max
+	err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want)
+	if err != nil {
+		if b, rerr := os.ReadFile("/proc/sys/fs/nr_open"); rerr == nil {
+			if n, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); perr == nil && n > lim.Cur && n < lim.Max {
+				want.Cur = n
+				err = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want)
+			}
+		}
+	}
+	if err != nil {
+		return fileLimit{soft: lim.Cur, hard: lim.Max, err: err}
+	}
+	return fileLimit{soft: want.Cur, hard: lim.Max}
+}
+
+func logFileLimit(log *slog.Logger, fl fileLimit) {
+	switch {
+	case fl.err != nil:
+		log.Warn("cannot raise the file descriptor limit to the hard limit", "limit", fl.soft, "hard-limit", fl.hard, "err", fl.err)
+	case fl.soft == fl.hard:
+		log.Info("file descriptor limit set to the hard limit", "limit", fl.soft)
+	default:
+		log.Info("file descriptor limit raised to fs.nr_open", "limit", fl.soft, "hard-limit", fl.hard)
 	}
 }
 

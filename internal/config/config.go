@@ -40,6 +40,9 @@ const (
 	DefaultRedirectHTTPSPort = 443
 	DefaultAccessLogFormat   = LogHipster
 	DefaultMode              = ModeHTTP
+	// MaxMaxConnections bounds max-connections: more than any process's
+	// file descriptors (Linux's fs.nr_open is at most 2^30).
+	MaxMaxConnections = 1 << 30
 	// CertExpiryWarning is how close to its end a certificate is warned about.
 	CertExpiryWarning = 14 * 24 * time.Hour
 )
@@ -94,6 +97,10 @@ type Global struct {
 	ShutdownTimeout   time.Duration
 	TunnelTimeout     time.Duration
 	ClientTimeout     time.Duration
+	// MaxConnections is the most client connections open at once, over
+	// every frontend; zero means what the file-descriptor limit allows
+	// (the server works it out).
+	MaxConnections int
 }
 
 // Frontend is one [frontend NAME] section.
@@ -136,6 +143,9 @@ type Frontend struct {
 	AcceptProxy bool
 	// AcceptProxyFrom, when not empty, are the only peers that may send one.
 	AcceptProxyFrom []netip.Prefix
+	// MaxConnections is the most client connections of this frontend open
+	// at once; zero means only the global limit applies.
+	MaxConnections int
 }
 
 // Address is a frontend's bind resolved: the addresses it listens on.

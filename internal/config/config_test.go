@@ -715,3 +715,45 @@ func TestReadHeaderTimeoutZeroWarns(t *testing.T) {
 		})
 	}
 }
+
+func TestMaxConnections(t *testing.T) {
+	t.Parallel()
+	c, err := parse(t, `
+[global]
+max-connections = 5000
+
+[frontend a]
+bind = :9000
+backends = b
+max-connections = 100
+
+[frontend b]
+bind = :9001
+backends = b
+
+[backend b]
+connect = a:1
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Global.MaxConnections; got != 5000 {
+		t.Errorf("[global] max-connections = %d, want 5000", got)
+	}
+	// A frontend's limit is its own share, not the global total: it does
+	// not default to [global]'s.
+	if a, b := c.Frontends[0].MaxConnections, c.Frontends[1].MaxConnections; a != 100 || b != 0 {
+		t.Errorf("[frontend] max-connections: a %d, b %d; want 100 and 0", a, b)
+	}
+	for _, tc := range []struct{ name, src, want string }{
+		{"negative", "[global]\nmax-connections = -1\n", `[global] max-connections: "-1" is not a whole number`},
+		{"fraction", "[frontend a]\nbind = :9000\nbackends = b\nmax-connections = 1.5\n[backend b]\nconnect = a:1\n", `[frontend a] max-connections: "1.5" is not a whole number`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parse(t, tc.src)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}

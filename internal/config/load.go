@@ -21,9 +21,9 @@ import (
 
 // The section types and the keys each accepts. A key not listed is an error.
 var knownKeys = map[string][]string{
-	"global": {"accesslog", "accesslog-format", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout", "client-timeout"},
+	"global": {"accesslog", "accesslog-format", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout", "client-timeout", "max-connections"},
 	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "accesslog-format", "balance",
-		"tunnel-timeout", "client-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port", "mode", "accept-proxy", "accept-proxy-from"},
+		"tunnel-timeout", "client-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port", "mode", "accept-proxy", "accept-proxy-from", "max-connections"},
 	"host": {"backends", "balance", "certfile", "keyfile"},
 	"backend": {"connect", "connect-timeout", "response-timeout", "weight", "ca-file", "tls-server-name", "tls-skip-verify",
 		"health-check", "health-check-host", "health-timeout", "health-interval", "health-rise", "health-fall", "send-proxy",
@@ -208,6 +208,7 @@ func (p *parser) global(sec *ini.Section) {
 	p.duration(sec, "shutdown-timeout", &g.ShutdownTimeout)
 	p.duration(sec, "tunnel-timeout", &g.TunnelTimeout)
 	p.duration(sec, "client-timeout", &g.ClientTimeout)
+	p.integer(sec, "max-connections", 0, MaxMaxConnections, &g.MaxConnections)
 }
 
 func (p *parser) frontend(sec *ini.Section) {
@@ -226,6 +227,7 @@ func (p *parser) frontend(sec *ini.Section) {
 	p.duration(sec, "idle-timeout", &fe.IdleTimeout)
 	p.duration(sec, "tunnel-timeout", &fe.TunnelTimeout)
 	p.duration(sec, "client-timeout", &fe.ClientTimeout)
+	p.integer(sec, "max-connections", 0, MaxMaxConnections, &fe.MaxConnections)
 	fe.AccessLog = value(sec, "accesslog")
 	if fe.AccessLog != "" {
 		p.logs = append(p.logs, setting{sec.Name(), fe.AccessLog})

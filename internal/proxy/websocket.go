@@ -102,7 +102,11 @@ func keepAlive(c net.Conn) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
+	// A *net.TCPConn, or a wrapper of one.
+	if tc, ok := c.(interface {
+		SetKeepAlive(bool) error
+		SetKeepAlivePeriod(time.Duration) error
+	}); ok {
 		tc.SetKeepAlive(true)
 		tc.SetKeepAlivePeriod(tunnelKeepAlive)
 	}

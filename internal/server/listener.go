@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -41,6 +42,12 @@ type listener struct {
 	addr config.Address // as bound: an IP address or a wildcard
 	sock *net.TCPListener
 	log  *slog.Logger
+
+	// limit is the socket's max-connections, its frontend's; global is the
+	// server's, over every socket. Connections count until they close,
+	// across reloads.
+	limit  connLimit
+	global *connLimit
 
 	route   atomic.Pointer[route]
 	tlsConf atomic.Pointer[tls.Config]
@@ -279,7 +286,8 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		// A non-nil map keeps net/http from setting up HTTP/2.
 		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
-	l.view = &acceptView{sock: l.sock, proxy: proxyPolicy(cfg), log: l.log.With("frontend", cfg.Name)}
+	l.view = l.newView(cfg)
+	l.view.proxy = proxyPolicy(cfg)
 	l.served = make(chan struct{})
 	var ln net.Listener = l.view
 	if cfg.HTTPS {
@@ -312,7 +320,7 @@ func (l *listener) stopped(name string, err error, errs chan<- error) {
 // socket.
 func (l *listener) startTCP(cfg config.Frontend, errs chan<- error) {
 	l.cfg, l.srv, l.conns = cfg, nil, nil
-	l.view = &acceptView{sock: l.sock}
+	l.view = l.newView(cfg)
 	l.served = make(chan struct{})
 	view, served, name := l.view, l.served, cfg.Name
 	go func() {
@@ -340,14 +348,17 @@ func (l *listener) serveTCP(view *acceptView) error {
 			continue
 		}
 		delay = 0
-		go serveTCPConn(l.enter(), c.(*net.TCPConn))
+		go serveTCPConn(l.enter(), c.(*countedConn))
 	}
 }
 
 // serveTCPConn serves one connection of a tcp frontend; the generation of
-// rt is held until the connection is closed.
-func serveTCPConn(rt *route, c *net.TCPConn) {
-	rt.tcp.Serve(c, rt.gen.leave)
+// rt, and the connection's slots, are held until the connection is closed.
+func serveTCPConn(rt *route, c *countedConn) {
+	rt.tcp.Serve(c.TCPConn, func() {
+		c.release()
+		rt.gen.leave()
+	})
 }
 
 // stopAccepting makes the server stop accepting, without closing the
@@ -363,37 +374,125 @@ func (l *listener) stopAccepting() {
 // that server's Accept loop but leaves the socket open and its backlog of
 // connections waiting for the next server.
 //
+// It accepts only while its frontend's max-connections and the global one
+// allow (see connlimit.go), and returns connections that give their slots
+// back when they are closed.
+//
 // With accept-proxy, it refuses peers outside accept-proxy-from and returns
 // connections that read their PROXY header lazily, in the server's own
 // goroutine for the connection: reading it here would let one silent client
 // hold up every other.
 type acceptView struct {
-	sock   *net.TCPListener
-	closed atomic.Bool
-	proxy  *acceptproxy.Policy // nil without accept-proxy
-	log    *slog.Logger
+	sock       *net.TCPListener
+	fe, global *connLimit
+	closed     atomic.Bool
+	stop       chan struct{} // closed when Accept must no longer wait for a slot
+	stopOnce   sync.Once
+	proxy      *acceptproxy.Policy // nil without accept-proxy
+	log        *slog.Logger
+}
+
+func (l *listener) newView(cfg config.Frontend) *acceptView {
+	return &acceptView{sock: l.sock, fe: &l.limit, global: l.global, stop: make(chan struct{}), log: l.log.With("frontend", cfg.Name)}
 }
 
 func (v *acceptView) Accept() (net.Conn, error) {
 	for {
+		if !v.waitSlot() {
+			return nil, net.ErrClosed
+		}
 		c, err := v.sock.AcceptTCP()
 		if err != nil {
+			v.fe.release()
 			if v.closed.Load() {
 				return nil, net.ErrClosed
 			}
+			if isLocalAcceptError(err) {
+				// Not a reason to stop serving, nor to try again at
+				// once: wait for a connection to close.
+				v.global.hit(v.log, "cannot accept: out of file descriptors or memory; waiting for a connection to close", "err", err)
+				v.pause()
+				continue
+			}
 			return nil, err
 		}
+		v.takeGlobal()
 		// A connection accepted as the view closes is still served, by
 		// this server, which then closes it after its request.
+		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global}
 		if v.proxy == nil {
-			return c, nil
+			return cc, nil
 		}
 		if !v.proxy.Allowed(c.RemoteAddr()) {
 			v.log.Debug("connection refused", "client", c.RemoteAddr().String(), "err", acceptproxy.ErrPeerNotAllowed)
-			c.Close()
+			cc.Close()
 			continue
 		}
-		return v.proxy.Wrap(c), nil
+		return v.proxy.Wrap(cc), nil
+	}
+}
+
+// waitSlot takes a slot of the frontend's limit, first waiting while it or
+// the global limit is full, and reports whether it got one before the view
+// was closed. The global slot is taken after accepting (takeGlobal): a
+// slot reserved by each socket's Accept, waiting in accept(2) for a
+// connection that may never come, would keep the others from the last
+// slots.
+func (v *acceptView) waitSlot() bool {
+	for {
+		var freed <-chan struct{}
+		switch {
+		case v.global.full():
+			freed = v.global.waitFreed()
+			if !v.global.full() {
+				continue
+			}
+			v.global.hit(v.log, "[global] max-connections reached: new connections wait until one closes", "max-connections", v.global.max.Load())
+		case v.fe.take():
+			return true
+		default:
+			freed = v.fe.waitFreed()
+			if !v.fe.full() {
+				continue
+			}
+			v.fe.hit(v.log, "[frontend] max-connections reached: new connections wait until one closes", "max-connections", v.fe.max.Load())
+		}
+		select {
+		case <-freed:
+		case <-v.stop:
+			return false
+		}
+	}
+}
+
+// takeGlobal takes a slot of the global limit for a connection just
+// accepted, waiting for one if another socket took the last meanwhile; a
+// view that closes meanwhile takes it over the limit, since the
+// connection is already there.
+func (v *acceptView) takeGlobal() {
+	for !v.global.take() {
+		freed := v.global.waitFreed()
+		if v.global.take() {
+			return
+		}
+		v.global.hit(v.log, "[global] max-connections reached: new connections wait until one closes", "max-connections", v.global.max.Load())
+		select {
+		case <-freed:
+		case <-v.stop:
+			v.global.open.Add(1)
+			return
+		}
+	}
+}
+
+// pause waits for a connection to close, for up to localRetry.
+func (v *acceptView) pause() {
+	t := time.NewTimer(localRetry)
+	defer t.Stop()
+	select {
+	case <-v.global.waitFreed():
+	case <-t.C:
+	case <-v.stop:
 	}
 }
 
@@ -403,13 +502,18 @@ func (v *acceptView) Accept() (net.Conn, error) {
 func (v *acceptView) finish(d time.Duration) {
 	v.closed.Store(true)
 	v.sock.SetDeadline(time.Now().Add(d))
+	time.AfterFunc(d, v.stopWaiting)
 }
 
-// Close wakes the blocked Accept with a deadline in the past.
+// Close wakes the blocked Accept with a deadline in the past, or from its
+// wait for a slot.
 func (v *acceptView) Close() error {
 	v.closed.Store(true)
+	v.stopWaiting()
 	return v.sock.SetDeadline(time.Unix(1, 0))
 }
+
+func (v *acceptView) stopWaiting() { v.stopOnce.Do(func() { close(v.stop) }) }
 
 func (v *acceptView) Addr() net.Addr { return v.sock.Addr() }
 

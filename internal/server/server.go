@@ -40,6 +40,7 @@ type Server struct {
 	log       *slog.Logger
 	tunnels   tunnel.Registry
 	live      sync.WaitGroup // generations not yet released
+	global    connLimit      // [global] max-connections
 	serveErrs chan error
 
 	mu        sync.Mutex
@@ -138,7 +139,7 @@ func (s *Server) apply(cfg *config.Config) error {
 		if err != nil {
 			addr = fc.Listen
 		}
-		l := &listener{key: key, addr: addr, sock: sock, log: s.log}
+		l := &listener{key: key, addr: addr, sock: sock, log: s.log, global: &s.global}
 		fresh = append(fresh, l)
 		next[key] = l
 	}
@@ -182,6 +183,7 @@ func (s *Server) apply(cfg *config.Config) error {
 	s.live.Add(1)
 	gen.release = func() { go s.releaseGeneration(gen) }
 
+	s.setMaxConnections(cfg)
 	for _, l := range revived {
 		delete(s.moving, l.key)
 		l.stopAccepting()
@@ -196,6 +198,7 @@ func (s *Server) apply(cfg *config.Config) error {
 			l.tlsConf.Store(tc)
 		}
 		l.route.Store(&route{gen: gen, handler: gen.handlers[fc.Name], tcp: gen.tcp[fc.Name]})
+		l.limit.setMax(int64(fc.MaxConnections))
 		switch {
 		case l.view == nil:
 			l.startServer(fc, s.serveErrs)
@@ -392,6 +395,45 @@ func (s *Server) Shutdown(ctx context.Context) {
 		}
 		delete(s.logs, path)
 	}
+}
+
+// setMaxConnections sets the global max-connections of cfg: its own, or
+// what the file-descriptor limit allows. It logs the value when it changes.
+func (s *Server) setMaxConnections(cfg *config.Config) {
+	n := int64(cfg.Global.MaxConnections)
+	nofile := fileLimit()
+	if n == 0 {
+		n = defaultMaxConnections(nofile, cfg)
+	}
+	if old := s.global.max.Load(); old != n {
+		s.log.Info("max-connections", "max-connections", n, "file-descriptors", nofile, "default", cfg.Global.MaxConnections == 0)
+	}
+	s.global.setMax(n)
+}
+
+// MaxConnections returns the global max-connections in force.
+func (s *Server) MaxConnections() int64 { return s.global.max.Load() }
+
+// ConnLimit is a max-connections limit as it stands.
+type ConnLimit struct {
+	Frontend string // "" for the global limit
+	Max      int64  // zero: none
+	Open     int64
+	// Reached counts the times an accept loop found the limit full and
+	// stopped accepting; the global one counts too the times accept failed
+	// for want of file descriptors or memory.
+	Reached uint64
+}
+
+// ConnLimits returns the global limit, then each frontend's.
+func (s *Server) ConnLimits() []ConnLimit {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []ConnLimit{{Max: s.global.max.Load(), Open: s.global.open.Load(), Reached: s.global.reached.Load()}}
+	for _, l := range s.listeners {
+		out = append(out, ConnLimit{Frontend: l.cfg.Name, Max: l.limit.max.Load(), Open: l.limit.open.Load(), Reached: l.limit.reached.Load()})
+	}
+	return out
 }
 
 // Addrs returns the bound address of each frontend, by frontend name.

@@ -189,8 +189,8 @@ func (re *reactor) remove(s *side) {
 // watch prepares t for a reactor if both its connections are TCP, and
 // returns what registers it; nil when t must run on goroutines.
 func watch(t *tunnel) (arm func()) {
-	a, ok1 := t.a.(*net.TCPConn)
-	b, ok2 := t.b.(*net.TCPConn)
+	a, ok1 := tcpConn(t.a)
+	b, ok2 := tcpConn(t.b)
 	if !ok1 || !ok2 {
 		return nil
 	}
@@ -215,6 +215,19 @@ func watch(t *tunnel) (arm func()) {
 			t.close() // the kernel refused a watch (out of memory)
 		}
 	}
+}
+
+// tcpConn returns c's TCP connection: c itself, or the connection a wrapper
+// that adds only to its Close (one counted against max-connections) offers
+// with TCP(). The tunnel still closes c.
+func tcpConn(c net.Conn) (*net.TCPConn, bool) {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return c, true
+	case interface{ TCP() *net.TCPConn }:
+		return c.TCP(), true
+	}
+	return nil, false
 }
 
 // wake is the reactor's answer to an event for s.

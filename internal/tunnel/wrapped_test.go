@@ -1,0 +1,69 @@
+package tunnel
+
+import (
+	"io"
+	"net"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// closeCounter is a connection that counts its closes, as the server's
+// connections counted against max-connections do, and offers its socket
+// with TCP().
+type closeCounter struct {
+	*net.TCPConn
+	closes *atomic.Int32
+}
+
+func (c closeCounter) Close() error {
+	c.closes.Add(1)
+	return c.TCPConn.Close()
+}
+
+func (c closeCounter) TCP() *net.TCPConn { return c.TCPConn }
+
+// A wrapped connection runs on the reactor all the same, and the tunnel
+// closes it through the wrapper, so that its slot is given back.
+func TestWrappedConnUsesReactorAndItsClose(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("the reactor is Linux's")
+	}
+	var r Registry
+	client, proxyA := pair(t)
+	proxyB, backend := pair(t)
+	var closes atomic.Int32
+	done := make(chan struct{})
+	r.Start(closeCounter{proxyA, &closes}, proxyB, 0, func(int64, int64) { close(done) })
+	r.mu.Lock()
+	var onReactor bool
+	for tn := range r.open {
+		onReactor = tn.unwatch != nil
+	}
+	r.mu.Unlock()
+	if !onReactor {
+		t.Error("a wrapper offering TCP() runs on goroutines, not on the reactor")
+	}
+
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	backend.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := client.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(backend, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("backend read %q, %v", buf, err)
+	}
+	client.Close()
+	backend.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel did not end")
+	}
+	if n := closes.Load(); n == 0 {
+		t.Error("the tunnel never closed the wrapper")
+	}
+}
