@@ -78,8 +78,9 @@ connect = %s
 
 // proxyBackend is a raw backend that reads a PROXY header and sends it on
 // headers, then answers requests with "ok" until one asks for an upgrade,
-// which it answers with 101, and then echoes.
-func proxyBackend(t *testing.T, headers chan<- *proxyproto.Header) string {
+// which it answers with 101, and then echoes. It sends on closed when a
+// connection that carried no upgrade ends.
+func proxyBackend(t *testing.T, headers chan<- *proxyproto.Header, closed chan<- struct{}) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -103,6 +104,7 @@ func proxyBackend(t *testing.T, headers chan<- *proxyproto.Header) string {
 				for {
 					req, err := http.ReadRequest(r)
 					if err != nil {
+						closed <- struct{}{}
 						return
 					}
 					if req.Header.Get("Upgrade") != "" {
@@ -139,7 +141,8 @@ func checkHeader(t *testing.T, what string, h *proxyproto.Header, version byte, 
 func TestSendProxy(t *testing.T) {
 	t.Parallel()
 	h1, h2, hws, hcheck := make(chan *proxyproto.Header, 16), make(chan *proxyproto.Header, 16), make(chan *proxyproto.Header, 16), make(chan *proxyproto.Header, 16)
-	v1, v2, ws, checked := lineEcho(t, "v1", h1), lineEcho(t, "v2", h2), proxyBackend(t, hws), lineEcho(t, "checked", hcheck)
+	wsClosed := make(chan struct{}, 16)
+	v1, v2, ws, checked := lineEcho(t, "v1", h1), lineEcho(t, "v2", h2), proxyBackend(t, hws, wsClosed), lineEcho(t, "checked", hcheck)
 	tcp, web, chk := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
 	cfg := writeConfig(t, fmt.Sprintf(`
 [frontend tcp]
@@ -195,13 +198,39 @@ health-interval = 100ms
 		}
 	}
 
-	// A plain request: its connection is kept for others, so its header
-	// names hipsterd's end of it, not a client.
-	if code, s := body(t, http.DefaultClient, "http://"+web+"/", ""); code != 200 || s != "ok" {
-		t.Fatalf("plain request: %d %q", code, s)
-	}
-	if h := recvHeader(t, hws); h.SourceAddr.(*net.TCPAddr).IP.String() != "127.0.0.1" || h.DestinationAddr.String() != ws {
-		t.Errorf("plain request: PROXY %v -> %v, want 127.0.0.1:* -> %s", h.SourceAddr, h.DestinationAddr, ws)
+	// Plain requests: a connection to a send-proxy backend serves one
+	// client connection, whose addresses its header names; it is kept
+	// alive between that client's requests and closed with it.
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", web)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		for j := 0; j < 3; j++ {
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, err := http.ReadResponse(r, nil)
+			if err != nil {
+				t.Fatalf("plain request %d.%d: %v", i, j, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || string(b) != "ok" {
+				t.Fatalf("plain request %d.%d: %d %q", i, j, resp.StatusCode, b)
+			}
+		}
+		checkHeader(t, "plain requests", recvHeader(t, hws), 2, c.LocalAddr().String(), web)
+		select {
+		case h := <-hws:
+			t.Errorf("a second backend connection for one client connection: %v -> %v", h.SourceAddr, h.DestinationAddr)
+		default:
+		}
+		c.Close()
+		select {
+		case <-wsClosed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the backend connection outlived its client connection")
+		}
 	}
 
 	// A WebSocket tunnel, though a connection is idle: a new one, whose

@@ -26,6 +26,7 @@ import (
 	"github.com/hipsterd/hipsterd/internal/acceptproxy"
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/tcpfront"
+	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
 // A listener is one bound socket and the http.Server serving it, or for a
@@ -257,6 +258,7 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 	l.cfg = cfg
 	conns := new(atomic.Int64)
 	l.conns = conns
+	var clients sync.Map // net.Conn → *upstream.ClientConn
 	l.srv = &http.Server{
 		Handler:           l,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -273,12 +275,22 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 			WriteByteTimeout: cfg.ClientTimeout,
 		},
 		ErrorLog: log.New(serverLog{l.log}, "", 0),
-		ConnState: func(_ net.Conn, st http.ConnState) {
+		// Each client connection carries the backend connections of
+		// send-proxy backends kept for it, closed with it.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			cc := &upstream.ClientConn{}
+			clients.Store(c, cc)
+			return upstream.WithClientConn(ctx, cc)
+		},
+		ConnState: func(c net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:
 				conns.Add(1)
 			case http.StateClosed, http.StateHijacked:
 				conns.Add(-1)
+				if cc, ok := clients.LoadAndDelete(c); ok {
+					cc.(*upstream.ClientConn).Close()
+				}
 			}
 		},
 	}

@@ -76,6 +76,9 @@ type h1Conn struct {
 	abort  func() // ends the exchange under way: the client went away
 	idleAt time.Time
 	watch  uint64 // its key in the idle watcher while it is watched, else 0
+	// owner is the client connection a send-proxy backend's connection
+	// serves; nil for a connection of the backend's pool.
+	owner *ClientConn
 }
 
 func (t *h1Transport) newConn(c net.Conn) *h1Conn {
@@ -136,18 +139,28 @@ func (t *h1Transport) roundTrip(req *http.Request, s *Slot, info *exchange.Info)
 	ctx := req.Context()
 	resend := !hasBody(req) && replayable(req)
 	// The PROXY header of a send-proxy backend's connection names one
-	// client: an upgrade, whose connection becomes that client's tunnel,
-	// gets a new one, whose header names its client.
-	own := t.sendProxy && req.Header.Get("Upgrade") != ""
+	// client: such a connection serves one client connection only (owner),
+	// and an upgrade, whose connection becomes that client's tunnel, gets a
+	// new one.
+	var owner *ClientConn
+	if t.sendProxy && req.Header.Get("Upgrade") == "" {
+		owner = clientConnOf(ctx)
+	}
 	for {
 		var pc *h1Conn
-		if !own {
+		switch {
+		case owner != nil:
+			if pc = owner.get(t); pc != nil && !pc.fit() {
+				pc.Close()
+				pc = nil
+			}
+		case !t.sendProxy:
 			pc = t.get()
 		}
 		reused := pc != nil
 		if !reused {
 			dctx := ctx
-			if own {
+			if t.sendProxy {
 				dctx = withRemote(ctx, req.RemoteAddr)
 			}
 			c, err := t.dial(dctx)
@@ -155,6 +168,7 @@ func (t *h1Transport) roundTrip(req *http.Request, s *Slot, info *exchange.Info)
 				return nil, err
 			}
 			pc = t.newConn(c)
+			pc.owner = owner
 		}
 		resp, retry, err := t.exchange(ctx, pc, req, s)
 		if err == nil {
@@ -620,6 +634,13 @@ func (t *h1Transport) put(pc *h1Conn) {
 	pc.idleAt = time.Now()
 	// No deadline of the exchange outlives it.
 	pc.SetDeadline(time.Time{})
+	if pc.owner != nil || t.sendProxy {
+		// Checked at its next use; closed with its client connection.
+		if pc.owner == nil || !pc.owner.put(pc) {
+			pc.Close()
+		}
+		return
+	}
 	t.mu.Lock()
 	if t.closed || len(t.idle) >= h1MaxIdle {
 		t.mu.Unlock()
