@@ -80,12 +80,17 @@ backends = b
 max-connections = 1
 [backend b]
 connect = %s
-`, front, backend(t, "b", nil)))
+`, front, newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			<-r.Context().Done() // until its client leaves
+			return
+		}
+		io.WriteString(w, "b")
+	})))
 	p := startHipsterd(t, cfg, front)
+	// A client with a request in flight: not idle, so not reclaimed.
 	held := dial(t, front)
-	if got := getOn(t, held.c, held.br, 10*time.Second); got != http.StatusOK {
-		t.Fatalf("first client: %d, want 200", got)
-	}
+	io.WriteString(held.c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
 	var waiting []client
 	for range 3 {
 		w := dial(t, front)
@@ -178,8 +183,14 @@ health-fall = 1
 	for _, c := range clients {
 		c.c.Close()
 	}
-	c := dial(t, front)
-	if got := getOn(t, c.c, c.br, 10*time.Second); got != http.StatusOK {
+	// hipsterd closes its ends as it notices the clients left.
+	got := 0
+	for deadline := time.Now().Add(10 * time.Second); got != http.StatusOK && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		c := dial(t, front)
+		got = getOn(t, c.c, c.br, 10*time.Second)
+		c.c.Close()
+	}
+	if got != http.StatusOK {
 		t.Errorf("once descriptors were free again: %d, want 200", got)
 	}
 	if log := p.stderr.String(); strings.Contains(log, "backend is DOWN") {

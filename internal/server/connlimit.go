@@ -1,9 +1,11 @@
 package server
 
 import (
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -159,10 +161,20 @@ type countedConn struct {
 	*net.TCPConn
 	fe, global *connLimit
 	released   atomic.Bool
+	reclaim    *idleConns // the list it is on, for an HTTP frontend's
+
+	// For reclaiming (idleConns); list is nil for a tcp frontend's.
+	state      atomic.Int32
+	since      atomic.Int64 // unix nanoseconds of the last change to idle or new
+	list       *idleConns   // guarded by list.mu, as are prev and next
+	prev, next *countedConn
 }
 
 func (c *countedConn) Close() error {
 	err := c.TCPConn.Close()
+	if l := c.reclaim; l != nil {
+		l.remove(c)
+	}
 	c.release()
 	return err
 }
@@ -179,3 +191,135 @@ func (c *countedConn) release() {
 // TCP returns the connection without its counting, for the tunnel reactor,
 // which works on the socket; the tunnel still closes c itself.
 func (c *countedConn) TCP() *net.TCPConn { return c.TCPConn }
+
+// reclaimNewAfter is how long a connection may go without sending its first
+// request before, at the limit, it may be closed to make room.
+const reclaimNewAfter = time.Second
+
+// reclaimEvery is how often an accept loop at a limit looks for a client
+// waiting in its socket's backlog, to make room for it.
+const reclaimEvery = 50 * time.Millisecond
+
+// reclaimScan bounds the connections looked at, oldest first, for one to
+// close at the limit.
+const reclaimScan = 1024
+
+// HTTP connection states, as reclaiming sees them.
+const (
+	connBusy int32 = iota // a request is being served, or it is a tunnel
+	connNew               // accepted, no request yet
+	connIdle              // kept alive between requests
+)
+
+// idleConns are the open connections of an HTTP frontend's socket, oldest
+// first. At a limit, the accept loop closes one of them that is idle —
+// kept alive between requests, or silent since it was accepted — to make
+// room for a client waiting in the backlog, as nginx reuses connections:
+// idle clients cannot keep out those with a request to make.
+type idleConns struct {
+	mu         sync.Mutex
+	head, tail *countedConn
+}
+
+func (l *idleConns) add(c *countedConn) {
+	c.state.Store(connNew)
+	c.since.Store(time.Now().UnixNano())
+	l.mu.Lock()
+	c.list, c.prev = l, l.tail
+	if l.tail != nil {
+		l.tail.next = c
+	} else {
+		l.head = c
+	}
+	l.tail = c
+	l.mu.Unlock()
+}
+
+func (l *idleConns) remove(c *countedConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c.list != l {
+		return
+	}
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		l.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	} else {
+		l.tail = c.prev
+	}
+	c.prev, c.next, c.list = nil, nil, nil
+}
+
+// closeOne closes the oldest idle connection, if there is one among the
+// oldest reclaimScan, and reports whether it did.
+func (l *idleConns) closeOne() bool {
+	now := time.Now().UnixNano()
+	l.mu.Lock()
+	var victim *countedConn
+	n := 0
+	for c := l.head; c != nil && n < reclaimScan; c, n = c.next, n+1 {
+		st := c.state.Load()
+		if st == connIdle || st == connNew && now-c.since.Load() >= int64(reclaimNewAfter) {
+			victim = c
+			break
+		}
+	}
+	l.mu.Unlock()
+	if victim == nil {
+		return false
+	}
+	victim.Close()
+	return true
+}
+
+// setConnState records an HTTP connection's state, as net/http reports it.
+func setConnState(c net.Conn, st http.ConnState) {
+	cc := countedOf(c)
+	if cc == nil {
+		return
+	}
+	switch st {
+	case http.StateActive, http.StateHijacked:
+		cc.state.Store(connBusy)
+	case http.StateIdle:
+		cc.since.Store(time.Now().UnixNano())
+		cc.state.Store(connIdle)
+	}
+}
+
+// countedOf finds the countedConn under the wrappers of TLS and of the
+// PROXY protocol.
+func countedOf(c net.Conn) *countedConn {
+	for {
+		switch x := c.(type) {
+		case *countedConn:
+			return x
+		case *tls.Conn:
+			c = x.NetConn()
+		case interface{ Raw() net.Conn }:
+			c = x.Raw()
+		default:
+			return nil
+		}
+	}
+}
+
+// backlogged reports whether a client waits in sock's backlog: a listening
+// socket is readable while its accept queue holds a connection.
+func backlogged(sock *net.TCPListener) bool {
+	rc, err := sock.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ready := false
+	rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		ready = err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+	})
+	return ready
+}

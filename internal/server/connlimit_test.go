@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +33,32 @@ func keepAlive(t *testing.T, addr string) *net.TCPConn {
 	c := dialRaw(t, addr)
 	if got := exchangeOn(t, c, 10*time.Second); got != http.StatusOK {
 		t.Fatalf("status %d, want 200", got)
+	}
+	return c
+}
+
+// holdBackend answers /hold only when the request is cancelled (its client
+// left), and anything else at once.
+func holdBackend(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			<-r.Context().Done()
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// busy opens a connection whose request is in flight until it is closed:
+// not idle, so no limit reclaims it.
+func busy(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	c := dialRaw(t, addr)
+	if _, err := io.WriteString(c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
 	}
 	return c
 }
@@ -101,10 +129,11 @@ backends = b
 max-connections = 2
 [backend b]
 connect = %s
-`, namedBackend(t, "b")))
+`, holdBackend(t)))
 	addr := addrs["f"]
-	first := keepAlive(t, addr)
-	second := keepAlive(t, addr)
+	first := busy(t, addr)
+	second := busy(t, addr)
+	waitFor(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
 	// Clients past the limit wait, however many try.
 	third := waiting(t, addr)
 	fourth := waiting(t, addr)
@@ -129,7 +158,7 @@ connect = %s
 
 func TestGlobalMaxConnectionsAcrossFrontends(t *testing.T) {
 	t.Parallel()
-	b := namedBackend(t, "b")
+	b := holdBackend(t)
 	s, addrs, _ := startLogged(t, fmt.Sprintf(`
 [global]
 max-connections = 2
@@ -146,8 +175,9 @@ connect = %s
 		t.Fatalf("MaxConnections() = %d, want 2", got)
 	}
 	// One on each: waiting accept loops hold no slot of their own.
-	keepAlive(t, addrs["a"])
-	onC := keepAlive(t, addrs["c"])
+	busy(t, addrs["a"])
+	onC := busy(t, addrs["c"])
+	waitFor(t, "2 open connections counted", func() bool { return s.limitOf("").Open == 2 })
 	answered := waiting(t, addrs["a"])
 	onC.Close()
 	if got := answered(); got != http.StatusOK {
@@ -246,12 +276,13 @@ connect = %s
 // applies at once: raising it lets the waiting clients in.
 func TestReloadChangesMaxConnections(t *testing.T) {
 	t.Parallel()
-	b := namedBackend(t, "b")
+	b := holdBackend(t)
 	src := func(n int) string {
 		return fmt.Sprintf("[frontend f]\nbind = 127.0.0.1:0\nbackends = b\nmax-connections = %d\n[backend b]\nconnect = %s\n", n, b)
 	}
 	s, addrs, _ := startLogged(t, src(1))
-	keepAlive(t, addrs["f"])
+	busy(t, addrs["f"])
+	waitFor(t, "1 open connection counted", func() bool { return s.limitOf("f").Open == 1 })
 	answered := waiting(t, addrs["f"])
 	cfg, err := config.Parse("test.ini", []byte(src(2)))
 	if err != nil {
@@ -265,6 +296,39 @@ func TestReloadChangesMaxConnections(t *testing.T) {
 	}
 	if cl := s.limitOf("f"); cl.Open != 2 || cl.Max != 2 {
 		t.Errorf("frontend limit %+v: want 2 open of 2", cl)
+	}
+}
+
+// At the limit, an idle connection — kept alive between requests, or silent
+// since it was accepted — is closed to let a waiting client in, as nginx
+// does: idle clients cannot keep out those with a request to make.
+func TestLimitReclaimsIdleConnections(t *testing.T) {
+	t.Parallel()
+	s, addrs, _ := startLogged(t, fmt.Sprintf(`
+[frontend f]
+bind = 127.0.0.1:0
+backends = b
+max-connections = 2
+[backend b]
+connect = %s
+`, holdBackend(t)))
+	addr := addrs["f"]
+	idle := keepAlive(t, addr)
+	held := busy(t, addr)
+	defer held.Close()
+	waitFor(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
+	c := dialRaw(t, addr)
+	if got := exchangeOn(t, c, 10*time.Second); got != http.StatusOK {
+		t.Fatalf("a client past the limit, with an idle connection open: %d, want 200", got)
+	}
+	idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); err == nil {
+		t.Error("the idle connection was not closed to make room")
+	}
+	// The busy one was left alone.
+	held.SetReadDeadline(time.Now().Add(refusedWait))
+	if _, err := held.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the busy connection: %v, want still open", err)
 	}
 }
 

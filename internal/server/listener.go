@@ -49,6 +49,7 @@ type listener struct {
 	// across reloads.
 	limit  connLimit
 	global *connLimit
+	idle   idleConns // its HTTP connections, for reclaiming at a limit
 
 	route   atomic.Pointer[route]
 	tlsConf atomic.Pointer[tls.Config]
@@ -283,6 +284,7 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 			return upstream.WithClientConn(ctx, cc)
 		},
 		ConnState: func(c net.Conn, st http.ConnState) {
+			setConnState(c, st)
 			switch st {
 			case http.StateNew:
 				conns.Add(1)
@@ -300,6 +302,7 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 	}
 	l.view = l.newView(cfg)
 	l.view.proxy = proxyPolicy(cfg)
+	l.view.idle = &l.idle
 	l.served = make(chan struct{})
 	var ln net.Listener = l.view
 	if cfg.HTTPS {
@@ -397,6 +400,7 @@ func (l *listener) stopAccepting() {
 type acceptView struct {
 	sock       *net.TCPListener
 	fe, global *connLimit
+	idle       *idleConns // nil for a tcp frontend, whose connections are never idle
 	closed     atomic.Bool
 	stop       chan struct{} // closed when Accept must no longer wait for a slot
 	stopOnce   sync.Once
@@ -431,7 +435,10 @@ func (v *acceptView) Accept() (net.Conn, error) {
 		v.takeGlobal()
 		// A connection accepted as the view closes is still served, by
 		// this server, which then closes it after its request.
-		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global}
+		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global, reclaim: v.idle}
+		if v.idle != nil {
+			v.idle.add(cc)
+		}
 		if v.proxy == nil {
 			return cc, nil
 		}
@@ -469,10 +476,33 @@ func (v *acceptView) waitSlot() bool {
 			}
 			v.fe.hit(v.log, "[frontend] max-connections reached: new connections wait until one closes", "max-connections", v.fe.max.Load())
 		}
+		if !v.waitFreed(freed) {
+			return false
+		}
+	}
+}
+
+// waitFreed waits until freed is closed, and reports false if the view
+// closed first. While it waits, an HTTP frontend looks every reclaimEvery
+// for a client waiting in the socket's backlog, and closes an idle
+// connection of its own to make room for it.
+func (v *acceptView) waitFreed(freed <-chan struct{}) bool {
+	var tick <-chan time.Time
+	if v.idle != nil {
+		t := time.NewTicker(reclaimEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
 		select {
 		case <-freed:
+			return true
 		case <-v.stop:
 			return false
+		case <-tick:
+			if backlogged(v.sock) && v.idle.closeOne() {
+				return true
+			}
 		}
 	}
 }
