@@ -79,6 +79,7 @@ type h1Conn struct {
 	// owner is the client connection a send-proxy backend's connection
 	// serves; nil for a connection of the backend's pool.
 	owner *ClientConn
+	sock  sockOps
 }
 
 func (t *h1Transport) newConn(c net.Conn) *h1Conn {
@@ -86,6 +87,7 @@ func (t *h1Transport) newConn(c net.Conn) *h1Conn {
 	pc.br = bufio.NewReader(&pc.head)
 	pc.bw = bufio.NewWriter(c)
 	pc.abort = func() { pc.SetDeadline(time.Unix(1, 0)) }
+	pc.initSock()
 	return pc
 }
 
@@ -605,7 +607,7 @@ func (t *h1Transport) get() *h1Conn {
 // bytes are logged: they are an answer to no request, and sent on they
 // would reach the wrong client.
 func (pc *h1Conn) fit() bool {
-	stray, open, ok := peekSocket(pc.Conn)
+	stray, open, ok := pc.peekSocket()
 	if !ok {
 		stray, open = pc.peekBuffered()
 	}

@@ -4,43 +4,74 @@ package upstream
 
 import (
 	"crypto/tls"
-	"net"
 	"os"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// peekSocket looks at a connection's socket without blocking: stray holds
-// the first bytes queued on it, open is false when the peer closed it; ok
-// is false when it cannot tell (TLS, whose records may carry no data).
-func peekSocket(c net.Conn) (stray []byte, open, ok bool) {
-	if _, isTLS := c.(*tls.Conn); isTLS {
-		return nil, false, false
+// sockOps are a backend connection's raw socket calls: a peek without
+// waiting, and the idle watcher's epoll registration. They are made once
+// per connection, so that checking and watching it allocate nothing per
+// request.
+type sockOps struct {
+	rc     syscall.RawConn // nil: not a socket
+	plain  bool            // no TLS: bytes on the socket are bytes of HTTP
+	buf    [64]byte
+	n      int
+	errno  syscall.Errno
+	ev     unix.EpollEvent
+	op     int
+	peekFn func(fd uintptr)
+	ctlFn  func(fd uintptr)
+}
+
+func (pc *h1Conn) initSock() {
+	c := pc.Conn
+	tc, isTLS := c.(*tls.Conn)
+	if isTLS {
+		c = tc.NetConn()
 	}
-	sc, isSys := c.(syscall.Conn)
-	if !isSys {
-		return nil, false, false
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return nil, false, true
+		return
 	}
-	var buf [64]byte
-	var n int
-	var perr error
-	if err := rc.Control(func(fd uintptr) {
-		n, _, perr = unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	}); err != nil {
+	s := &pc.sock
+	s.rc, s.plain = rc, !isTLS
+	s.peekFn = func(fd uintptr) {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&s.buf[0])), uintptr(len(s.buf)),
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		s.n, s.errno = int(n), errno
+	}
+	s.ctlFn = func(fd uintptr) {
+		_, _, s.errno = unix.Syscall6(unix.SYS_EPOLL_CTL, uintptr(watcher.epfd), uintptr(s.op), fd, uintptr(unsafe.Pointer(&s.ev)), 0, 0)
+	}
+}
+
+// peekSocket looks at a plain connection's socket without blocking: stray
+// holds the first bytes queued on it, open is false when the peer closed
+// it; ok is false when it cannot tell (TLS, whose records may carry no
+// data).
+func (pc *h1Conn) peekSocket() (stray []byte, open, ok bool) {
+	s := &pc.sock
+	if s.rc == nil || !s.plain {
+		return nil, false, false
+	}
+	if s.rc.Control(s.peekFn) != nil {
 		return nil, false, true
 	}
 	switch {
-	case perr == unix.EAGAIN:
+	case s.errno == unix.EAGAIN:
 		return nil, true, true
-	case n > 0:
-		return buf[:n], false, true
+	case s.errno == 0 && s.n > 0:
+		return s.buf[:s.n], false, true
 	}
 	return nil, false, true // closed, or failed
 }
@@ -115,19 +146,8 @@ func (w *idleWatcher) loop(rc syscall.RawConn) {
 // watchIdle starts watching pc, which was just put in its pool.
 func watchIdle(pc *h1Conn) {
 	watcherOnce.Do(startWatcher)
-	if watcher == nil {
-		return
-	}
-	c := pc.Conn
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	s := &pc.sock
+	if watcher == nil || s.rc == nil {
 		return
 	}
 	w := watcher
@@ -136,10 +156,9 @@ func watchIdle(pc *h1Conn) {
 	key := w.next
 	w.conns[key] = pc
 	w.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(key)), Pad: int32(key >> 32)}
-	if rc.Control(func(fd uintptr) {
-		err = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
-	}) != nil || err != nil {
+	s.ev = unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(key)), Pad: int32(key >> 32)}
+	s.op = unix.EPOLL_CTL_ADD
+	if s.rc.Control(s.ctlFn) != nil || s.errno != 0 {
 		w.mu.Lock()
 		delete(w.conns, key)
 		w.mu.Unlock()
@@ -158,13 +177,6 @@ func unwatchIdle(pc *h1Conn) {
 	delete(w.conns, pc.watch)
 	w.mu.Unlock()
 	pc.watch = 0
-	c := pc.Conn
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) {
-			unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
-		})
-	}
+	pc.sock.op = unix.EPOLL_CTL_DEL
+	pc.sock.rc.Control(pc.sock.ctlFn)
 }

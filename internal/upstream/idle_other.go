@@ -2,11 +2,13 @@
 
 package upstream
 
-import "net"
+// sockOps: no raw socket calls here; the buffered reader checks idle
+// connections, at their next use only.
+type sockOps struct{}
 
-// peekSocket cannot look at a socket here: the buffered reader does.
-func peekSocket(net.Conn) (stray []byte, open, ok bool) { return nil, false, false }
+func (pc *h1Conn) initSock() {}
 
-// Idle connections are checked at their next use only.
+func (pc *h1Conn) peekSocket() (stray []byte, open, ok bool) { return nil, false, false }
+
 func watchIdle(*h1Conn)   {}
 func unwatchIdle(*h1Conn) {}
