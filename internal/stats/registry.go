@@ -34,11 +34,11 @@ type Registry struct {
 	lastFailed    time.Time
 }
 
-// NewRegistry returns a registry for hipsterd version; openConns, if not
-// nil, tells the open connections of each http frontend.
-func NewRegistry(version string, openConns func() map[string]int64) *Registry {
+// NewRegistry returns a registry; openConns, if not nil, tells the open
+// connections of each http frontend.
+func NewRegistry(openConns func() map[string]int64) *Registry {
 	r := &Registry{
-		version:   version,
+		version:   "dev",
 		started:   time.Now(),
 		prom:      prometheus.NewRegistry(),
 		openConns: openConns,
@@ -52,6 +52,10 @@ func NewRegistry(version string, openConns func() map[string]int64) *Registry {
 	)
 	return r
 }
+
+// SetVersion sets the version shown. Call it before the registry is
+// served.
+func (r *Registry) SetVersion(v string) { r.version = v }
 
 // Layout is what a configuration serves, as the status page shows it.
 type Layout struct {

@@ -8,7 +8,7 @@
 // through the request's exchange.Info, which the pool fills in. Labels are
 // only ever put together when Prometheus scrapes.
 //
-//	reg := stats.NewRegistry("1.0")
+//	reg := stats.NewRegistry(nil)
 //	f := reg.Frontend("web", "http")
 //	pool.SetSeries(func(b *upstream.Backend) exchange.Series { return f.Route(b.Name) })
 //	handler = f.Handler(handler)
@@ -143,10 +143,6 @@ func (f *Frontend) TCPClosed(info *exchange.Info, in, out int64) {
 	f.bytesIn.Add(uint64(in))
 	f.bytesOut.Add(uint64(out))
 }
-
-// TCPRefused counts a tcp frontend's connection that got no tunnel (no
-// PROXY header, a failed handshake, no backend).
-func (f *Frontend) TCPRefused(in int64) { f.bytesIn.Add(uint64(in)) }
 
 // Handler wraps next, a frontend's handler, so that every request it serves
 // is counted. It puts an exchange.Info in the request's context, unless an
