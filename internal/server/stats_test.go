@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -111,9 +112,13 @@ func TestMetricsCountExactly(t *testing.T) {
 	}))
 	t.Cleanup(app.Close)
 	echo, _ := echoServer(t)
+	// With the access log around the counting, both see every request.
+	logPath := filepath.Join(t.TempDir(), "access.log")
 	s, addrs := start(t, fmt.Sprintf(`
 [global]
 stats = 127.0.0.1:0
+accesslog = %s
+accesslog-format = json
 
 [frontend web]
 bind = 127.0.0.1:0
@@ -132,7 +137,7 @@ connect = %s
 connect = %s
 [backend echo]
 connect = %s
-`, app.Listener.Addr(), refusingAddr(t), echo))
+`, logPath, app.Listener.Addr(), refusingAddr(t), echo))
 	web := "http://" + addrs["web"]
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	do := func(method, host, path, body string, want int) {
@@ -205,6 +210,10 @@ connect = %s
 	waitFor(t, "the tunnel to be counted closed", func() bool {
 		return series(scrape(t, s), "hipsterd_tunnels_open")["backend=echo,frontend=web"] == 0
 	})
+	lines := readLog(t, logPath, 10)
+	if last := lines[9]; !strings.Contains(last, `"status":101`) || !strings.Contains(last, `"backend":"echo"`) {
+		t.Errorf("the WebSocket's access log line: %s", last)
+	}
 
 	// A reload that keeps the frontend and its backends keeps their
 	// counts; a backend taken out of it leaves the metrics.
