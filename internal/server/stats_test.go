@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 	dto "github.com/prometheus/client_model/go"
@@ -359,4 +360,97 @@ func TestStatsListenerFollowsReloads(t *testing.T) {
 		return scrape(t, s)
 	}()
 	wantSeries(t, fams, "hipsterd_reloads_total", map[string]float64{"result=failed": 1, "result=ok": 3})
+}
+
+func TestHealthzDuringShutdown(t *testing.T) {
+	t.Parallel()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		<-release
+		io.WriteString(w, "late")
+	}))
+	t.Cleanup(slow.Close)
+	s, addrs := start(t, fmt.Sprintf("[global]\nstats = 127.0.0.1:0\n[frontend web]\nbind = 127.0.0.1:0\nbackends = slow\n[backend slow]\nconnect = %s\n", slow.Listener.Addr()))
+	healthz := "http://" + statsAddr(t, s) + "/healthz"
+	if code, body := get(t, healthz, ""); code != 200 || body != "ok\n" {
+		t.Fatalf("/healthz while serving: %d %q", code, body)
+	}
+	answered := make(chan int)
+	go func() {
+		resp, err := http.Get("http://" + addrs["web"] + "/")
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	<-arrived
+	stopped := make(chan struct{})
+	go func() {
+		s.Shutdown(t.Context())
+		close(stopped)
+	}()
+	waitFor(t, "/healthz to answer 503 while the last request finishes", func() bool {
+		resp, err := http.Get(healthz)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	close(release)
+	if code := <-answered; code != 200 {
+		t.Errorf("the request in flight got %d", code)
+	}
+	<-stopped
+	if s.StatsAddr() != nil {
+		t.Error("the stats listener outlived shutdown")
+	}
+}
+
+func TestTCPFrontendMetrics(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	s, addrs := start(t, fmt.Sprintf("[global]\nstats = 127.0.0.1:0\n[frontend raw]\nbind = 127.0.0.1:0\nmode = tcp\nbackends = echo\n[backend echo]\nconnect = %s\n", ln.Addr()))
+	c, err := net.Dial("tcp", addrs["raw"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "hello")
+	if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	fams := scrape(t, s)
+	wantSeries(t, fams, "hipsterd_tunnels_open", map[string]float64{"backend=echo,frontend=raw": 1})
+	wantSeries(t, fams, "hipsterd_connections_open", map[string]float64{"frontend=raw": 1})
+	wantSeries(t, fams, "hipsterd_connections_total", map[string]float64{"frontend=raw": 1})
+	c.Close()
+	waitFor(t, "the connection to be counted closed", func() bool {
+		return series(scrape(t, s), "hipsterd_connections_open")["frontend=raw"] == 0
+	})
+	fams = scrape(t, s)
+	wantSeries(t, fams, "hipsterd_tunnels_open", map[string]float64{"backend=echo,frontend=raw": 0})
+	wantSeries(t, fams, "hipsterd_received_bytes_total", map[string]float64{"frontend=raw": 5})
+	wantSeries(t, fams, "hipsterd_sent_bytes_total", map[string]float64{"frontend=raw": 5})
+	wantSeries(t, fams, "hipsterd_requests_total", map[string]float64{})
 }
