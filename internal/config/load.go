@@ -214,7 +214,7 @@ func (p *parser) global(sec *ini.Section) {
 		a, err := parseBind(g.Stats, p.dualStack)
 		switch {
 		case g.Stats == "":
-			p.errorf(sec.Name(), "stats", "empty: leave the key out to serve no stats, or give an address, as in stats = 127.0.0.1:9100")
+			p.errorf(sec.Name(), "stats", "empty: leave the key out to serve no stats, or give an address, as in stats = 127.0.0.1:8404")
 		case err != nil:
 			p.errorf(sec.Name(), "stats", "%q: %v", g.Stats, err)
 		default:
