@@ -21,23 +21,24 @@ const statsTimeout = 10 * time.Second
 // statsListener is the listener of [global] stats: the metrics, the status
 // page and the health answer.
 type statsListener struct {
-	bind string // as written in the configuration
+	addr config.Address
 	sock net.Listener
 	srv  *http.Server
 }
 
 // bindStats binds the stats listener of cfg, unless the running one has its
-// address; nil when cfg has none or the running one stays.
+// address (however it is written); nil when cfg has none or the running one
+// stays.
 func (s *Server) bindStats(cfg *config.Config) (*statsListener, error) {
 	g := cfg.Global
-	if g.Stats == "" || (s.statsL != nil && s.statsL.bind == g.Stats) {
+	if g.Stats == "" || (s.statsL != nil && s.statsL.addr == g.StatsListen) {
 		return nil, nil
 	}
 	sock, err := net.Listen(g.StatsListen.Network(), g.StatsListen.String())
 	if err != nil {
 		return nil, fmt.Errorf("[global] stats: cannot listen on %s: %w", g.Stats, err)
 	}
-	return &statsListener{bind: g.Stats, sock: sock}, nil
+	return &statsListener{addr: g.StatsListen, sock: sock}, nil
 }
 
 // swapStats makes fresh (from bindStats) the stats listener of cfg, and
