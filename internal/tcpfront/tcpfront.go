@@ -104,9 +104,10 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 	}
 
 	ctx := upstream.WithClient(context.Background(), src, dst)
-	var info exchange.Info // the backend's series, for Stats
+	var info *exchange.Info // the backend's series, for Stats
 	if h.Stats != nil {
-		ctx = exchange.NewContext(ctx, &info)
+		info = new(exchange.Info)
+		ctx = exchange.NewContext(ctx, info)
 	}
 	bconn, slot, err := h.Pool.Dial(ctx, src.String(), nil)
 	if err != nil {
@@ -132,12 +133,12 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 	c.SetKeepAlivePeriod(keepAlivePeriod)
 	sent := int64(len(early))
 	if h.Stats != nil {
-		h.Stats.TCPOpened(&info)
+		h.Stats.TCPOpened(info)
 	}
 	h.Tunnels.Start(client, bconn, h.TunnelTimeout, func(toClient, toBackend int64) {
 		slot.Release()
 		if h.Stats != nil {
-			h.Stats.TCPClosed(&info, sent+toBackend, toClient)
+			h.Stats.TCPClosed(info, sent+toBackend, toClient)
 		}
 		h.logLine(src, slot.Backend().Name, sent+toBackend, toClient, start)
 		done()
