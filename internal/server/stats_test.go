@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/stats"
+	"github.com/hipsterd/hipsterd/internal/testcert"
 )
 
 // scrape fetches /metrics from the stats listener of s and parses it with
@@ -453,4 +455,58 @@ func TestTCPFrontendMetrics(t *testing.T) {
 	wantSeries(t, fams, "hipsterd_received_bytes_total", map[string]float64{"frontend=raw": 5})
 	wantSeries(t, fams, "hipsterd_sent_bytes_total", map[string]float64{"frontend=raw": 5})
 	wantSeries(t, fams, "hipsterd_requests_total", map[string]float64{})
+}
+
+func TestRetriesAndCertificateExpiry(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	notAfter := time.Now().Add(10 * 24 * time.Hour).Truncate(time.Second)
+	cert, key := testcert.Make(t, dir, testcert.Options{Names: []string{"web.test", "www.web.test"}, NotAfter: notAfter})
+	apiCert, apiKey := testcert.Make(t, filepath.Join(dir, "api"), testcert.Options{Names: []string{"api.test"}})
+	s, addrs := start(t, fmt.Sprintf(`
+[global]
+stats = 127.0.0.1:0
+[frontend web]
+bind = 127.0.0.1:0
+https = true
+certfile = %s
+keyfile = %s
+hosts = api.test
+backends = dead app
+[host api.test]
+backends = app
+certfile = %s
+keyfile = %s
+[backend dead]
+connect = %s
+[backend app]
+connect = %s
+`, cert, key, apiCert, apiKey, refusingAddr(t), namedBackend(t, "app")))
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	// Every pick moves round-robin on by one, the retry's too: each
+	// request tries dead first, whose refused connect sends it on to app.
+	for range 2 {
+		resp, err := client.Get("https://" + addrs["web"] + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	fams := scrape(t, s)
+	wantSeries(t, fams, "hipsterd_requests_total", map[string]float64{"backend=app,code=200,frontend=web": 2})
+	wantSeries(t, fams, "hipsterd_backend_connect_failures_total", map[string]float64{"backend=app": 0, "backend=dead": 2})
+	wantSeries(t, fams, "hipsterd_backend_retries_total", map[string]float64{"backend=app": 0, "backend=dead": 2})
+	expiry := series(fams, "hipsterd_certificate_expiry_seconds")
+	if len(expiry) != 2 {
+		t.Fatalf("certificate expiry series: %v, want web.test's and api.test's", expiry)
+	}
+	if left := time.Until(notAfter).Seconds(); expiry["frontend=web,name=web.test"] > left+1 || expiry["frontend=web,name=web.test"] < left-60 {
+		t.Errorf("web.test expires in %v s, want about %v", expiry["frontend=web,name=web.test"], left)
+	}
+	if _, ok := expiry["frontend=web,name=api.test"]; !ok {
+		t.Errorf("no expiry for the [host] section's certificate: %v", expiry)
+	}
 }
