@@ -142,9 +142,21 @@ func startChromium(t *testing.T, bin string) *browser {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Closed through DevTools (below) first, so that its helper processes
+	// end with it; killed if it takes too long.
 	t.Cleanup(func() {
+		exited := make(chan struct{})
+		go func() {
+			cmd.Wait()
+			close(exited)
+		}()
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cancel()
+			<-exited
+		}
 		cancel()
-		cmd.Wait()
 	})
 	// Chromium names its DevTools address on stderr.
 	found := make(chan string, 1)
@@ -167,8 +179,13 @@ func startChromium(t *testing.T, bin string) *browser {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ws.Close() })
 	b := &browser{ws: ws, pending: map[int64]chan cdpMessage{}}
+	t.Cleanup(func() {
+		b.writeMu.Lock()
+		ws.WriteJSON(map[string]any{"id": b.nextID.Add(1), "method": "Browser.close"})
+		b.writeMu.Unlock()
+		ws.Close()
+	})
 	go b.read()
 	return b
 }
