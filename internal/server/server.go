@@ -67,7 +67,7 @@ func New(log *slog.Logger) *Server {
 		draining:  map[*http.Server]*atomic.Int64{},
 		logs:      map[string]*logFile{},
 	}
-	s.stats = stats.NewRegistry(s.frontendConns)
+	s.stats = stats.NewRegistry(s.connCounts)
 	return s
 }
 

@@ -99,15 +99,20 @@ func (s *Server) StatsAddr() net.Addr {
 // configuration did not load).
 func (s *Server) ReloadFailed(err error) { s.stats.Reloaded(err) }
 
-// frontendConns returns the open connections of each http frontend, by name.
-func (s *Server) frontendConns() map[string]int64 {
+// connCounts returns the connection limits and the open connections of
+// http frontends not taken over by a tunnel, for the stats (which count
+// tunnels themselves). The limits' own counts include the slot an accept
+// loop holds while it waits for a connection.
+func (s *Server) connCounts() []stats.Conns {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := map[string]int64{}
+	out := []stats.Conns{{Max: s.global.max.Load(), Reached: s.global.reached.Load()}}
 	for _, l := range s.listeners {
-		if l.srv != nil && l.conns != nil {
-			out[l.cfg.Name] += l.conns.Load()
+		c := stats.Conns{Frontend: l.cfg.Name, Max: l.limit.max.Load(), Reached: l.limit.reached.Load()}
+		if l.conns != nil {
+			c.Open = l.conns.Load()
 		}
+		out = append(out, c)
 	}
 	return out
 }

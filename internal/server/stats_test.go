@@ -208,7 +208,7 @@ connect = %s
 	codes["backend=echo,code=101,frontend=web"] = 1
 	wantSeries(t, fams, "hipsterd_requests_total", codes)
 	wantSeries(t, fams, "hipsterd_tunnels_open", map[string]float64{"backend=app,frontend=web": 0, "backend=dead,frontend=web": 0, "backend=echo,frontend=web": 1})
-	wantSeries(t, fams, "hipsterd_connections_open", map[string]float64{"frontend=web": 0})
+	wantSeries(t, fams, "hipsterd_connections_open", map[string]float64{"frontend=web": 1}) // the WebSocket's
 	c.Close()
 	waitFor(t, "the tunnel to be counted closed", func() bool {
 		return series(scrape(t, s), "hipsterd_tunnels_open")["backend=echo,frontend=web"] == 0
@@ -431,7 +431,7 @@ func TestTCPFrontendMetrics(t *testing.T) {
 			}()
 		}
 	}()
-	s, addrs := start(t, fmt.Sprintf("[global]\nstats = 127.0.0.1:0\n[frontend raw]\nbind = 127.0.0.1:0\nmode = tcp\nbackends = echo\n[backend echo]\nconnect = %s\n", ln.Addr()))
+	s, addrs := start(t, fmt.Sprintf("[global]\nstats = 127.0.0.1:0\nmax-connections = 100\n[frontend raw]\nbind = 127.0.0.1:0\nmode = tcp\nmax-connections = 10\nbackends = echo\n[backend echo]\nconnect = %s\n", ln.Addr()))
 	c, err := net.Dial("tcp", addrs["raw"])
 	if err != nil {
 		t.Fatal(err)
@@ -446,6 +446,9 @@ func TestTCPFrontendMetrics(t *testing.T) {
 	wantSeries(t, fams, "hipsterd_tunnels_open", map[string]float64{"backend=echo,frontend=raw": 1})
 	wantSeries(t, fams, "hipsterd_connections_open", map[string]float64{"frontend=raw": 1})
 	wantSeries(t, fams, "hipsterd_connections_total", map[string]float64{"frontend=raw": 1})
+	wantSeries(t, fams, "hipsterd_connections_max", map[string]float64{"frontend=raw": 10})
+	wantSeries(t, fams, "hipsterd_global_connections_max", map[string]float64{"": 100})
+	wantSeries(t, fams, "hipsterd_global_connections_open", map[string]float64{"": 1})
 	c.Close()
 	waitFor(t, "the connection to be counted closed", func() bool {
 		return series(scrape(t, s), "hipsterd_connections_open")["frontend=raw"] == 0

@@ -15,7 +15,12 @@ var (
 	descRequests      = desc("hipsterd_requests_total", "Requests answered, by the status code sent to the client (backend \"-\": no backend was involved).", "frontend", "backend", "code")
 	descTunnels       = desc("hipsterd_tunnels_open", "Tunnels open: WebSocket connections of http frontends, connections of tcp frontends.", "frontend", "backend")
 	descInFlight      = desc("hipsterd_requests_in_flight", "Requests being served.", "frontend")
-	descConnsOpen     = desc("hipsterd_connections_open", "Client connections open (for http frontends, those not taken over by a WebSocket tunnel).", "frontend")
+	descConnsOpen     = desc("hipsterd_connections_open", "Client connections open, WebSocket and tcp tunnels included.", "frontend")
+	descConnsMax      = desc("hipsterd_connections_max", "The frontend's max-connections; 0: none.", "frontend")
+	descConnsReached  = desc("hipsterd_connections_limit_reached_total", "Times the frontend's max-connections was found full and accepting stopped.", "frontend")
+	descGlobalOpen    = desc("hipsterd_global_connections_open", "Client connections open over every frontend.")
+	descGlobalMax     = desc("hipsterd_global_connections_max", "[global] max-connections in force.")
+	descGlobalReached = desc("hipsterd_global_connections_limit_reached_total", "Times [global] max-connections was found full (or accept failed for want of file descriptors) and accepting stopped.")
 	descConnsTotal    = desc("hipsterd_connections_total", "Client connections accepted.", "frontend")
 	descBytesIn       = desc("hipsterd_received_bytes_total", "Bytes received from clients: request bodies, and what tcp frontends' clients sent.", "frontend")
 	descBytesOut      = desc("hipsterd_sent_bytes_total", "Bytes sent to clients: response bodies, WebSocket tunnels' bytes, and what tcp frontends sent.", "frontend")
@@ -43,7 +48,7 @@ func (collector) Describe(chan<- *prometheus.Desc) {}
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	r := c.r
 	l, applied := r.current()
-	conns := r.conns(l)
+	conns, global := r.conns(l)
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -69,7 +74,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		gauge(descInFlight, float64(f.inflight.Load()), f.name)
-		gauge(descConnsOpen, float64(conns[f.name]), f.name)
+		c := conns[f.name]
+		gauge(descConnsOpen, float64(c.Open), f.name)
+		gauge(descConnsMax, float64(c.Max), f.name)
+		counter(descConnsReached, c.Reached, f.name)
 		counter(descConnsTotal, f.accepted.Load(), f.name)
 		counter(descBytesIn, f.bytesIn.Load(), f.name)
 		counter(descBytesOut, f.bytesOut.Load(), f.name)
@@ -94,6 +102,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
 	for _, cert := range l.Certs {
 		gauge(descCertExpiry, cert.NotAfter.Sub(now).Seconds(), cert.Frontend, cert.Name)
+	}
+	if r.connsOf != nil {
+		gauge(descGlobalOpen, float64(global.Open))
+		gauge(descGlobalMax, float64(global.Max))
+		counter(descGlobalReached, global.Reached)
 	}
 	counter(descReloads, r.reloadsOK.Load(), "ok")
 	counter(descReloads, r.reloadsFailed.Load(), "failed")

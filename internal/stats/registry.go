@@ -17,9 +17,9 @@ type Registry struct {
 	version string
 	started time.Time
 	prom    *prometheus.Registry
-	// openConns returns the open connections of each http frontend, by
-	// name, hijacked ones excluded; nil: none known.
-	openConns func() map[string]int64
+	// conns tells the client connections and their limits; nil: none
+	// known.
+	connsOf func() []Conns
 
 	reloadsOK     atomic.Uint64
 	reloadsFailed atomic.Uint64
@@ -34,14 +34,28 @@ type Registry struct {
 	lastFailed    time.Time
 }
 
-// NewRegistry returns a registry; openConns, if not nil, tells the open
-// connections of each http frontend.
-func NewRegistry(openConns func() map[string]int64) *Registry {
+// Conns are the client connections open against a max-connections limit:
+// a frontend's, or with Frontend "", the process's.
+type Conns struct {
+	Frontend string
+	Max      int64 // zero: no limit
+	// Open counts an http frontend's connections not taken over by a
+	// tunnel; the registry adds the tunnels it counted.
+	Open int64
+	// Reached counts the times the limit was found full and accepting
+	// stopped.
+	Reached uint64
+}
+
+// NewRegistry returns a registry; conns, if not nil, tells the client
+// connections and their limits (a frontend may be listed more than once,
+// for each of its sockets).
+func NewRegistry(conns func() []Conns) *Registry {
 	r := &Registry{
 		version:   "dev",
 		started:   time.Now(),
 		prom:      prometheus.NewRegistry(),
-		openConns: openConns,
+		connsOf:   conns,
 		layout:    &Layout{},
 		frontends: map[string]*Frontend{},
 	}
@@ -156,17 +170,34 @@ func (r *Registry) current() (*Layout, time.Time) {
 	return r.layout, r.lastApplied
 }
 
-// conns returns the open connections by frontend: the server's count for
-// http frontends, the tunnels for tcp ones.
-func (r *Registry) conns(l *Layout) map[string]int64 {
-	out := map[string]int64{}
-	if r.openConns != nil {
-		out = r.openConns()
+// conns returns the connections of each frontend of l, by name, and the
+// process's: those the server counts, and the tunnels.
+func (r *Registry) conns(l *Layout) (byFrontend map[string]Conns, global Conns) {
+	byFrontend = map[string]Conns{}
+	var counts []Conns
+	if r.connsOf != nil {
+		counts = r.connsOf()
 	}
-	for _, fl := range l.Frontends {
-		if fl.mode == "tcp" {
-			out[fl.name] = fl.connsOpen.Load()
+	for _, c := range counts {
+		if c.Frontend == "" {
+			global = c
+			continue
 		}
+		sum := byFrontend[c.Frontend]
+		sum.Frontend = c.Frontend
+		sum.Max = max(sum.Max, c.Max) // each socket of a frontend has its limit
+		sum.Open += c.Open
+		sum.Reached += c.Reached
+		byFrontend[c.Frontend] = sum
 	}
-	return out
+	global.Open = 0
+	for _, fl := range l.Frontends {
+		c := byFrontend[fl.name]
+		for _, rt := range fl.routes {
+			c.Open += rt.tunnels.Load()
+		}
+		byFrontend[fl.name] = c
+		global.Open += c.Open
+	}
+	return byFrontend, global
 }

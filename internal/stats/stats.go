@@ -43,12 +43,11 @@ type Frontend struct {
 	name string
 	mode string
 
-	inflight  atomic.Int64
-	connsOpen atomic.Int64 // for tcp frontends; http ones are asked of the server
-	accepted  atomic.Uint64
-	bytesIn   atomic.Uint64
-	bytesOut  atomic.Uint64
-	none      *Route // requests no backend was involved in
+	inflight atomic.Int64
+	accepted atomic.Uint64
+	bytesIn  atomic.Uint64
+	bytesOut atomic.Uint64
+	none     *Route // requests no backend was involved in
 
 	mu     sync.Mutex
 	routes map[string]*Route // by backend name
@@ -131,14 +130,12 @@ func (f *Frontend) routeOf(info *exchange.Info) *Route {
 
 // TCPOpened counts a tcp frontend's connection to the backend of info.
 func (f *Frontend) TCPOpened(info *exchange.Info) {
-	f.connsOpen.Add(1)
 	f.routeOf(info).tunnels.Add(1)
 }
 
 // TCPClosed counts the end of a connection TCPOpened counted, with the
 // bytes received from the client and sent to it.
 func (f *Frontend) TCPClosed(info *exchange.Info, in, out int64) {
-	f.connsOpen.Add(-1)
 	f.routeOf(info).tunnels.Add(-1)
 	f.bytesIn.Add(uint64(in))
 	f.bytesOut.Add(uint64(out))

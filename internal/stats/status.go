@@ -24,11 +24,15 @@ type Status struct {
 	ReloadsOK  uint64    `json:"reloads_ok"`
 	// ReloadsFailed counts failed reloads; LastReloadError is the error of
 	// the last one, at LastReloadFailed, if any failed.
-	ReloadsFailed    uint64           `json:"reloads_failed"`
-	LastReloadError  string           `json:"last_reload_error,omitempty"`
-	LastReloadFailed *time.Time       `json:"last_reload_failed,omitempty"`
-	ShuttingDown     bool             `json:"shutting_down"`
-	Frontends        []FrontendStatus `json:"frontends"`
+	ReloadsFailed    uint64     `json:"reloads_failed"`
+	LastReloadError  string     `json:"last_reload_error,omitempty"`
+	LastReloadFailed *time.Time `json:"last_reload_failed,omitempty"`
+	ShuttingDown     bool       `json:"shutting_down"`
+	// Connections are the client connections open over every frontend,
+	// against [global] max-connections.
+	Connections    int64            `json:"connections_open"`
+	MaxConnections int64            `json:"max_connections"`
+	Frontends      []FrontendStatus `json:"frontends"`
 }
 
 // FrontendStatus is one frontend's side of Status.
@@ -37,6 +41,7 @@ type FrontendStatus struct {
 	Mode             string `json:"mode"`
 	Bind             string `json:"bind"`
 	ConnectionsOpen  int64  `json:"connections_open"`
+	MaxConnections   int64  `json:"max_connections"` // 0: none
 	ConnectionsTotal uint64 `json:"connections_total"`
 	InFlight         int64  `json:"in_flight"`
 	BytesIn          uint64 `json:"bytes_in"`
@@ -86,19 +91,21 @@ type BackendStatus struct {
 // Status returns a snapshot of the registry.
 func (r *Registry) Status() Status {
 	l, applied := r.current()
-	conns := r.conns(l)
+	conns, global := r.conns(l)
 	now := time.Now()
 	s := Status{
-		Version:       r.version,
-		Now:           now,
-		Started:       r.started,
-		UptimeSeconds: now.Sub(r.started).Seconds(),
-		Generation:    r.generation.Load(),
-		Applied:       applied,
-		ReloadsOK:     r.reloadsOK.Load(),
-		ReloadsFailed: r.reloadsFailed.Load(),
-		ShuttingDown:  r.stopping.Load(),
-		Frontends:     []FrontendStatus{},
+		Version:        r.version,
+		Now:            now,
+		Started:        r.started,
+		UptimeSeconds:  now.Sub(r.started).Seconds(),
+		Generation:     r.generation.Load(),
+		Applied:        applied,
+		ReloadsOK:      r.reloadsOK.Load(),
+		ReloadsFailed:  r.reloadsFailed.Load(),
+		ShuttingDown:   r.stopping.Load(),
+		Connections:    global.Open,
+		MaxConnections: global.Max,
+		Frontends:      []FrontendStatus{},
 	}
 	r.mu.Lock()
 	if r.lastReloadErr != "" {
@@ -110,7 +117,8 @@ func (r *Registry) Status() Status {
 		f := fl.Frontend
 		fs := FrontendStatus{
 			Name: f.name, Mode: f.mode, Bind: fl.Bind,
-			ConnectionsOpen:  conns[f.name],
+			ConnectionsOpen:  conns[f.name].Open,
+			MaxConnections:   conns[f.name].Max,
 			ConnectionsTotal: f.accepted.Load(),
 			InFlight:         f.inflight.Load(),
 			BytesIn:          f.bytesIn.Load(),
