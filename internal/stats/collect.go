@@ -31,6 +31,7 @@ var (
 	descRetries       = desc("hipsterd_backend_retries_total", "Requests and tunnels that went on to the next backend after this one failed them.", "backend")
 	descResends       = desc("hipsterd_backend_resends_total", "Requests sent again on a new connection after a kept-alive one closed as they went out.", "backend")
 	descBackendFlight = desc("hipsterd_backend_in_flight", "Requests and tunnels the backend serves now.", "backend")
+	descBackendQueued = desc("hipsterd_backend_queued", "Requests and tunnels waiting for a slot of the backend's max-connections.", "backend")
 	descReloads       = desc("hipsterd_reloads_total", "Reloads, by result.", "result")
 	descLastReload    = desc("hipsterd_last_reload_success_timestamp_seconds", "When the running configuration was applied.")
 	descGeneration    = desc("hipsterd_config_generation", "Configurations applied since start, the first one included.")
@@ -98,6 +99,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRetries, cs.Retries.Load(), b.Name)
 		counter(descResends, cs.Resends.Load(), b.Name)
 		gauge(descBackendFlight, float64(b.InFlight()), b.Name)
+		gauge(descBackendQueued, float64(b.Queued()), b.Name)
 	}
 	now := time.Now()
 	for _, cert := range l.Certs {

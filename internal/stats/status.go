@@ -85,6 +85,7 @@ type BackendStatus struct {
 	Retries         uint64   `json:"retries"`
 	Resends         uint64   `json:"resends"`
 	InFlight        int64    `json:"in_flight"`
+	Queued          int      `json:"queued"` // waiting for max-connections
 	Tunnels         int64    `json:"tunnels"`
 }
 
@@ -148,6 +149,7 @@ func (r *Registry) Status() Status {
 					Retries:         cs.Retries.Load(),
 					Resends:         cs.Resends.Load(),
 					InFlight:        b.InFlight(),
+					Queued:          b.Queued(),
 				}
 				if h.Up {
 					bs.State = "UP"
