@@ -513,3 +513,40 @@ connect = %s
 		t.Errorf("no expiry for the [host] section's certificate: %v", expiry)
 	}
 }
+
+func TestQueuedRequestsShown(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		io.WriteString(w, "done")
+	}))
+	t.Cleanup(slow.Close)
+	s, addrs := start(t, fmt.Sprintf("[global]\nstats = 127.0.0.1:0\n[frontend web]\nbind = 127.0.0.1:0\nbackends = slow\n[backend slow]\nconnect = %s\nmax-connections = 1\nqueue-timeout = 10s\n", slow.Listener.Addr()))
+	done := make(chan int, 2)
+	for range 2 {
+		go func() {
+			resp, err := http.Get("http://" + addrs["web"] + "/")
+			if err != nil {
+				done <- 0
+				return
+			}
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+	}
+	waitFor(t, "one request in flight and one queued", func() bool {
+		fams := scrape(t, s)
+		return series(fams, "hipsterd_backend_in_flight")["backend=slow"] == 1 && series(fams, "hipsterd_backend_queued")["backend=slow"] == 1
+	})
+	if got := series(scrape(t, s), "hipsterd_requests_in_flight")["frontend=web"]; got != 2 {
+		t.Errorf("requests in flight at the frontend: %v, want 2", got)
+	}
+	close(release)
+	for range 2 {
+		if code := <-done; code != 200 {
+			t.Errorf("status %d", code)
+		}
+	}
+	wantSeries(t, scrape(t, s), "hipsterd_backend_queued", map[string]float64{"backend=slow": 0})
+}
