@@ -92,6 +92,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	warn(log, cfg)
 	logFileLimit(log, raiseFileLimit())
 	srv := server.New(log)
+	srv.SetVersion(version)
 	// Signals are caught before binding, so a TERM during start is not lost.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
@@ -191,6 +192,8 @@ func reload(log *slog.Logger, srv *server.Server, path string) (*config.Config, 
 	cfg, err := config.Load(path)
 	if err == nil {
 		err = srv.Reload(cfg)
+	} else {
+		srv.ReloadFailed(err)
 	}
 	if err != nil {
 		errs := config.List(err)

@@ -101,6 +101,10 @@ type Global struct {
 	// every frontend; zero means what the file-descriptor limit allows
 	// (the server works it out).
 	MaxConnections int
+	// Stats is the address of the stats listener (metrics, status page,
+	// health), as written; "" serves none. StatsListen is it resolved.
+	Stats       string
+	StatsListen Address
 }
 
 // Frontend is one [frontend NAME] section.

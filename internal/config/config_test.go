@@ -121,6 +121,7 @@ shutdown-timeout = 0
 tunnel-timeout = 10m
 accesslog = /tmp/all.log
 accesslog-format = combined
+stats = 127.0.0.1:9100
 
 [frontend a]
 bind = [::1]:0
@@ -178,6 +179,9 @@ Connect = localhost:81
 	if c.Global.ShutdownTimeout != 0 {
 		t.Errorf("shutdown-timeout = %v", c.Global.ShutdownTimeout)
 	}
+	if g := c.Global; g.Stats != "127.0.0.1:9100" || g.StatsListen != (Address{Host: "127.0.0.1", Port: 9100, Family: 4}) {
+		t.Errorf("stats = %q, %+v", g.Stats, g.StatsListen)
+	}
 	b1, b2 := c.Backend("b1"), c.Backend("b2")
 	if b1.Address != "[::1]:80" || b1.ConnectTimeout != 250*time.Millisecond || b1.ResponseTimeout != 0 {
 		t.Errorf("b1 = %+v", b1)
@@ -222,6 +226,9 @@ func TestErrors(t *testing.T) {
 		{"bad bool", "[frontend f]\nbind = :1\nbackends = b\nhttps = maybe\n" + backend, []string{"[frontend f] https:", "not a boolean"}},
 		{"duplicate bind", "[frontend f]\nbind = :9000\nbackends = b\n[frontend g]\nbind = 127.0.0.1:9000\nbackends = b\n" + backend, []string{"[frontend g] bind:", `"127.0.0.1:9000" conflicts with [frontend f]'s ":9000"`}},
 		{"star and specific", "[frontend f]\nbind = *:9000\nbackends = b\n[frontend g]\nbind = [::1]:9000\nbackends = b\n" + backend, []string{"[frontend g] bind:", `conflicts with [frontend f]'s "*:9000"`}},
+		{"bad stats", "[global]\nstats = 9100\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"[global] stats:", `"9100"`, "not host:port"}},
+		{"empty stats", "[global]\nstats =\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"[global] stats: empty"}},
+		{"stats on a frontend's bind", "[frontend f]\nbind = :9100\nbackends = b\n[global]\nstats = 127.0.0.1:9100\n" + backend, []string{"[frontend f] bind:", `conflicts with [global]'s stats = "127.0.0.1:9100"`}},
 		{"bad bind host", "[frontend f]\nbind = *.example.com:9000\nbackends = b\n" + backend, []string{"[frontend f] bind:", "neither an IP address nor a host name"}},
 		{"duplicate section", "[frontend f]\nbind = :9000\nbackends = b\n[frontend f]\nbind = :9001\nbackends = b\n" + backend, []string{"[frontend f]: section defined twice"}},
 		{"duplicate backend", backend + backend + "[frontend f]\nbind = :9000\nbackends = b\n", []string{"[backend b]: section defined twice"}},

@@ -21,7 +21,7 @@ import (
 
 // The section types and the keys each accepts. A key not listed is an error.
 var knownKeys = map[string][]string{
-	"global": {"accesslog", "accesslog-format", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout", "client-timeout", "max-connections"},
+	"global": {"accesslog", "accesslog-format", "stats", "read-header-timeout", "idle-timeout", "shutdown-timeout", "tunnel-timeout", "client-timeout", "max-connections"},
 	"frontend": {"bind", "backends", "hosts", "add-x-forwarded-for", "https", "keyfile", "certfile", "read-header-timeout", "idle-timeout", "accesslog", "accesslog-format", "balance",
 		"tunnel-timeout", "client-timeout", "tls-min-version", "http2", "redirect-https", "redirect-https-port", "mode", "accept-proxy", "accept-proxy-from", "max-connections"},
 	"host": {"backends", "balance", "certfile", "keyfile"},
@@ -209,6 +209,18 @@ func (p *parser) global(sec *ini.Section) {
 	p.duration(sec, "tunnel-timeout", &g.TunnelTimeout)
 	p.duration(sec, "client-timeout", &g.ClientTimeout)
 	p.integer(sec, "max-connections", 0, MaxMaxConnections, &g.MaxConnections)
+	if sec.HasKey("stats") {
+		g.Stats = value(sec, "stats")
+		a, err := parseBind(g.Stats, p.dualStack)
+		switch {
+		case g.Stats == "":
+			p.errorf(sec.Name(), "stats", "empty: leave the key out to serve no stats, or give an address, as in stats = 127.0.0.1:8404")
+		case err != nil:
+			p.errorf(sec.Name(), "stats", "%q: %v", g.Stats, err)
+		default:
+			g.StatsListen = a
+		}
+	}
 }
 
 func (p *parser) frontend(sec *ini.Section) {
@@ -540,6 +552,9 @@ func (p *parser) resolve() {
 		}
 		if fe.AccessLogFormat == "" {
 			fe.AccessLogFormat = g.AccessLogFormat
+		}
+		if g.Stats != "" && fe.Listen.Conflicts(g.StatsListen) {
+			p.errorf("frontend "+fe.Name, "bind", "%q conflicts with [global]'s stats = %q", fe.Bind, g.Stats)
 		}
 		for _, other := range p.cfg.Frontends[:i] {
 			if fe.Listen.Conflicts(other.Listen) {

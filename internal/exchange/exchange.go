@@ -24,6 +24,19 @@ type Info struct {
 	// Header is the time from the first try to the backend's response
 	// header; 0 when none came.
 	Header time.Duration
+	// Series counts the request in the metrics of its frontend and
+	// Backend; the pool sets it with Backend, nil without metrics.
+	Series Series
+}
+
+// Series is where the requests of one frontend to one backend are counted
+// (package stats provides it). Each pool resolves its backends' series
+// once, when the configuration is built, so that counting a request looks
+// nothing up.
+type Series interface {
+	// Done counts a request answered with code, which took total, and
+	// header until the backend's response header (0 when none came).
+	Done(code int, total, header time.Duration)
 }
 
 type key struct{}

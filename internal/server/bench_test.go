@@ -41,11 +41,14 @@ func BenchmarkProxyRequest(b *testing.B) {
 }
 
 // withAndWithoutLog runs bench against a hipsterd frontend in front of the
-// backend at backendAddr, with the access log off and on.
+// backend at backendAddr, with the access log off and on, and with the
+// stats counting (and the two together).
 func withAndWithoutLog(b *testing.B, backendAddr string, bench func(b *testing.B, addr string)) {
 	for _, tc := range []struct{ name, global string }{
 		{"nolog", ""},
 		{"accesslog", "[global]\naccesslog = " + b.TempDir() + "/access.log\n"},
+		{"stats", "[global]\nstats = 127.0.0.1:0\n"},
+		{"stats+accesslog", "[global]\nstats = 127.0.0.1:0\naccesslog = " + b.TempDir() + "/access.log\n"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			cfg, err := config.Parse("bench.ini", []byte(tc.global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+backendAddr+"\n"))

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/proxy"
 	"github.com/hipsterd/hipsterd/internal/router"
+	"github.com/hipsterd/hipsterd/internal/stats"
 	"github.com/hipsterd/hipsterd/internal/tcpfront"
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
@@ -30,6 +32,8 @@ type generation struct {
 	tcp      map[string]*tcpfront.Handler // tcp frontends', by name
 	logPaths []string                     // the access log files it holds
 	caPEM    map[string][]byte            // each backend's ca-file as read for it
+	stats    map[string]*stats.Frontend   // each frontend's counts, with [global] stats
+	layout   stats.Layout                 // what the status page shows of it
 
 	inflight atomic.Int64
 	retired  atomic.Bool
@@ -74,6 +78,7 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tls
 		handlers: make(map[string]http.Handler, len(cfg.Frontends)),
 		caPEM:    map[string][]byte{},
 		tcp:      map[string]*tcpfront.Handler{},
+		stats:    map[string]*stats.Frontend{},
 	}
 	for _, bc := range cfg.Backends {
 		if bc.TLS && bc.CAFile != "" {
@@ -87,6 +92,9 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tls
 			continue
 		}
 		b := upstream.NewBackend(bc, s.log)
+		if old != nil {
+			b.ShareCounters(old)
+		}
 		if old != nil && old.Addr == b.Addr {
 			b.KeepStateOf(old)
 		}
@@ -108,6 +116,7 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tls
 		}
 		g.handlers[fc.Name] = s.newHandler(g, fc, lf)
 	}
+	g.finishLayout()
 	return g
 }
 
@@ -124,8 +133,12 @@ func (g *generation) pool(names []string, balance config.Balance, xff bool, log 
 // TLS configuration, nil for TLS passthrough.
 func (s *Server) newTCPHandler(g *generation, fc config.Frontend, lf *accesslog.File, tc *tls.Config) *tcpfront.Handler {
 	log := s.log.With("frontend", fc.Name)
+	st := s.frontendStats(g, fc)
+	pool := g.pool(fc.Backends, fc.Balance, false, log)
+	g.countPool(st, "", pool)
 	h := &tcpfront.Handler{
-		Pool:             g.pool(fc.Backends, fc.Balance, false, log),
+		Pool:             pool,
+		Stats:            st,
 		Tunnels:          &s.tunnels,
 		TLS:              tc,
 		HandshakeTimeout: fc.ReadHeaderTimeout,
@@ -155,9 +168,11 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 	pool := func(names []string, balance config.Balance) *upstream.Pool {
 		return g.pool(names, balance, fc.AddXForwardedFor, log)
 	}
+	st := s.frontendStats(g, fc)
 	var fallback *upstream.Pool
 	if len(fc.Backends) > 0 {
 		fallback = pool(fc.Backends, fc.Balance)
+		g.countPool(st, "", fallback)
 	}
 	// One pool per [host] section, shared by the names it lists.
 	hostPools := map[*config.Host]*upstream.Pool{}
@@ -166,6 +181,7 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		hc := cfg.HostFor(name)
 		if hostPools[hc] == nil {
 			hostPools[hc] = pool(hc.Backends, hc.Balance)
+			g.countPool(st, strings.Join(hc.Names, " "), hostPools[hc])
 		}
 		routes[name] = hostPools[hc]
 	}
@@ -179,6 +195,9 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 	}
 	if fc.RedirectHTTPS {
 		h = proxy.RedirectHTTPS(fc.RedirectHTTPSPort)
+	}
+	if st != nil {
+		h = st.Handler(h)
 	}
 	if lf != nil {
 		h = accesslog.NewLogger(fc.Name, lf, logFormats[fc.AccessLogFormat]).Handler(h)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/acceptproxy"
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/stats"
 	"github.com/hipsterd/hipsterd/internal/tcpfront"
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
@@ -68,6 +69,7 @@ type route struct {
 	gen     *generation
 	handler http.Handler      // an http frontend's
 	tcp     *tcpfront.Handler // a tcp frontend's
+	stats   *stats.Frontend   // nil without [global] stats
 }
 
 // bindKey names the socket a frontend needs: binds that need the same
@@ -288,6 +290,7 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 			switch st {
 			case http.StateNew:
 				conns.Add(1)
+				l.route.Load().countConn()
 			case http.StateClosed, http.StateHijacked:
 				conns.Add(-1)
 				if cc, ok := clients.LoadAndDelete(c); ok {
@@ -363,7 +366,9 @@ func (l *listener) serveTCP(view *acceptView) error {
 			continue
 		}
 		delay = 0
-		go serveTCPConn(l.enter(), c.(*countedConn))
+		rt := l.enter()
+		rt.countConn()
+		go serveTCPConn(rt, c.(*countedConn))
 	}
 }
 

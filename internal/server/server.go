@@ -22,6 +22,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/accesslog"
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/stats"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
@@ -49,6 +50,8 @@ type Server struct {
 	moving    map[string]*listener           // sockets closing after moveGrace, by bindKey
 	draining  map[*http.Server]*atomic.Int64 // servers replaced or removed, with their open connections
 	backends  map[string]*upstream.Backend   // the current generation's
+	stats     *stats.Registry
+	statsL    *statsListener // nil without [global] stats
 
 	logMu sync.Mutex
 	logs  map[string]*logFile // by path
@@ -56,7 +59,7 @@ type Server struct {
 
 // New returns a server that logs its events to log.
 func New(log *slog.Logger) *Server {
-	return &Server{
+	s := &Server{
 		log:       log,
 		serveErrs: make(chan error, 1),
 		listeners: map[string]*listener{},
@@ -64,7 +67,12 @@ func New(log *slog.Logger) *Server {
 		draining:  map[*http.Server]*atomic.Int64{},
 		logs:      map[string]*logFile{},
 	}
+	s.stats = stats.NewRegistry(s.connCounts)
+	return s
 }
+
+// SetVersion sets the version the stats show. Call it before Start.
+func (s *Server) SetVersion(v string) { s.stats.SetVersion(v) }
 
 // Start binds every frontend of cfg and starts serving. If anything fails,
 // nothing is left bound and the error names the frontend and the address.
@@ -85,7 +93,9 @@ func (s *Server) Reload(cfg *config.Config) error {
 	if s.current == nil {
 		return errors.New("server: not running")
 	}
-	return s.apply(cfg)
+	err := s.apply(cfg)
+	s.stats.Reloaded(err)
+	return err
 }
 
 // apply makes cfg current. Everything that can fail (certificates, binds,
@@ -173,8 +183,16 @@ func (s *Server) apply(cfg *config.Config) error {
 		}
 	}
 
+	freshStats, err := s.bindStats(cfg)
+	if err != nil {
+		closeFresh()
+		return err
+	}
 	if err := s.openLogs(cfg); err != nil {
 		closeFresh()
+		if freshStats != nil {
+			freshStats.sock.Close()
+		}
 		return err
 	}
 
@@ -197,7 +215,7 @@ func (s *Server) apply(cfg *config.Config) error {
 		if tc := tlsConfs[fc.Name]; tc != nil {
 			l.tlsConf.Store(tc)
 		}
-		l.route.Store(&route{gen: gen, handler: gen.handlers[fc.Name], tcp: gen.tcp[fc.Name]})
+		l.route.Store(&route{gen: gen, handler: gen.handlers[fc.Name], tcp: gen.tcp[fc.Name], stats: gen.stats[fc.Name]})
 		l.limit.setMax(int64(fc.MaxConnections))
 		switch {
 		case l.view == nil:
@@ -238,6 +256,8 @@ func (s *Server) apply(cfg *config.Config) error {
 		b.StartChecks()
 	}
 	s.backends = gen.backends
+	s.stats.Swap(&gen.layout)
+	s.swapStats(cfg, freshStats)
 	old := s.current
 	s.current = gen
 	if old != nil {
@@ -340,6 +360,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.mu.Unlock()
 		return
 	}
+	// The stats listener answers until the end, /healthz with 503.
+	s.stats.ShuttingDown()
+	defer s.closeStats()
 	for _, l := range s.listeners {
 		s.drain(l, 0)
 		l.sock.Close()

@@ -26,6 +26,8 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/acceptproxy"
 	"github.com/hipsterd/hipsterd/internal/accesslog"
+	"github.com/hipsterd/hipsterd/internal/exchange"
+	"github.com/hipsterd/hipsterd/internal/stats"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
@@ -53,6 +55,8 @@ type Handler struct {
 	AcceptProxy *acceptproxy.Policy
 	// AccessLog, when not nil, gets a line per connection when it closes.
 	AccessLog *accesslog.Logger
+	// Stats, when not nil, counts the connections and their bytes.
+	Stats *stats.Frontend
 	// Log gets the errors (a backend that cannot be reached); a refused
 	// client (no PROXY header, a failed TLS handshake) only at debug level.
 	// Nil means slog.Default().
@@ -100,6 +104,11 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 	}
 
 	ctx := upstream.WithClient(context.Background(), src, dst)
+	var info *exchange.Info // the backend's series, for Stats
+	if h.Stats != nil {
+		info = new(exchange.Info)
+		ctx = exchange.NewContext(ctx, info)
+	}
 	bconn, slot, err := h.Pool.Dial(ctx, src.String(), nil)
 	if err != nil {
 		if !errors.Is(err, upstream.ErrNoBackend) {
@@ -123,8 +132,14 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 	c.SetKeepAlive(true)
 	c.SetKeepAlivePeriod(keepAlivePeriod)
 	sent := int64(len(early))
+	if h.Stats != nil {
+		h.Stats.TCPOpened(info)
+	}
 	h.Tunnels.Start(client, bconn, h.TunnelTimeout, func(toClient, toBackend int64) {
 		slot.Release()
+		if h.Stats != nil {
+			h.Stats.TCPClosed(info, sent+toBackend, toClient)
+		}
 		h.logLine(src, slot.Backend().Name, sent+toBackend, toClient, start)
 		done()
 	})

@@ -44,6 +44,7 @@ type Backend struct {
 	health   *Health
 	inflight atomic.Int64 // requests and tunnels: see Slot
 	queue    queue        // for max-connections
+	counters *Counters
 	log      *slog.Logger
 
 	stopChecks chan struct{} // nil unless checks run
@@ -61,6 +62,7 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 		dialer:          &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: tcpKeepAlive},
 		log:             log.With("backend", c.Name),
 		queue:           queue{max: int64(c.MaxConnections), timeout: c.QueueTimeout},
+		counters:        new(Counters),
 	}
 	if c.TLS {
 		b.Scheme = "https"
@@ -189,8 +191,10 @@ func (b *Backend) checkLoop(stop <-chan struct{}) {
 			// Out of file descriptors here says nothing of the backend.
 			b.log.Warn("health check not run", "err", err)
 		} else if err != nil {
+			b.counters.ChecksFailed.Add(1)
 			b.health.CheckFailed(err.Error())
 		} else {
+			b.counters.ChecksPassed.Add(1)
 			b.health.CheckPassed()
 		}
 		timer.Reset(hc.Interval - hc.Interval/10 + rand.N(hc.Interval/5+1))

@@ -182,6 +182,7 @@ func (t *h1Transport) roundTrip(req *http.Request, s *Slot, info *exchange.Info)
 		if !reused || !retry || !resend || ctx.Err() != nil {
 			return nil, err
 		}
+		s.b.counters.Resends.Add(1)
 		if info != nil {
 			info.Retries++
 		}

@@ -35,6 +35,7 @@ type Pool struct {
 	xff     bool
 	next    atomic.Uint64
 	ring    ring
+	series  []exchange.Series // per unique backend, for the metrics: see SetSeries
 	proxy   *httputil.ReverseProxy
 	log     *slog.Logger
 }
@@ -298,11 +299,13 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 		if b == nil {
 			break
 		}
+		countRetry(tried)
 		if info != nil {
 			if len(tried) > 0 {
 				info.Retries++
 			}
 			info.Backend = b.Name
+			info.Series = p.seriesOf(b)
 		}
 		tried = append(tried, b)
 		s, err := b.take(ctx)
@@ -330,6 +333,7 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 		}
 		b.health.PassiveFailed(err.Error())
 		if isConnect(err) {
+			b.counters.ConnectFailures.Add(1)
 			continue
 		}
 		if !resend || isTimeout(err) || !beforeResponse(err) {

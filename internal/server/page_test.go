@@ -1,0 +1,293 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// chromiumFlags are those Chromium needs to run headless here, as root and
+// without reaching out to the network.
+var chromiumFlags = []string{
+	"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+	"--disable-background-networking", "--disable-component-update", "--disable-sync",
+	"--remote-debugging-port=0",
+}
+
+// TestStatusPageInChromium loads the status page in headless Chromium
+// (Debian's chromium package), driven through the DevTools protocol: the
+// page renders without a console error, and shows a backend going DOWN
+// without being reloaded.
+func TestStatusPageInChromium(t *testing.T) {
+	t.Parallel()
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("chromium is not installed (apt-get install chromium): the status page is not tested in a browser")
+	}
+	var sick atomic.Bool
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if sick.Load() {
+			http.Error(w, "not well", http.StatusInternalServerError)
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	t.Cleanup(backend.Close)
+	s, addrs := start(t, fmt.Sprintf(`
+[global]
+stats = 127.0.0.1:0
+[frontend web]
+bind = 127.0.0.1:0
+backends = app other
+[backend app]
+connect = %s
+health-check = /health
+health-interval = 50ms
+health-fall = 2
+[backend other]
+connect = %s
+`, backend.Listener.Addr(), namedBackend(t, "other")))
+	get(t, "http://"+addrs["web"]+"/", "")
+
+	b := startChromium(t, bin)
+	page := b.newPage(t)
+	page.call(t, "Runtime.enable", nil)
+	page.call(t, "Log.enable", nil)
+	page.call(t, "Page.enable", nil)
+	page.call(t, "Page.navigate", map[string]any{"url": "http://" + statsAddr(t, s) + "/"})
+
+	state := func() string {
+		var res struct {
+			Result struct {
+				Value string `json:"value"`
+			} `json:"result"`
+		}
+		page.callInto(t, "Runtime.evaluate", map[string]any{
+			"expression":    `(document.querySelector('[data-frontend="web"] tr[data-backend="app"] .state') || {}).textContent || ""`,
+			"returnByValue": true,
+		}, &res)
+		return res.Result.Value
+	}
+	poll(t, 30*time.Second, "the page to show app UP", func() bool { return state() == "UP" })
+	sick.Store(true)
+	poll(t, 30*time.Second, "the page to show app DOWN by itself", func() bool { return state() == "DOWN" })
+	// The icon the page names, and that the browser asks for itself.
+	resp, err := http.Get("http://" + statsAddr(t, s) + "/favicon.ico")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/favicon.ico: %d", resp.StatusCode)
+	}
+	for _, e := range b.errors() {
+		t.Errorf("browser console: %s", e)
+	}
+}
+
+// poll calls cond until it holds, for up to d.
+func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// browser is a headless Chromium and its DevTools connection.
+type browser struct {
+	ws     *websocket.Conn
+	nextID atomic.Int64
+
+	mu      sync.Mutex
+	writeMu sync.Mutex
+	pending map[int64]chan cdpMessage
+	errs    []string
+}
+
+type cdpMessage struct {
+	ID        int64                     `json:"id,omitempty"`
+	Method    string                    `json:"method,omitempty"`
+	Params    json.RawMessage           `json:"params,omitempty"`
+	Result    json.RawMessage           `json:"result,omitempty"`
+	Error     *struct{ Message string } `json:"error,omitempty"`
+	SessionID string                    `json:"sessionId,omitempty"`
+}
+
+func startChromium(t *testing.T, bin string) *browser {
+	t.Helper()
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, append(chromiumFlags, "--user-data-dir="+dir, "about:blank")...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Closed through DevTools (below) first, so that its helper processes
+	// end with it; killed if it takes too long.
+	t.Cleanup(func() {
+		exited := make(chan struct{})
+		go func() {
+			cmd.Wait()
+			close(exited)
+		}()
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cancel()
+			<-exited
+		}
+		cancel()
+	})
+	// Chromium names its DevTools address on stderr.
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if _, url, ok := strings.Cut(sc.Text(), "DevTools listening on "); ok {
+				found <- strings.TrimSpace(url)
+			}
+		}
+	}()
+	var url string
+	select {
+	case url = <-found:
+	case <-time.After(30 * time.Second):
+		data, _ := os.ReadFile(filepath.Join(dir, "DevToolsActivePort"))
+		t.Fatalf("Chromium did not start its DevTools listener (DevToolsActivePort: %q)", data)
+	}
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &browser{ws: ws, pending: map[int64]chan cdpMessage{}}
+	t.Cleanup(func() {
+		b.writeMu.Lock()
+		ws.WriteJSON(map[string]any{"id": b.nextID.Add(1), "method": "Browser.close"})
+		b.writeMu.Unlock()
+		ws.Close()
+	})
+	go b.read()
+	return b
+}
+
+// read dispatches answers to their callers and records console errors.
+func (b *browser) read() {
+	for {
+		var m cdpMessage
+		if err := b.ws.ReadJSON(&m); err != nil {
+			return
+		}
+		b.mu.Lock()
+		if ch := b.pending[m.ID]; m.ID != 0 && ch != nil {
+			delete(b.pending, m.ID)
+			ch <- m
+		}
+		switch m.Method {
+		case "Runtime.exceptionThrown":
+			b.errs = append(b.errs, "exception: "+string(m.Params))
+		case "Runtime.consoleAPICalled":
+			var p struct{ Type string }
+			json.Unmarshal(m.Params, &p)
+			if p.Type == "error" || p.Type == "assert" {
+				b.errs = append(b.errs, "console."+p.Type+": "+string(m.Params))
+			}
+		case "Log.entryAdded":
+			var p struct{ Entry struct{ Level string } }
+			json.Unmarshal(m.Params, &p)
+			if p.Entry.Level == "error" {
+				b.errs = append(b.errs, "log: "+string(m.Params))
+			}
+		}
+		b.mu.Unlock()
+	}
+}
+
+func (b *browser) errors() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.errs...)
+}
+
+// send calls method in session (the browser's own when "") and returns
+// its answer.
+func (b *browser) send(t *testing.T, session, method string, params any) json.RawMessage {
+	t.Helper()
+	id := b.nextID.Add(1)
+	ch := make(chan cdpMessage, 1)
+	b.mu.Lock()
+	b.pending[id] = ch
+	b.mu.Unlock()
+	if params == nil {
+		params = map[string]any{}
+	}
+	msg := map[string]any{"id": id, "method": method, "params": params}
+	if session != "" {
+		msg["sessionId"] = session
+	}
+	b.writeMu.Lock()
+	err := b.ws.WriteJSON(msg)
+	b.writeMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-ch:
+		if m.Error != nil {
+			t.Fatalf("%s: %s", method, m.Error.Message)
+		}
+		return m.Result
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: no answer from Chromium", method)
+	}
+	return nil
+}
+
+// cdpPage is a tab, attached to its own session.
+type cdpPage struct {
+	b       *browser
+	session string
+}
+
+func (b *browser) newPage(t *testing.T) *cdpPage {
+	t.Helper()
+	var target struct{ TargetID string }
+	json.Unmarshal(b.send(t, "", "Target.createTarget", map[string]any{"url": "about:blank"}), &target)
+	var attached struct{ SessionID string }
+	json.Unmarshal(b.send(t, "", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true}), &attached)
+	if attached.SessionID == "" {
+		t.Fatal("no DevTools session for the new tab")
+	}
+	return &cdpPage{b: b, session: attached.SessionID}
+}
+
+func (p *cdpPage) call(t *testing.T, method string, params any) {
+	t.Helper()
+	p.b.send(t, p.session, method, params)
+}
+
+func (p *cdpPage) callInto(t *testing.T, method string, params, result any) {
+	t.Helper()
+	if err := json.Unmarshal(p.b.send(t, p.session, method, params), result); err != nil {
+		t.Fatal(err)
+	}
+}

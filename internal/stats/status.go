@@ -1,0 +1,260 @@
+package stats
+
+import (
+	_ "embed"
+	"encoding/json"
+	"math"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// Status is what /status.json answers, and what the status page shows.
+type Status struct {
+	Version       string    `json:"version"`
+	Now           time.Time `json:"now"`
+	Started       time.Time `json:"started"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	// Generation counts the configurations applied, the first included;
+	// Applied is when the running one was.
+	Generation uint64    `json:"generation"`
+	Applied    time.Time `json:"applied"`
+	ReloadsOK  uint64    `json:"reloads_ok"`
+	// ReloadsFailed counts failed reloads; LastReloadError is the error of
+	// the last one, at LastReloadFailed, if any failed.
+	ReloadsFailed    uint64     `json:"reloads_failed"`
+	LastReloadError  string     `json:"last_reload_error,omitempty"`
+	LastReloadFailed *time.Time `json:"last_reload_failed,omitempty"`
+	ShuttingDown     bool       `json:"shutting_down"`
+	// Connections are the client connections open over every frontend,
+	// against [global] max-connections.
+	Connections    int64            `json:"connections_open"`
+	MaxConnections int64            `json:"max_connections"`
+	Frontends      []FrontendStatus `json:"frontends"`
+}
+
+// FrontendStatus is one frontend's side of Status.
+type FrontendStatus struct {
+	Name             string `json:"name"`
+	Mode             string `json:"mode"`
+	Bind             string `json:"bind"`
+	ConnectionsOpen  int64  `json:"connections_open"`
+	MaxConnections   int64  `json:"max_connections"` // 0: none
+	ConnectionsTotal uint64 `json:"connections_total"`
+	InFlight         int64  `json:"in_flight"`
+	BytesIn          uint64 `json:"bytes_in"`
+	BytesOut         uint64 `json:"bytes_out"`
+	// Requests and Responses count every request of the frontend;
+	// NoBackend those no backend was involved in.
+	Requests  uint64       `json:"requests"`
+	Responses Classes      `json:"responses"`
+	NoBackend uint64       `json:"no_backend"`
+	Pools     []PoolStatus `json:"pools"`
+}
+
+// Classes counts responses by status class ("2xx"); "other" holds codes
+// outside 100 to 599.
+type Classes map[string]uint64
+
+// PoolStatus is one pool of a frontend: its own backends (Name ""), or a
+// [host] section's.
+type PoolStatus struct {
+	Name     string          `json:"name"`
+	Backends []BackendStatus `json:"backends"`
+}
+
+// BackendStatus is a backend as one frontend sees it. Requests,
+// Responses, the latencies and Tunnels are this frontend's; the rest is
+// the backend's, whichever frontend sent it traffic.
+type BackendStatus struct {
+	Name       string    `json:"name"`
+	Addr       string    `json:"addr"`
+	State      string    `json:"state"` // UP or DOWN
+	LastChange time.Time `json:"last_change"`
+	LastCheck  string    `json:"last_check,omitempty"` // the last active check's result
+	Weight     int       `json:"weight"`
+	Requests   uint64    `json:"requests"`
+	Responses  Classes   `json:"responses"`
+	// P50 and P99 are estimated from the request duration histogram since
+	// start, in seconds; absent before the first request.
+	P50             *float64 `json:"p50_seconds,omitempty"`
+	P99             *float64 `json:"p99_seconds,omitempty"`
+	ConnectFailures uint64   `json:"connect_failures"`
+	Retries         uint64   `json:"retries"`
+	Resends         uint64   `json:"resends"`
+	InFlight        int64    `json:"in_flight"`
+	Queued          int      `json:"queued"` // waiting for max-connections
+	Tunnels         int64    `json:"tunnels"`
+}
+
+// Status returns a snapshot of the registry.
+func (r *Registry) Status() Status {
+	l, applied := r.current()
+	conns, global := r.conns(l)
+	now := time.Now()
+	s := Status{
+		Version:        r.version,
+		Now:            now,
+		Started:        r.started,
+		UptimeSeconds:  now.Sub(r.started).Seconds(),
+		Generation:     r.generation.Load(),
+		Applied:        applied,
+		ReloadsOK:      r.reloadsOK.Load(),
+		ReloadsFailed:  r.reloadsFailed.Load(),
+		ShuttingDown:   r.stopping.Load(),
+		Connections:    global.Open,
+		MaxConnections: global.Max,
+		Frontends:      []FrontendStatus{},
+	}
+	r.mu.Lock()
+	if r.lastReloadErr != "" {
+		t := r.lastFailed
+		s.LastReloadError, s.LastReloadFailed = r.lastReloadErr, &t
+	}
+	r.mu.Unlock()
+	for _, fl := range l.Frontends {
+		f := fl.Frontend
+		fs := FrontendStatus{
+			Name: f.name, Mode: f.mode, Bind: fl.Bind,
+			ConnectionsOpen:  conns[f.name].Open,
+			MaxConnections:   conns[f.name].Max,
+			ConnectionsTotal: f.accepted.Load(),
+			InFlight:         f.inflight.Load(),
+			BytesIn:          f.bytesIn.Load(),
+			BytesOut:         f.bytesOut.Load(),
+			Responses:        Classes{},
+			Pools:            []PoolStatus{},
+		}
+		routes := map[string]*Route{}
+		for _, rt := range fl.routes {
+			routes[rt.backend] = rt
+			n := rt.classes(fs.Responses)
+			fs.Requests += n
+			if rt.backend == NoBackend {
+				fs.NoBackend = n
+			}
+		}
+		for _, p := range fl.Pools {
+			ps := PoolStatus{Name: p.Name, Backends: []BackendStatus{}}
+			for _, b := range p.Backends {
+				h, cs := b.Health(), b.Counters()
+				bs := BackendStatus{
+					Name: b.Name, Addr: b.Addr, State: "DOWN",
+					LastChange: h.LastChange, LastCheck: h.LastCheck,
+					Weight:          b.Config().Weight,
+					Responses:       Classes{},
+					ConnectFailures: cs.ConnectFailures.Load(),
+					Retries:         cs.Retries.Load(),
+					Resends:         cs.Resends.Load(),
+					InFlight:        b.InFlight(),
+					Queued:          b.Queued(),
+				}
+				if h.Up {
+					bs.State = "UP"
+				}
+				if rt := routes[b.Name]; rt != nil {
+					bs.Requests = rt.classes(bs.Responses)
+					bs.Tunnels = rt.tunnels.Load()
+					bs.P50, bs.P99 = rt.quantiles()
+				}
+				ps.Backends = append(ps.Backends, bs)
+			}
+			fs.Pools = append(fs.Pools, ps)
+		}
+		s.Frontends = append(s.Frontends, fs)
+	}
+	return s
+}
+
+// classes adds the route's responses to c by class and returns their sum.
+func (rt *Route) classes(c Classes) uint64 {
+	var sum uint64
+	for code := range rt.codes {
+		n := rt.codes[code].Load()
+		if n == 0 {
+			continue
+		}
+		class := "other"
+		if code > 0 {
+			class = string(rune('0'+code/100)) + "xx"
+		}
+		c[class] += n
+		sum += n
+	}
+	return sum
+}
+
+// quantiles estimates the median and the 99th percentile of the route's
+// request durations.
+func (rt *Route) quantiles() (p50, p99 *float64) {
+	var m dto.Metric
+	if rt.duration.Write(&m) != nil || m.Histogram.GetSampleCount() == 0 {
+		return nil, nil
+	}
+	a, b := quantile(0.5, m.Histogram), quantile(0.99, m.Histogram)
+	return &a, &b
+}
+
+// quantile estimates the q-quantile of h as Prometheus's
+// histogram_quantile does: linearly within the bucket it falls in. Past
+// the last bound, it is the last bound.
+func quantile(q float64, h *dto.Histogram) float64 {
+	rank := q * float64(h.GetSampleCount())
+	lower, below := 0.0, 0.0
+	for _, b := range h.Bucket {
+		upper, count := b.GetUpperBound(), float64(b.GetCumulativeCount())
+		if count >= rank && !math.IsInf(upper, 1) {
+			if count == below {
+				return upper
+			}
+			return lower + (upper-lower)*(rank-below)/(count-below)
+		}
+		lower, below = upper, count
+	}
+	return lower
+}
+
+//go:embed page.html
+var page []byte
+
+//go:embed favicon.svg
+var favicon []byte
+
+// Handler serves the stats listener: /metrics, / (the status page),
+// /status.json, /healthz and the page's icon.
+func (r *Registry) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.prom, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		h := w.Header()
+		h.Set("Content-Type", "text/html; charset=utf-8")
+		h.Set("Cache-Control", "no-cache")
+		// Everything the page needs is in it; it may fetch from here only.
+		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'")
+		w.Write(page)
+	})
+	mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "image/svg+xml")
+		w.Header().Set("Cache-Control", "max-age=86400")
+		w.Write(favicon)
+	})
+	mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(r.Status())
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if r.stopping.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("shutting down\n"))
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
