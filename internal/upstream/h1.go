@@ -619,11 +619,21 @@ func (pc *h1Conn) fit() bool {
 	return open
 }
 
-// peekBuffered looks for bytes through the buffered reader, with a
-// deadline in the past so that it does not wait: for TLS connections, whose
-// socket may hold records that carry no data (session tickets).
+// tlsPeekWait is how long peekBuffered lets bytes queued on a TLS
+// connection's socket be read and decrypted.
+const tlsPeekWait = 10 * time.Millisecond
+
+// peekBuffered looks for bytes through the buffered reader: for TLS
+// connections, whose socket may hold records that carry no data (session
+// tickets). A deadline already past would not even read the socket, and
+// stray bytes or a close queued there would go unseen: when the socket
+// holds something (or cannot be looked at), the read may take a moment.
 func (pc *h1Conn) peekBuffered() (stray []byte, open bool) {
-	pc.SetReadDeadline(time.Unix(1, 0))
+	deadline := time.Unix(1, 0)
+	if queued, open, ok := pc.peekRaw(); !ok || len(queued) > 0 || !open {
+		deadline = time.Now().Add(tlsPeekWait)
+	}
+	pc.SetReadDeadline(deadline)
 	_, err := pc.br.Peek(1)
 	pc.SetReadDeadline(time.Time{})
 	if n := pc.br.Buffered(); n > 0 {

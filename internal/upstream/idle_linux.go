@@ -60,8 +60,17 @@ func (pc *h1Conn) initSock() {
 // it; ok is false when it cannot tell (TLS, whose records may carry no
 // data).
 func (pc *h1Conn) peekSocket() (stray []byte, open, ok bool) {
+	if !pc.sock.plain {
+		return nil, false, false
+	}
+	return pc.peekRaw()
+}
+
+// peekRaw is peekSocket for the socket under any connection, TLS or not:
+// for TLS, queued holds the first bytes of records, not of HTTP.
+func (pc *h1Conn) peekRaw() (queued []byte, open, ok bool) {
 	s := &pc.sock
-	if s.rc == nil || !s.plain {
+	if s.rc == nil {
 		return nil, false, false
 	}
 	if s.rc.Control(s.peekFn) != nil {

@@ -9,6 +9,7 @@ type sockOps struct{}
 func (pc *h1Conn) initSock() {}
 
 func (pc *h1Conn) peekSocket() (stray []byte, open, ok bool) { return nil, false, false }
+func (pc *h1Conn) peekRaw() (queued []byte, open, ok bool)   { return nil, false, false }
 
 func watchIdle(*h1Conn)   {}
 func unwatchIdle(*h1Conn) {}
