@@ -368,6 +368,9 @@ func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
 	// ReverseProxy drops query parameters it cannot parse; the backend gets
 	// the query exactly as the client sent it.
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+	// net/http fills the incoming request's trailers once its body is read
+	// to the end; Out's are a copy made before, which would stay empty.
+	pr.Out.Trailer = pr.In.Trailer
 	for _, h := range forwardingHeaders {
 		if v, ok := pr.In.Header[h]; ok {
 			pr.Out.Header[h] = v
