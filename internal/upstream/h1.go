@@ -328,19 +328,24 @@ type bodyWriter struct {
 
 // run sends req's body on pc, then arms the response timeout, unless the
 // response came first. A client whose body breaks aborts the exchange: the
-// backend got a truncated request.
+// backend got a truncated request. So does a backend that takes no byte of
+// the body for the response timeout, before answering: the upload would
+// otherwise stall for ever, and the wait for its answer with it.
 func (w *bodyWriter) run(t *h1Transport, pc *h1Conn, req *http.Request) {
-	client, err := writeBody(pc.bw, req)
+	client, err := writeBody(pc.bw, req, pc.Conn, t.timeout)
 	if err == nil {
 		err = pc.bw.Flush()
 	}
 	w.mu.Lock()
 	w.err, w.client = err, client
-	if err == nil && !w.response && t.timeout > 0 {
+	switch {
+	case err == nil && !w.response && t.timeout > 0:
 		pc.SetReadDeadline(time.Now().Add(t.timeout))
 		if req.Context().Err() != nil {
 			pc.abort() // the client left as the deadline was set
 		}
+	case !client && isTimeout(err) && !w.response:
+		pc.abort()
 	}
 	w.mu.Unlock()
 	close(w.done)
@@ -385,7 +390,9 @@ func (w *bodyWriter) clientErr() error {
 
 // writeBody copies req's body to bw, chunked when its length is unknown,
 // with its trailers; client reports that err came from reading the body.
-func writeBody(bw *bufio.Writer, req *http.Request) (client bool, err error) {
+// Each write to conn, bw's connection, must make progress within timeout
+// (0: no limit); the client's pace does not count.
+func writeBody(bw *bufio.Writer, req *http.Request, conn net.Conn, timeout time.Duration) (client bool, err error) {
 	buf := bufferPool.Get()
 	defer bufferPool.Put(buf)
 	var dst io.Writer = bw
@@ -397,6 +404,9 @@ func writeBody(bw *bufio.Writer, req *http.Request) (client bool, err error) {
 	for {
 		n, rerr := req.Body.Read(buf)
 		if n > 0 {
+			if err := armWrite(conn, req, timeout); err != nil {
+				return false, err
+			}
 			if _, err := dst.Write(buf[:n]); err != nil {
 				return false, err
 			}
@@ -415,6 +425,10 @@ func writeBody(bw *bufio.Writer, req *http.Request) (client bool, err error) {
 	if cw == nil {
 		return false, nil
 	}
+	// The client may have taken its time to end the body.
+	if err := armWrite(conn, req, timeout); err != nil {
+		return false, err
+	}
 	if err := cw.Close(); err != nil {
 		return false, err
 	}
@@ -425,6 +439,17 @@ func writeBody(bw *bufio.Writer, req *http.Request) (client bool, err error) {
 	}
 	_, err = bw.WriteString("\r\n")
 	return false, err
+}
+
+// armWrite gives the next write of req's body to conn timeout to make
+// progress (0: no limit), unless the client left meanwhile: the deadline
+// in the past that aborted the exchange must not be undone.
+func armWrite(conn net.Conn, req *http.Request, timeout time.Duration) error {
+	if timeout <= 0 {
+		return nil
+	}
+	conn.SetWriteDeadline(time.Now().Add(timeout))
+	return req.Context().Err()
 }
 
 // replayable reports whether req may be sent again after it may have

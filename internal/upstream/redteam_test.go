@@ -658,3 +658,67 @@ func TestRedteamTLSIdleClose(t *testing.T) {
 		waitFor(t, "the closed idle connection dropped", func() bool { return idleConns(b) == 0 })
 	}
 }
+
+// A backend that takes the request head and then neither reads the body
+// nor answers: the upload stalls on a full socket buffer. The exchange must
+// still end with a 504 once response-timeout has passed without progress,
+// not hang for as long as the backend likes, holding a slot.
+func TestRedteamBackendStopsReadingBody(t *testing.T) {
+	t.Parallel()
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	h := newHostile(t, func(c *config.Backend) { c.ResponseTimeout = 300 * time.Millisecond },
+		func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+			<-stop
+			return false
+		})
+	client := &http.Client{Timeout: 10 * time.Second}
+	req, _ := http.NewRequest("POST", h.front.URL+"/up", io.LimitReader(zeros{}, 1<<30))
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("the exchange did not end: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Errorf("status %d, want 504", resp.StatusCode)
+	}
+	h.settled(t)
+}
+
+// A chunked upload whose client pauses longer than response-timeout
+// before ending it: the backend reads it all, so no timeout applies.
+func TestRedteamSlowEndOfChunkedUpload(t *testing.T) {
+	t.Parallel()
+	h := newHostile(t, func(c *config.Backend) { c.ResponseTimeout = 200 * time.Millisecond },
+		func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+			n, _ := io.Copy(io.Discard, req.Body)
+			okAnswer(c, fmt.Sprint(n))
+			return true
+		})
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write([]byte("first"))
+		time.Sleep(500 * time.Millisecond) // a slow client
+		pw.Write([]byte("last"))
+		time.Sleep(500 * time.Millisecond)
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", h.front.URL+"/up", pr)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(got) != "9" {
+		t.Errorf("got %d %q, want 200 \"9\"", resp.StatusCode, got)
+	}
+	h.settled(t)
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
