@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -721,4 +722,91 @@ type zeros struct{}
 func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
+}
+
+// After a battery of hostile exchanges, and once the servers are closed,
+// no goroutine is left behind: no exchange hangs, no body writer waits.
+// Not parallel, so that other tests' goroutines do not count.
+func TestRedteamNoGoroutineLeft(t *testing.T) {
+	startIdleWatcher()
+	before := runtime.NumGoroutine()
+	stuck := make(chan struct{})
+	h := newHostile(t, func(c *config.Backend) { c.ResponseTimeout = 200 * time.Millisecond },
+		func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+			switch req.URL.Path {
+			case "/cut":
+				io.CopyN(io.Discard, req.Body, 1000)
+				c.(*net.TCPConn).SetLinger(0)
+				return false
+			case "/early":
+				io.WriteString(c, "HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+				return false
+			case "/flood":
+				for range 10 {
+					io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+				}
+				return false
+			case "/stuck":
+				<-stuck
+				return false
+			case "/101":
+				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\n\r\n")
+				return false
+			case "/silent":
+				io.Copy(io.Discard, req.Body)
+				<-stuck
+				return false
+			}
+			io.Copy(io.Discard, req.Body)
+			okAnswer(c, req.URL.Path)
+			return true
+		})
+	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	for _, path := range []string{"/cut", "/early", "/flood", "/stuck", "/101", "/silent", "/ok"} {
+		for _, withBody := range []bool{false, true} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var body io.Reader
+				if withBody {
+					body = io.LimitReader(zeros{}, 8<<20)
+				}
+				req, _ := http.NewRequest("POST", h.front.URL+path, body)
+				if resp, err := client.Do(req); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}()
+		}
+	}
+	// Clients that leave mid-upload, mid-download and with a short body.
+	for _, msg := range []string{
+		"POST /ok HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\nabc",
+		"POST /ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+		"GET /stuck HTTP/1.1\r\nHost: h\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", h.front.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, msg)
+		c.Close()
+	}
+	wg.Wait()
+	h.settled(t)
+	close(stuck)
+	client.CloseIdleConnections()
+	h.front.Close()
+	h.b.Close()
+	// The raw backend's accept loop ends at cleanup.
+	before++
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package upstream
+
+// startIdleWatcher: there is no idle watcher here.
+func startIdleWatcher() {}
