@@ -50,6 +50,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, NoBackendBody, http.StatusServiceUnavailable)
 		return
 	}
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		// A backend may answer before the body is all sent (a 413, a
+		// 401): its answer goes to the client at once, while the body
+		// still goes to the backend, as in HAProxy. Without this, net/http
+		// holds the answer back until it has read and dropped what is
+		// left of the body, from under the transport sending it.
+		// (HTTP/2 is full duplex already.)
+		http.NewResponseController(w).EnableFullDuplex()
+	}
 	if h.ClientTimeout <= 0 {
 		h.forward(w, w, r, pool)
 		return

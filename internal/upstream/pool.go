@@ -414,7 +414,10 @@ func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		http.Error(w, ErrNoBackend.Error(), status)
 		return
 	case clientFault:
-		// The client's fault: worth a line when debugging only.
+		// The client's fault: worth a line when debugging only. What is
+		// left of its body cannot be told from a next request: the
+		// connection closes, and says so.
+		w.Header().Set("Connection", "close")
 		p.log.Debug("bad request body", "method", r.Method, "uri", r.RequestURI, "err", err)
 		http.Error(w, http.StatusText(status), status)
 		return
