@@ -810,3 +810,83 @@ func TestRedteamNoGoroutineLeft(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Many clients at once, on a backend that follows some answers with stray
+// bytes in the same write: every client gets its own answers, always.
+func TestRedteamStrayBytesUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	h := newHostile(t, nil, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		p := req.URL.Path
+		if strings.HasSuffix(p, "/evil") {
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s%s", len(p), p, injected)
+			return true
+		}
+		okAnswer(c, p)
+		return true
+	})
+	const clients, requests = 8, 50
+	errs := make(chan error, clients)
+	for i := range clients {
+		go func() {
+			client := &http.Client{Transport: &http.Transport{}}
+			defer client.CloseIdleConnections()
+			for n := range requests {
+				path := fmt.Sprintf("/c%d/r%d", i, n)
+				if n%5 == 0 {
+					path += "/evil"
+				}
+				resp, err := client.Get(h.front.URL + path)
+				if err != nil {
+					errs <- err
+					return
+				}
+				got, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || string(got) != path {
+					errs <- fmt.Errorf("asked for %s, got %d %q", path, resp.StatusCode, got)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	h.settled(t)
+	if n := h.logs.count("Unsolicited response"); n != clients*requests/5 {
+		t.Errorf("%d warnings about stray bytes, want %d", n, clients*requests/5)
+	}
+}
+
+// The checks of idle TLS connections keep good ones: sequential requests
+// share one connection (session tickets and all).
+func TestRedteamTLSConnectionReused(t *testing.T) {
+	t.Parallel()
+	var conns atomic.Int64
+	b := tlsBackend(t, io.Discard, func(c net.Conn, br *bufio.Reader) {
+		conns.Add(1)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			answer(c, req)
+		}
+	})
+	front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
+	t.Cleanup(front.Close)
+	for i := range 20 {
+		path := fmt.Sprintf("/r%d", i)
+		if _, got := do(t, "GET", front.URL+path, nil); got != path {
+			t.Fatalf("asked for %s, got %q", path, got)
+		}
+		waitFor(t, "the connection back in the pool", func() bool { return idleConns(b) == 1 })
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for 20 sequential requests, want 1", n)
+	}
+}
