@@ -216,3 +216,61 @@ connect = %s
 	waitFor(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
 	waitFor(t, "every client connection closed", func() bool { return s.openConns() == 0 })
 }
+
+// A client that sent part of its body and waits: the backend's early
+// answer reaches it at once, not at client-timeout.
+func TestRedteamEarlyAnswerToAPausedUpload(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				io.CopyN(io.Discard, req.Body, 10)
+				io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+			}()
+		}
+	}()
+	s, addrs := start(t, fmt.Sprintf(`[global]
+client-timeout = 5s
+[frontend f]
+bind = 127.0.0.1:0
+backends = b
+[backend b]
+connect = %s
+`, ln.Addr().String()))
+	for _, size := range []int{1000, 1 << 20} {
+		c, err := net.Dial("tcp", addrs["f"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n0123456789", size)
+		start := time.Now()
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 413 || string(got) != "too big!" {
+			t.Errorf("body of %d: got %d %q", size, resp.StatusCode, got)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("body of %d: the early answer came after %v", size, d)
+		}
+	}
+	waitFor(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
+}
