@@ -890,3 +890,68 @@ func TestRedteamTLSConnectionReused(t *testing.T) {
 		t.Errorf("%d connections for 20 sequential requests, want 1", n)
 	}
 }
+
+// A send-proxy backend's connection, kept for one client connection, that
+// gets stray bytes between that client's requests: its next request goes
+// out on a new connection and gets its own answer.
+func TestRedteamSendProxyStrayBytes(t *testing.T) {
+	t.Parallel()
+	strayed := make(chan struct{}, 1)
+	var conns atomic.Int64
+	addr := rawBackend(t, func(c net.Conn, br *bufio.Reader) {
+		conns.Add(1)
+		if _, err := br.ReadString('\n'); err != nil { // the PROXY header
+			return
+		}
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			answer(c, req)
+			if strings.HasPrefix(req.URL.Path, "/evil") {
+				time.Sleep(20 * time.Millisecond) // a separate write
+				io.WriteString(c, injected)
+				strayed <- struct{}{}
+			}
+		}
+	})
+	logs := &logBuffer{}
+	b := NewBackend(config.Backend{Name: "sp", Address: addr, Weight: 1, SendProxy: 1, ResponseTimeout: 5 * time.Second,
+		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, slog.New(slog.NewTextHandler(logs, nil)))
+	t.Cleanup(b.Close)
+	front := httptest.NewUnstartedServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
+	front.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		return WithClientConn(ctx, &ClientConn{})
+	}
+	front.Start()
+	t.Cleanup(front.Close)
+	client := &http.Client{Transport: &http.Transport{}}
+	for i := range 3 {
+		path := fmt.Sprintf("/evil%d", i)
+		resp, err := client.Get(front.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		<-strayed
+		path = fmt.Sprintf("/mine%d", i)
+		resp, err = client.Get(front.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(got) != path {
+			t.Fatalf("asked for %s, got %d %q", path, resp.StatusCode, got)
+		}
+	}
+	if n := logs.count("Unsolicited response"); n != 3 {
+		t.Errorf("%d warnings about stray bytes, want 3", n)
+	}
+	if n := conns.Load(); n != 4 {
+		t.Errorf("%d backend connections, want 4 (one, then one after each stray)", n)
+	}
+	waitFor(t, "every slot back", func() bool { return b.InFlight() == 0 })
+}
