@@ -5,16 +5,21 @@ package server
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/hipsterd/hipsterd/internal/testcert"
 )
 
 // WebSocket tunnels hold a slot of max-connections for as long as they
@@ -270,6 +275,76 @@ connect = %s
 		}
 		if d := time.Since(start); d > 2*time.Second {
 			t.Errorf("body of %d: the early answer came after %v", size, d)
+		}
+	}
+	waitFor(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
+}
+
+// Many HTTP/2 streams on one client connection, uploading at once, some
+// cancelled mid-upload: each answer is its own stream's, and every slot
+// comes back.
+func TestRedteamHTTP2ConcurrentUploads(t *testing.T) {
+	t.Parallel()
+	cert, key := testcert.Files(t, t.TempDir(), "localhost")
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(w, "%s %d", r.URL.Path, len(body))
+	}))
+	t.Cleanup(backend.Close)
+	s, addrs := start(t, fmt.Sprintf("[frontend tls]\nbind = 127.0.0.1:0\nbackends = b\nhttps = true\ncertfile = %s\nkeyfile = %s\nclient-timeout = 5s\n[backend b]\nconnect = %s\n",
+		cert, key, backend.Listener.Addr()))
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"},
+		ForceAttemptHTTP2: true,
+	}}
+	t.Cleanup(client.CloseIdleConnections)
+	const streams = 30
+	errs := make(chan error, streams)
+	for i := range streams {
+		go func() {
+			path := fmt.Sprintf("/s%d", i)
+			size := 1000 * (i + 1)
+			var body io.Reader = strings.NewReader(strings.Repeat("x", size))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if i%3 == 0 {
+				// Cancelled once part of the body is sent.
+				pr, pw := io.Pipe()
+				go func() {
+					pw.Write(make([]byte, 500))
+					cancel()
+					pw.Close()
+				}()
+				body = pr
+			}
+			req, _ := http.NewRequestWithContext(ctx, "POST", "https://"+addrs["tls"]+path, body)
+			resp, err := client.Do(req)
+			if i%3 == 0 {
+				if err == nil {
+					resp.Body.Close()
+				}
+				errs <- nil
+				return
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if want := fmt.Sprintf("%s %d", path, size); resp.ProtoMajor != 2 || string(got) != want {
+				errs <- fmt.Errorf("%s: got %s %q, want %q", path, resp.Proto, got, want)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range streams {
+		if err := <-errs; err != nil {
+			t.Error(err)
 		}
 	}
 	waitFor(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
