@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -952,6 +953,63 @@ func TestRedteamSendProxyStrayBytes(t *testing.T) {
 	}
 	if n := conns.Load(); n != 4 {
 		t.Errorf("%d backend connections, want 4 (one, then one after each stray)", n)
+	}
+	waitFor(t, "every slot back", func() bool { return b.InFlight() == 0 })
+}
+
+// A backend that takes no byte while a large request head is written: the
+// exchange still ends at response-timeout.
+func TestRedteamBackendStopsReadingHead(t *testing.T) {
+	t.Parallel()
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	// A small receive buffer, set on the listener so that the window
+	// offered at connect is small too.
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				<-stop // reads nothing
+				c.Close()
+			}()
+		}
+	}()
+	b := NewBackend(config.Backend{Name: "deaf", Address: ln.Addr().String(), Weight: 1, ResponseTimeout: 300 * time.Millisecond,
+		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, discard)
+	t.Cleanup(b.Close)
+	front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
+	t.Cleanup(front.Close)
+	for _, method := range []string{"GET", "POST"} {
+		var body io.Reader
+		if method == "POST" {
+			body = strings.NewReader("x")
+		}
+		req, _ := http.NewRequest(method, front.URL+"/", body)
+		for i := range 30 {
+			req.Header.Set(fmt.Sprintf("X-Big-%d", i), strings.Repeat("h", 30000))
+		}
+		client := &http.Client{Timeout: 10 * time.Second}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: the exchange did not end: %v", method, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusGatewayTimeout {
+			t.Errorf("%s: status %d, want 504", method, resp.StatusCode)
+		}
 	}
 	waitFor(t, "every slot back", func() bool { return b.InFlight() == 0 })
 }
