@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -731,6 +732,7 @@ func (zeros) Read(p []byte) (int, error) {
 func TestRedteamNoGoroutineLeft(t *testing.T) {
 	startIdleWatcher()
 	before := runtime.NumGoroutine()
+	fdsBefore := openFDs()
 	stuck := make(chan struct{})
 	h := newHostile(t, func(c *config.Backend) { c.ResponseTimeout = 200 * time.Millisecond },
 		func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
@@ -800,8 +802,9 @@ func TestRedteamNoGoroutineLeft(t *testing.T) {
 	client.CloseIdleConnections()
 	h.front.Close()
 	h.b.Close()
-	// The raw backend's accept loop ends at cleanup.
+	// The raw backend's accept loop and listener end at cleanup.
 	before++
+	fdsBefore++
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > before {
 		if time.Now().After(deadline) {
@@ -810,6 +813,14 @@ func TestRedteamNoGoroutineLeft(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	waitFor(t, "every connection closed", func() bool { return openFDs() <= fdsBefore })
+}
+
+// openFDs counts this process's open file descriptors; 0 where /proc
+// does not tell.
+func openFDs() int {
+	fds, _ := os.ReadDir("/proc/self/fd")
+	return len(fds)
 }
 
 // Many clients at once, on a backend that follows some answers with stray
