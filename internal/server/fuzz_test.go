@@ -223,8 +223,9 @@ func (r *recorder) check(t *testing.T) {
 	t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.bad) > 0 {
-		t.Fatal(strings.Join(r.bad, "\n"))
+	if bad := r.bad; len(bad) > 0 {
+		r.bad = nil // reported once
+		t.Fatal(strings.Join(bad, "\n"))
 	}
 }
 
