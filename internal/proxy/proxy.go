@@ -45,6 +45,13 @@ type Handler struct {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Opaque != "" {
+		// An absolute URI without an authority ("a:b") has no origin form
+		// to forward: its opaque part would reach the backend as the
+		// request target, which is not a valid one. Found by fuzzing.
+		http.Error(w, "request target has no origin form", http.StatusBadRequest)
+		return
+	}
 	pool := h.Router.Route(r.Host)
 	if pool == nil {
 		http.Error(w, NoBackendBody, http.StatusServiceUnavailable)

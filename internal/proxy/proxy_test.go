@@ -1,9 +1,28 @@
 package proxy
 
 import (
+	"bufio"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 )
+
+func TestOpaqueRequestTargetRefused(t *testing.T) {
+	t.Parallel()
+	for _, target := range []string{"a:0000000", "http:foo", "mailto:a@b"} {
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := httptest.NewRecorder()
+		// No router: the request must be refused before routing.
+		(&Handler{}).ServeHTTP(w, req)
+		if w.Code != http.StatusBadRequest {
+			t.Errorf("GET %s: %d, want 400", target, w.Code)
+		}
+	}
+}
 
 func TestIsWebSocket(t *testing.T) {
 	t.Parallel()
