@@ -60,14 +60,16 @@ func (l *panicLog) check(t *testing.T) {
 	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.panic != "" {
-		t.Fatalf("the server panicked:\n%s", l.panic)
+	if msg := l.panic; msg != "" {
+		l.panic = "" // reported once
+		t.Fatalf("the server panicked:\n%s", msg)
 	}
 }
 
 // startFuzzServer starts a server for src, logging at debug level (net/http
-// logs recovered panics there) to log, and returns the address of frontend f.
-func startFuzzServer(tb testing.TB, log io.Writer, src string) string {
+// logs recovered panics there) to log, and returns it with the address of
+// frontend f.
+func startFuzzServer(tb testing.TB, log io.Writer, src string) (*Server, string) {
 	tb.Helper()
 	cfg, err := config.Parse("fuzz.ini", []byte(src))
 	if err != nil {
@@ -82,7 +84,29 @@ func startFuzzServer(tb testing.TB, log io.Writer, src string) string {
 		defer cancel()
 		s.Shutdown(ctx)
 	})
-	return s.Addrs()["f"].String()
+	return s, s.Addrs()["f"].String()
+}
+
+// waitClosed waits until s has closed every client connection (a tunnel's
+// is no longer its own): a panic in a handler is logged before its
+// connection closes, and every request the handler forwarded is sent.
+func waitClosed(t *testing.T, s *Server) {
+	t.Helper()
+	open := func() (n int64) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, l := range s.listeners {
+			n += l.conns.Load()
+		}
+		return n
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for open() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server still holds %d client connections 5s after the client closed", open())
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
 }
 
 // fuzzBackend accepts connections and serves each with serve, until the test
@@ -303,7 +327,7 @@ func FuzzRequestPath(f *testing.F) {
 	rec := &recorder{clients: map[string]*recorded{}}
 	backend := fuzzBackend(f, rec.serve)
 	log := &panicLog{}
-	addr := startFuzzServer(f, log, fmt.Sprintf(`
+	srv, addr := startFuzzServer(f, log, fmt.Sprintf(`
 [frontend f]
 bind = 127.0.0.1:0
 backends = r
@@ -336,6 +360,7 @@ health-fall = 1000
 		c.(*net.TCPConn).CloseWrite()
 		io.Copy(io.Discard, br)
 		c.Close()
+		waitClosed(t, srv)
 		log.check(t)
 		rec.check(t)
 	})
@@ -454,6 +479,8 @@ func addResponseSeeds(f *testing.F) {
 		{get, "HTTP/1.1 200 OK\r\nX-Huge: " + strings.Repeat("x", 70000) + "\r\n\r\n"},
 		{get, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"},
 		{head, "HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok"},
+		{get, "HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok"},
+		{post, "HTTP/1.1 099 Below 100\r\n\r\n"},
 		{get, "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok"},
 		{post, "HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok"},
 		{get, "garbage\r\n\r\n"},
@@ -482,7 +509,7 @@ func FuzzBackendResponse(f *testing.F) {
 		timeout, stall, hang = 100*time.Millisecond, 150*time.Millisecond, time.Second
 	}
 	log := &panicLog{}
-	addr := startFuzzServer(f, log, fmt.Sprintf(`
+	srv, addr := startFuzzServer(f, log, fmt.Sprintf(`
 [frontend f]
 bind = 127.0.0.1:0
 backends = r
@@ -501,8 +528,11 @@ health-fall = 1000
 			deadline = hang
 		}
 		firstClient(t, addr, int(which)%len(firstRequests), deadline, closeAfter)
+		waitClosed(t, srv)
+		log.check(t)
 		id := strconv.FormatUint(next.Add(1), 10)
 		nextClient(t, addr, id, hang)
+		waitClosed(t, srv)
 		log.check(t)
 	})
 }
