@@ -235,6 +235,11 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 			return nil, false, pc.headErr(err)
 		}
 		code := resp.StatusCode
+		if code < 100 {
+			// http.ReadResponse takes any three digits, and a
+			// ResponseWriter panics on a code below 100.
+			return nil, false, fmt.Errorf("malformed HTTP status code %03d", code)
+		}
 		if code >= 200 {
 			break
 		}
