@@ -318,8 +318,8 @@ var requestSeeds = []string{
 }
 
 // FuzzRequestPath writes raw bytes to a frontend in front of a recording
-// backend: the server never panics, and never forwards more complete
-// requests than net/http's parser finds in the bytes.
+// backend: the server never panics, never forwards more complete requests
+// than net/http's parser finds in the bytes, and what it forwards parses.
 func FuzzRequestPath(f *testing.F) {
 	for _, s := range requestSeeds {
 		f.Add([]byte(s))
@@ -504,7 +504,7 @@ func FuzzBackendResponse(f *testing.F) {
 	// A response-timeout ends the inputs that never finish a head; the
 	// clients' deadlines are longer. An input that never finishes a body
 	// is cut by client 1's deadline, unless the backend closed.
-	timeout, stall, hang := 500*time.Millisecond, 750*time.Millisecond, 5*time.Second
+	timeout, stall, hang := 250*time.Millisecond, 400*time.Millisecond, 5*time.Second
 	if fuzzing() {
 		timeout, stall, hang = 30*time.Millisecond, 50*time.Millisecond, time.Second
 	}
