@@ -168,11 +168,22 @@ func dialFrom(ip net.IP, addr string) (net.Conn, error) {
 }
 
 // parseRequests returns the methods of the complete requests, bodies
-// included, that net/http's parser finds in data, in order.
+// included, that net/http's parser finds in data, in order, reading them as
+// its server does.
 func parseRequests(data []byte) []string {
 	br := bufio.NewReader(bytes.NewReader(data))
 	var methods []string
 	for {
+		if len(methods) > 0 && methods[len(methods)-1] == "POST" {
+			// net/http's server skips up to four CR or LF after a POST,
+			// which old clients sent after the body (RFC 9112, section 2.2).
+			peek, _ := br.Peek(4)
+			n := 0
+			for n < len(peek) && (peek[n] == '\r' || peek[n] == '\n') {
+				n++
+			}
+			br.Discard(n)
+		}
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			return methods
@@ -390,14 +401,14 @@ func readResponses(br *bufio.Reader, methods []string) {
 // test, then closes the connection or reads on, and /b?id=ID with a good
 // response whose body is ID.
 type responder struct {
-	mu    sync.Mutex
-	bytes []byte
-	close bool
+	mu         sync.Mutex
+	bytes      []byte
+	closeAfter bool
 }
 
-func (r *responder) set(b []byte, close bool) {
+func (r *responder) set(b []byte, closeAfter bool) {
 	r.mu.Lock()
-	r.bytes, r.close = b, close
+	r.bytes, r.closeAfter = b, closeAfter
 	r.mu.Unlock()
 }
 
@@ -414,9 +425,9 @@ func (r *responder) serve(c net.Conn) {
 		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		if req.URL.Path == "/a" {
 			r.mu.Lock()
-			answer, close := r.bytes, r.close
+			answer, closeAfter := r.bytes, r.closeAfter
 			r.mu.Unlock()
-			if _, err := c.Write(answer); err != nil || close {
+			if _, err := c.Write(answer); err != nil || closeAfter {
 				return
 			}
 			continue
