@@ -61,6 +61,9 @@ const (
 	h1MaxIdle = 256
 	// h1IdleTimeout is how long an idle connection is kept.
 	h1IdleTimeout = 90 * time.Second
+	// h1IdleCheck is how often idle connections are looked at for bytes
+	// their backend sent unasked, or a close.
+	h1IdleCheck = time.Second
 	// h1Max1xx bounds the interim responses read before the final one, as
 	// net/http does.
 	h1Max1xx = 5
@@ -75,7 +78,6 @@ type h1Conn struct {
 	bw     *bufio.Writer
 	abort  func() // ends the exchange under way: the client went away
 	idleAt time.Time
-	watch  uint64 // its key in the idle watcher while it is watched, else 0
 	// owner is the client connection a send-proxy backend's connection
 	// serves; nil for a connection of the backend's pool.
 	owner *ClientConn
@@ -625,7 +627,6 @@ func (t *h1Transport) get() *h1Conn {
 		t.idle[n-1] = nil
 		t.idle = t.idle[:n-1]
 		t.mu.Unlock()
-		unwatchIdle(pc)
 		if pc.fit() {
 			return pc
 		}
@@ -690,51 +691,49 @@ func (t *h1Transport) put(pc *h1Conn) {
 		pc.Close()
 		return
 	}
-	watchIdle(pc)
 	t.idle = append(t.idle, pc)
 	if !t.sweeping {
 		t.sweeping = true
-		time.AfterFunc(h1IdleTimeout/3, t.sweep)
+		time.AfterFunc(h1IdleCheck, t.sweep)
 	}
 	t.mu.Unlock()
 }
 
-// evict is the idle watcher's call: pc, idle, became readable. Unless a
-// request took it meanwhile, it is checked and closed.
-func (t *h1Transport) evict(pc *h1Conn) {
-	t.mu.Lock()
-	i := slices.Index(t.idle, pc)
-	if i < 0 {
-		t.mu.Unlock()
-		return
-	}
-	t.idle = slices.Delete(t.idle, i, i+1)
-	t.mu.Unlock()
-	unwatchIdle(pc)
-	if pc.fit() { // logs what came, if anything did
-		t.put(pc) // a TLS record without data
-		return
-	}
-	pc.Close()
-}
-
-// sweep closes the connections idle for longer than h1IdleTimeout, which
-// sit at the bottom of the stack, and comes back while any is left.
+// sweep runs every h1IdleCheck while connections are idle. It closes
+// those idle for longer than h1IdleTimeout, which sit at the bottom of the
+// stack, and looks at the others' sockets without waiting: one the backend
+// sent bytes on unasked, or closed, leaves the pool now, not only at its
+// next use, and the bytes are logged (fit).
 func (t *h1Transport) sweep() {
 	cutoff := time.Now().Add(-h1IdleTimeout)
+	var suspect []*h1Conn
 	t.mu.Lock()
 	n := 0
 	for n < len(t.idle) && t.idle[n].idleAt.Before(cutoff) {
-		unwatchIdle(t.idle[n])
 		t.idle[n].Close()
 		n++
 	}
 	t.idle = slices.Delete(t.idle, 0, n)
+	t.idle = slices.DeleteFunc(t.idle, func(pc *h1Conn) bool {
+		queued, open, ok := pc.peekRaw()
+		if ok && (len(queued) > 0 || !open) {
+			suspect = append(suspect, pc)
+			return true
+		}
+		return false
+	})
 	t.sweeping = len(t.idle) > 0 && !t.closed
 	if t.sweeping {
-		time.AfterFunc(h1IdleTimeout/3, t.sweep)
+		time.AfterFunc(h1IdleCheck, t.sweep)
 	}
 	t.mu.Unlock()
+	for _, pc := range suspect {
+		if pc.fit() {
+			t.put(pc) // TLS records that carried no data
+			continue
+		}
+		pc.Close()
+	}
 }
 
 // close closes the idle connections; those in use are closed when their
@@ -744,7 +743,6 @@ func (t *h1Transport) close() {
 	defer t.mu.Unlock()
 	t.closed = true
 	for _, pc := range t.idle {
-		unwatchIdle(pc)
 		pc.Close()
 	}
 	t.idle = nil

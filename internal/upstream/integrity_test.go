@@ -186,7 +186,7 @@ func TestStrayBytesNeverReachAnotherClient(t *testing.T) {
 	}
 }
 
-// A connection whose stray bytes came after the idle watcher looked (or
+// A connection whose stray bytes came after the idle sweep looked (or
 // where there is none) is refused at its next use, before any request.
 func TestIdleConnectionCheckedBeforeUse(t *testing.T) {
 	t.Parallel()

@@ -730,7 +730,6 @@ func (zeros) Read(p []byte) (int, error) {
 // no goroutine is left behind: no exchange hangs, no body writer waits.
 // Not parallel, so that other tests' goroutines do not count.
 func TestRedteamNoGoroutineLeft(t *testing.T) {
-	startIdleWatcher()
 	before := runtime.NumGoroutine()
 	fdsBefore := openFDs()
 	stuck := make(chan struct{})
