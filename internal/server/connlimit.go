@@ -196,9 +196,13 @@ func (c *countedConn) TCP() *net.TCPConn { return c.TCPConn }
 // request before, at the limit, it may be closed to make room.
 const reclaimNewAfter = time.Second
 
-// reclaimEvery is how often an accept loop at a limit looks for a client
-// waiting in its socket's backlog, to make room for it.
-const reclaimEvery = 50 * time.Millisecond
+// reclaimEvery is how often an accept loop at a limit looks for clients
+// waiting in its socket's backlog, to make room for them.
+const reclaimEvery = 10 * time.Millisecond
+
+// reclaimBatch is how many idle connections are closed at once to make
+// room, as nginx drains up to 32 reusable connections at a time.
+const reclaimBatch = 32
 
 // reclaimScan bounds the connections looked at, oldest first, for one to
 // close at the limit.
@@ -254,26 +258,24 @@ func (l *idleConns) remove(c *countedConn) {
 	c.prev, c.next, c.list = nil, nil, nil
 }
 
-// closeOne closes the oldest idle connection, if there is one among the
-// oldest reclaimScan, and reports whether it did.
-func (l *idleConns) closeOne() bool {
+// closeIdle closes up to n of the oldest idle connections, looking at no
+// more than reclaimScan, and reports whether it closed any.
+func (l *idleConns) closeIdle(n int) bool {
 	now := time.Now().UnixNano()
+	victims := make([]*countedConn, 0, n)
 	l.mu.Lock()
-	var victim *countedConn
-	n := 0
-	for c := l.head; c != nil && n < reclaimScan; c, n = c.next, n+1 {
+	seen := 0
+	for c := l.head; c != nil && seen < reclaimScan && len(victims) < n; c, seen = c.next, seen+1 {
 		st := c.state.Load()
 		if st == connIdle || st == connNew && now-c.since.Load() >= int64(reclaimNewAfter) {
-			victim = c
-			break
+			victims = append(victims, c)
 		}
 	}
 	l.mu.Unlock()
-	if victim == nil {
-		return false
+	for _, c := range victims {
+		c.Close()
 	}
-	victim.Close()
-	return true
+	return len(victims) > 0
 }
 
 // setConnState records an HTTP connection's state, as net/http reports it.

@@ -505,7 +505,7 @@ func (v *acceptView) waitFreed(freed <-chan struct{}) bool {
 		case <-v.stop:
 			return false
 		case <-tick:
-			if backlogged(v.sock) && v.idle.closeOne() {
+			if backlogged(v.sock) && v.idle.closeIdle(reclaimBatch) {
 				return true
 			}
 		}
