@@ -117,9 +117,8 @@ func (l *headLimit) Read(p []byte) (int, error) {
 }
 
 var (
-	errToo1xx       = errors.New("too many 1xx responses")
-	errUnasked101   = errors.New("101 Switching Protocols to a request that asked for no upgrade")
-	errIdleResponse = errors.New("unsolicited response received on idle HTTP channel")
+	errToo1xx     = errors.New("too many 1xx responses")
+	errUnasked101 = errors.New("101 Switching Protocols to a request that asked for no upgrade")
 )
 
 // ClientError is a request that failed for the client's fault: its body was
