@@ -410,8 +410,12 @@ func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrNoBackend) || errors.Is(err, ErrQueueTimeout):
 		// The backends' going down was logged; each refused request is in
-		// the access log.
-		http.Error(w, ErrNoBackend.Error(), status)
+		// the access log. The body names no backend.
+		msg := ErrNoBackend.Error()
+		if errors.Is(err, ErrQueueTimeout) {
+			msg = ErrQueueTimeout.Error()
+		}
+		http.Error(w, msg, status)
 		return
 	case clientFault:
 		// The client's fault: worth a line when debugging only. What is

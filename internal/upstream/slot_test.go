@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -100,9 +101,14 @@ func TestQueueTimeoutAndLeavers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 503 {
 		t.Errorf("queued past queue-timeout: %d, want 503", resp.StatusCode)
+	}
+	// The backend is up: the answer must not say every backend is down.
+	if !strings.Contains(string(body), "queue-timeout") {
+		t.Errorf("queued past queue-timeout, the body says %q", body)
 	}
 	if d := time.Since(start); d < 100*time.Millisecond || d > 5*time.Second {
 		t.Errorf("503 after %v, queue-timeout is 100ms", d)
