@@ -71,7 +71,7 @@ func newHostile(t *testing.T, cfg func(*config.Backend), serve func(c net.Conn, 
 // settled waits until nothing is in flight or queued on the backend.
 func (h *hostile) settled(t *testing.T) {
 	t.Helper()
-	waitFor(t, "no request in flight or queued", func() bool { return h.b.InFlight() == 0 && h.b.QueueLen() == 0 })
+	waitFor(t, "no request in flight or queued", func() bool { return h.b.InFlight() == 0 && h.b.Queued() == 0 })
 }
 
 // raw sends msg to the proxy on a new connection and returns the response
@@ -528,10 +528,10 @@ func TestRedteamQueuedClientsLeave(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, "the queue filling", func() bool { return h.b.QueueLen() == n })
+	waitFor(t, "the queue filling", func() bool { return h.b.Queued() == n })
 	cancel()
 	wg.Wait()
-	waitFor(t, "the queue emptying", func() bool { return h.b.QueueLen() == 0 })
+	waitFor(t, "the queue emptying", func() bool { return h.b.Queued() == 0 })
 	close(release)
 	if code := <-first; code != 200 {
 		t.Errorf("first request: %d", code)

@@ -93,13 +93,6 @@ func (b *Backend) take(ctx context.Context) (*Slot, error) {
 	return nil, err
 }
 
-// QueueLen is the number of requests waiting for a slot.
-func (b *Backend) QueueLen() int {
-	b.queue.mu.Lock()
-	defer b.queue.mu.Unlock()
-	return len(b.queue.waiting)
-}
-
 // Release gives the slot back: to the first request in the backend's
 // queue, if any.
 func (s *Slot) Release() {

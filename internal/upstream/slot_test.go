@@ -64,7 +64,7 @@ func TestMaxConnectionsQueues(t *testing.T) {
 		}()
 	}
 	waitFor(t, "two requests at the backend, four in its queue", func() bool {
-		return load.now.Load() == 2 && b.QueueLen() == n-2
+		return load.now.Load() == 2 && b.Queued() == n-2
 	})
 	close(release)
 	for range n {
@@ -75,8 +75,8 @@ func TestMaxConnectionsQueues(t *testing.T) {
 	if p := load.peak.Load(); p != 2 {
 		t.Errorf("the backend saw %d requests at once, max-connections is 2", p)
 	}
-	if b.InFlight() != 0 || b.QueueLen() != 0 {
-		t.Errorf("in flight %d, queued %d after every answer", b.InFlight(), b.QueueLen())
+	if b.InFlight() != 0 || b.Queued() != 0 {
+		t.Errorf("in flight %d, queued %d after every answer", b.InFlight(), b.Queued())
 	}
 }
 
@@ -130,12 +130,12 @@ func TestQueueTimeoutAndLeavers(t *testing.T) {
 		_, err := long.take(ctx)
 		done <- err
 	}()
-	waitFor(t, "one waiting", func() bool { return long.QueueLen() == 1 })
+	waitFor(t, "one waiting", func() bool { return long.Queued() == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("leaver got %v", err)
 	}
-	if long.QueueLen() != 0 {
+	if long.Queued() != 0 {
 		t.Error("a leaver stayed in the queue")
 	}
 	s.Release()
