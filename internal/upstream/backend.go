@@ -1,7 +1,8 @@
 // Package upstream holds the runtime side of backends: how to reach one (an
 // HTTP/1.1 transport of its own, a dialer for tunnels), whether it is up (passive and
-// active health checks), and pools that pick one and retry on another when a
-// connect fails.
+// active health checks), and pools that pick one and try another when a
+// connect fails, or, for a request that may be sent twice, when the
+// connection is lost before any answer (Pool.try).
 package upstream
 
 import (
