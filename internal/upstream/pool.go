@@ -25,7 +25,8 @@ var ErrNoBackend = errors.New("no backend available: every backend of this pool 
 // Pool is one list of backends (a frontend's, or a [host] section's within a
 // frontend) and the way it picks among them. It forwards HTTP requests
 // (ServeHTTP) and opens tunnels (Dial); when connecting to the chosen
-// backend fails, it tries the next, until each backend was tried once.
+// backend fails it tries the next, until each backend was tried once, as
+// try's rule says (which also covers a lost connection).
 // It is safe for concurrent use.
 type Pool struct {
 	entries []*Backend // as listed, each repeated Weight times
