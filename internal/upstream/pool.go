@@ -397,10 +397,10 @@ func AppendForwardedFor(out, in http.Header, remoteAddr string) {
 
 // proxyError answers a request that could not be forwarded (StatusFor): 503
 // when every backend is down, the request's queue-timeout passed or this
-// process lacked a resource, 502 when none could be reached or one broke the exchange,
-// 504 when it did not answer in time, 400 or 408 when the client's body was
-// bad or stalled. A client that went away otherwise gets nothing; the access
-// log records 499 for it.
+// process lacked a resource, 502 when none could be reached or one broke
+// the exchange, 504 when it did not answer in time, 400 or 408 when the
+// client's body was bad or stalled. A client that went away otherwise gets
+// nothing; the access log records 499 for it.
 func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	status := StatusFor(err)
 	clientFault := status == http.StatusBadRequest || status == http.StatusRequestTimeout
