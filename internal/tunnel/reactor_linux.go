@@ -110,8 +110,9 @@ func newReactor() (*reactor, error) {
 
 // loop waits for events and copies. Go's poller reports the epoll set
 // edge-triggered: each batch of new events makes the set readable once.
-// Within one RawRead the edges that come while a batch is copied are kept,
-// so the set is read again only when it was full or a new edge came.
+// Within one RawConn.Read call the edges that come while a batch is
+// copied are kept, so the set is read again only when it was full or a new
+// edge came.
 func (re *reactor) loop() {
 	events := make([]unix.EpollEvent, 128)
 	re.rc.Read(func(fd uintptr) bool {
