@@ -218,23 +218,9 @@ connect = %s
 func TestTCPFrontendMaxConnections(t *testing.T) {
 	t.Parallel()
 	// An echo backend.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	backendAddr := rawServer(t, func(c net.Conn) {
+		io.Copy(c, c)
+	})
 	s, addrs, _ := startLogged(t, fmt.Sprintf(`
 [frontend t]
 bind = 127.0.0.1:0
@@ -243,7 +229,7 @@ backends = echo
 max-connections = 1
 [backend echo]
 connect = %s
-`, ln.Addr()))
+`, backendAddr))
 	echoes := func(c net.Conn, wait time.Duration) bool {
 		c.SetDeadline(time.Now().Add(wait))
 		if _, err := c.Write([]byte("ping")); err != nil {

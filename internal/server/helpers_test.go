@@ -165,3 +165,27 @@ func readLog(t *testing.T, path string, n int) []string {
 	})
 	return lines
 }
+
+// rawServer is a raw TCP server on loopback that serves each connection
+// with serve on a goroutine of its own, then closes it.
+func rawServer(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}

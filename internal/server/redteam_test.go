@@ -72,40 +72,26 @@ queue-timeout = 200ms
 func TestRedteamEarlyAnswerBodyNotSmuggled(t *testing.T) {
 	t.Parallel()
 	var smuggled, requests atomic.Int64
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	backendAddr := rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					requests.Add(1)
-					if req.URL.Path == "/smuggled" {
-						smuggled.Add(1)
-					}
-					if req.URL.Path == "/upload" {
-						io.CopyN(io.Discard, req.Body, 10)
-						io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
-				}
-			}()
+			requests.Add(1)
+			if req.URL.Path == "/smuggled" {
+				smuggled.Add(1)
+			}
+			if req.URL.Path == "/upload" {
+				io.CopyN(io.Discard, req.Body, 10)
+				io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
 		}
-	}()
+	})
 	s, addrs := start(t, fmt.Sprintf(`[global]
 client-timeout = 2s
 [frontend f]
@@ -113,7 +99,7 @@ bind = 127.0.0.1:0
 backends = b
 [backend b]
 connect = %s
-`, ln.Addr().String()))
+`, backendAddr))
 	evil := strings.Repeat("GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n", 2000)
 	c, err := net.Dial("tcp", addrs["f"])
 	if err != nil {
@@ -163,29 +149,15 @@ connect = %s
 // or open.
 func TestRedteamEarlyAnswerSlowUpload(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
-				io.Copy(io.Discard, req.Body)
-			}()
+	backendAddr := rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
 		}
-	}()
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+		io.Copy(io.Discard, req.Body)
+	})
 	s, addrs := start(t, fmt.Sprintf(`[global]
 client-timeout = 1s
 [frontend f]
@@ -193,7 +165,7 @@ bind = 127.0.0.1:0
 backends = b
 [backend b]
 connect = %s
-`, ln.Addr().String()))
+`, backendAddr))
 	c, err := net.Dial("tcp", addrs["f"])
 	if err != nil {
 		t.Fatal(err)
@@ -226,28 +198,14 @@ connect = %s
 // answer reaches it at once, not at client-timeout.
 func TestRedteamEarlyAnswerToAPausedUpload(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				io.CopyN(io.Discard, req.Body, 10)
-				io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
-			}()
+	backendAddr := rawServer(t, func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
 		}
-	}()
+		io.CopyN(io.Discard, req.Body, 10)
+		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+	})
 	s, addrs := start(t, fmt.Sprintf(`[global]
 client-timeout = 5s
 [frontend f]
@@ -255,7 +213,7 @@ bind = 127.0.0.1:0
 backends = b
 [backend b]
 connect = %s
-`, ln.Addr().String()))
+`, backendAddr))
 	for _, size := range []int{1000, 1 << 20} {
 		c, err := net.Dial("tcp", addrs["f"])
 		if err != nil {

@@ -414,24 +414,10 @@ func TestHealthzDuringShutdown(t *testing.T) {
 
 func TestTCPFrontendMetrics(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	s, addrs := start(t, fmt.Sprintf("[global]\nstats = 127.0.0.1:0\nmax-connections = 100\n[frontend raw]\nbind = 127.0.0.1:0\nmode = tcp\nmax-connections = 10\nbackends = echo\n[backend echo]\nconnect = %s\n", ln.Addr()))
+	backendAddr := rawServer(t, func(c net.Conn) {
+		io.Copy(c, c)
+	})
+	s, addrs := start(t, fmt.Sprintf("[global]\nstats = 127.0.0.1:0\nmax-connections = 100\n[frontend raw]\nbind = 127.0.0.1:0\nmode = tcp\nmax-connections = 10\nbackends = echo\n[backend echo]\nconnect = %s\n", backendAddr))
 	c, err := net.Dial("tcp", addrs["raw"])
 	if err != nil {
 		t.Fatal(err)

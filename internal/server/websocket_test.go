@@ -326,27 +326,12 @@ func TestWebSocket101WithoutUpgrade(t *testing.T) {
 // head and then holds the connection open until the other side closes it.
 func switchingBackend(t *testing.T, head string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
-					return
-				}
-				io.WriteString(c, head)
-				io.Copy(io.Discard, c)
-			}()
+	return rawServer(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String()
+		io.WriteString(c, head)
+		io.Copy(io.Discard, c)
+	})
 }
