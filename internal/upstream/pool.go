@@ -300,11 +300,14 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 		if b == nil {
 			break
 		}
-		countRetry(tried)
-		if info != nil {
-			if len(tried) > 0 {
+		if n := len(tried); n > 0 {
+			// Counted on the backend that failed the try before.
+			tried[n-1].counters.Retries.Add(1)
+			if info != nil {
 				info.Retries++
 			}
+		}
+		if info != nil {
 			info.Backend = b.Name
 			info.Series = p.seriesOf(b)
 		}

@@ -28,14 +28,6 @@ func (b *Backend) Counters() *Counters { return b.counters }
 // reload under the same name. Call it before b serves anything.
 func (b *Backend) ShareCounters(old *Backend) { b.counters = old.counters }
 
-// countRetry counts, on the last backend tried, that a try moves on to the
-// next.
-func countRetry(tried []*Backend) {
-	if n := len(tried); n > 0 {
-		tried[n-1].counters.Retries.Add(1)
-	}
-}
-
 // Backends returns the pool's backends, each once, in the order listed.
 func (p *Pool) Backends() []*Backend { return p.unique }
 
