@@ -57,7 +57,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, NoBackendBody, http.StatusServiceUnavailable)
 		return
 	}
-	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+	withBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	if withBody {
 		// A backend may answer before the body is all sent (a 413, a
 		// 401): its answer goes to the client at once, while the body
 		// still goes to the backend, as in HAProxy. Without this, net/http
@@ -72,7 +73,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c, cw := newClientClock(w, h.ClientTimeout)
 	defer c.stop()
-	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+	if withBody {
 		// A copy of the request carries the body: net/http looks at the
 		// original's to decide what to do with what is left unread.
 		r = r.WithContext(r.Context())
