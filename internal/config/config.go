@@ -86,6 +86,7 @@ type Config struct {
 	Frontends []Frontend // in file order
 	Hosts     []Host     // in file order
 	Backends  []Backend  // in file order
+	Routes    []Route    // in file order
 }
 
 // Global holds the [global] section.
@@ -150,6 +151,10 @@ type Frontend struct {
 	// MaxConnections is the most client connections of this frontend open
 	// at once; zero means only the global limit applies.
 	MaxConnections int
+	// Routes are the names of the [route] sections the frontend uses, in
+	// the order given (the first listed wins a tie).
+	Routes  []string
+	Headers HeaderRules
 }
 
 // Address is a frontend's bind resolved: the addresses it listens on.
@@ -218,7 +223,64 @@ type Host struct {
 	// clients whose SNI is one of Names; "" for the frontend's own.
 	CertFile string
 	KeyFile  string
+	Headers  HeaderRules
 }
+
+// Route is one [route NAME] section: requests whose path starts with Path,
+// for one of Hosts, go to Backends or get a redirect.
+type Route struct {
+	Name string
+	// Hosts are lower case, as a [host] section's names; none means any.
+	Hosts []string
+	// Path is a path prefix in normal form, matched at segment
+	// boundaries.
+	Path        string
+	Backends    []string // empty for a redirect
+	Balance     Balance
+	StripPrefix bool
+	// Redirect is the URL (or absolute path) the answer's Location starts
+	// with, its trailing / trimmed; "" for a route to Backends.
+	Redirect     string
+	RedirectCode int
+	Headers      HeaderRules
+}
+
+// HeaderOp is what a header rule does.
+type HeaderOp uint8
+
+// The header rule operations.
+const (
+	HeaderSet HeaderOp = iota // replace every value with Value
+	HeaderAdd                 // append Value
+	HeaderDel                 // remove every value
+)
+
+// HeaderRule is one set-, add- or del-…-header line.
+type HeaderRule struct {
+	Op    HeaderOp
+	Name  string // canonical form (textproto.CanonicalMIMEHeaderKey)
+	Value string // "" for HeaderDel
+}
+
+// String writes the rule as it would stand in the file, for explanations.
+func (r HeaderRule) String() string {
+	switch r.Op {
+	case HeaderAdd:
+		return "add " + r.Name + ": " + r.Value
+	case HeaderDel:
+		return "del " + r.Name
+	}
+	return "set " + r.Name + ": " + r.Value
+}
+
+// HeaderRules are a section's header rules, each list in file order.
+type HeaderRules struct {
+	Request  []HeaderRule
+	Response []HeaderRule
+}
+
+// Empty reports whether there is no rule.
+func (h HeaderRules) Empty() bool { return len(h.Request) == 0 && len(h.Response) == 0 }
 
 // Backend is one [backend NAME] section.
 type Backend struct {
@@ -272,6 +334,16 @@ func (c *Config) Backend(name string) *Backend {
 	for i := range c.Backends {
 		if c.Backends[i].Name == name {
 			return &c.Backends[i]
+		}
+	}
+	return nil
+}
+
+// Route returns the route called name, or nil.
+func (c *Config) Route(name string) *Route {
+	for i := range c.Routes {
+		if c.Routes[i].Name == name {
+			return &c.Routes[i]
 		}
 	}
 	return nil

@@ -55,12 +55,40 @@ var knownKeys = map[string][]string{
 		"accept-proxy",
 		"accept-proxy-from",
 		"max-connections",
+		"routes",
+		"set-request-header",
+		"add-request-header",
+		"del-request-header",
+		"set-response-header",
+		"add-response-header",
+		"del-response-header",
 	},
 	"host": {
 		"backends",
 		"balance",
 		"certfile",
 		"keyfile",
+		"set-request-header",
+		"add-request-header",
+		"del-request-header",
+		"set-response-header",
+		"add-response-header",
+		"del-response-header",
+	},
+	"route": {
+		"hosts",
+		"path",
+		"backends",
+		"balance",
+		"strip-prefix",
+		"redirect",
+		"redirect-code",
+		"set-request-header",
+		"add-request-header",
+		"del-request-header",
+		"set-response-header",
+		"add-response-header",
+		"del-response-header",
 	},
 	"backend": {
 		"connect",
@@ -82,7 +110,18 @@ var knownKeys = map[string][]string{
 	},
 }
 
-var sectionTypes = []string{"global", "frontend", "host", "backend"}
+var sectionTypes = []string{"global", "frontend", "host", "backend", "route"}
+
+// headerRuleKeys are the header rule keys, which may be repeated: one
+// header a line.
+var headerRuleKeys = []string{
+	"set-request-header",
+	"add-request-header",
+	"del-request-header",
+	"set-response-header",
+	"add-response-header",
+	"del-response-header",
+}
 
 // Load reads and validates the file at path. Beyond what Parse checks, it
 // checks that every access log file could be opened for writing now,
@@ -114,7 +153,7 @@ func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
 	if err != nil {
 		return nil, Errors{{File: name, Msg: "not a valid INI file: " + err.Error()}}
 	}
-	p := &parser{file: name, cfg: &Config{File: name}, dualStack: dualStack()}
+	p := &parser{file: name, cfg: &Config{File: name}, dualStack: dualStack(), ruleLines: ruleOrder(data)}
 	p.cfg.Global = Global{
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
@@ -142,7 +181,10 @@ type parser struct {
 	// The sections as the file gives them, for the checks that need them all.
 	frontendSecs []*ini.Section
 	hostSecs     []*ini.Section
+	routeSecs    []*ini.Section
 	logs         []setting // the accesslog keys set
+	// ruleLines are the header rule keys of each section in file order.
+	ruleLines map[string][]string
 }
 
 // setting is where a key was set, and its value.
@@ -174,7 +216,7 @@ func (p *parser) sections(f *ini.File) {
 		}
 		typ := strings.ToLower(fields[0])
 		if _, ok := knownKeys[typ]; !ok {
-			p.errorf(sec.Name(), "", "unknown section type %q%s (sections are global, frontend NAME, host NAME…, backend NAME)", fields[0], didYouMean(fields[0], sectionTypes))
+			p.errorf(sec.Name(), "", "unknown section type %q%s (sections are global, frontend NAME, host NAME…, backend NAME, route NAME)", fields[0], didYouMean(fields[0], sectionTypes))
 			continue
 		}
 		canon := typ + " " + strings.Join(fields[1:], " ")
@@ -208,16 +250,27 @@ func (p *parser) sections(f *ini.File) {
 				continue
 			}
 			p.backend(sec, fields[1])
+		case "route":
+			if len(fields) != 2 {
+				p.errorf(sec.Name(), "", "a route needs exactly one name, as in [route api]")
+				continue
+			}
+			p.routeSecs = append(p.routeSecs, sec)
 		}
 	}
-	// Frontends and hosts come after [global] and every backend is known, so
-	// that their defaults and references resolve whatever the section order.
+	// Frontends, hosts and routes come after [global] and every backend is
+	// known, so that their defaults and references resolve whatever the
+	// section order; frontends last, as they name hosts and routes.
 	for _, sec := range p.hostSecs {
 		p.host(sec)
+	}
+	for _, sec := range p.routeSecs {
+		p.route(sec)
 	}
 	for _, sec := range p.frontendSecs {
 		p.frontend(sec)
 	}
+	p.unusedRoutes()
 }
 
 // keys reports unknown and repeated keys.
@@ -240,7 +293,7 @@ func (p *parser) keys(sec *ini.Section, typ string) {
 			p.errorf(sec.Name(), name, "unknown key%s", hint)
 			continue
 		}
-		if n := len(k.ValueWithShadows()); n > 1 {
+		if n := len(k.ValueWithShadows()); n > 1 && !contains(headerRuleKeys, name) {
 			p.errorf(sec.Name(), name, "key set %d times; set it once", n)
 		}
 	}
@@ -283,6 +336,8 @@ func (p *parser) frontend(sec *ini.Section) {
 		Hosts:    fields(strings.ToLower(value(sec, "hosts"))),
 		CertFile: value(sec, "certfile"),
 		KeyFile:  value(sec, "keyfile"),
+		Routes:   fields(value(sec, "routes")),
+		Headers:  p.headerRules(sec),
 	}
 	// Frontend timeouts default to [global]'s, which may come later in the
 	// file; resolve() fills in those not set here.
@@ -334,9 +389,10 @@ func (p *parser) frontend(sec *ini.Section) {
 		if len(fe.Backends) == 0 {
 			p.errorf(sec.Name(), "backends", "missing: a tcp frontend needs backends (the backends of its hosts are not used)")
 		}
-	} else if len(fe.Backends) == 0 && len(fe.Hosts) == 0 && !fe.RedirectHTTPS {
-		p.errorf(sec.Name(), "backends", "the frontend has neither backends nor hosts, so it could serve nothing")
+	} else if len(fe.Backends) == 0 && len(fe.Hosts) == 0 && len(fe.Routes) == 0 && !fe.RedirectHTTPS {
+		p.errorf(sec.Name(), "backends", "the frontend has neither backends nor hosts nor routes, so it could serve nothing")
 	}
+	p.routeRefs(sec, fe)
 	p.backendRefs(sec, fe.Backends)
 	for _, h := range fe.Hosts {
 		if p.cfg.HostFor(h) == nil {
@@ -374,7 +430,7 @@ func (p *parser) mode(sec *ini.Section, fe *Frontend) {
 	if fe.Mode != ModeTCP {
 		return
 	}
-	for _, k := range []string{"add-x-forwarded-for", "http2", "redirect-https", "redirect-https-port", "idle-timeout"} {
+	for _, k := range append([]string{"add-x-forwarded-for", "http2", "redirect-https", "redirect-https-port", "idle-timeout", "routes"}, headerRuleKeys...) {
 		if sec.HasKey(k) {
 			p.errorf(sec.Name(), k, "makes no sense on a tcp frontend, which sees no HTTP")
 		}
@@ -432,7 +488,7 @@ func (p *parser) host(sec *ini.Section) {
 		}
 	}
 	h := Host{Names: names, Backends: fields(value(sec, "backends")), Balance: p.balance(sec),
-		CertFile: value(sec, "certfile"), KeyFile: value(sec, "keyfile")}
+		CertFile: value(sec, "certfile"), KeyFile: value(sec, "keyfile"), Headers: p.headerRules(sec)}
 	if sec.HasKey("certfile") || sec.HasKey("keyfile") {
 		p.tlsFiles(sec, h.CertFile, h.KeyFile)
 	}
