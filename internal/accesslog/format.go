@@ -77,14 +77,16 @@ func appendJSON(b []byte, name string, now time.Time, r *request, status int, n 
 	} else {
 		b = appendSeconds(b, now.Sub(r.start))
 	}
-	var backend string
+	var backend, route string
 	var header time.Duration
 	var retries int
 	if r.info != nil {
-		backend, header, retries = r.info.Backend, r.info.Header, r.info.Retries
+		backend, header, retries, route = r.info.Backend, r.info.Header, r.info.Retries, r.info.Route
 	}
 	b = append(b, `,"backend":`...)
 	b = appendJSONStringOrNull(b, backend)
+	b = append(b, `,"route":`...)
+	b = appendJSONStringOrNull(b, route)
 	b = append(b, `,"header_time":`...)
 	if header > 0 {
 		b = appendSeconds(b, header)

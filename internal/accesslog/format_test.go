@@ -175,6 +175,7 @@ type jsonLine struct {
 	BytesSent  int64    `json:"bytes_sent"`
 	Duration   *float64 `json:"duration"`
 	Backend    *string  `json:"backend"`
+	Route      *string  `json:"route"`
 	HeaderTime *float64 `json:"header_time"`
 	Retries    int      `json:"retries"`
 	UserAgent  *string  `json:"user_agent"`
@@ -190,7 +191,7 @@ func TestJSONAwkward(t *testing.T) {
 	lines := logAwkward(t, JSON, func(w http.ResponseWriter, r *http.Request) {
 		if n++; n%2 == 0 {
 			info := exchange.FromContext(r.Context())
-			info.Backend, info.Retries, info.Header = "app\"1", 2, 1500*time.Microsecond
+			info.Backend, info.Retries, info.Header, info.Route = "app\"1", 2, 1500*time.Microsecond, "api\n"
 		}
 		w.Write([]byte("hello"))
 	})
@@ -226,7 +227,7 @@ func TestJSONAwkward(t *testing.T) {
 		}
 		want.UserAgent, want.Referer, want.RequestID = str(a.ua), str(a.referer), str(a.requestID)
 		if i%2 == 1 {
-			want.Backend, want.Retries, want.HeaderTime = str("app\"1"), 2, got.HeaderTime
+			want.Backend, want.Retries, want.HeaderTime, want.Route = str("app\"1"), 2, got.HeaderTime, str("api\n")
 			if got.HeaderTime == nil || *got.HeaderTime != 0.0015 {
 				t.Errorf("%s: header_time %v, want 0.0015", a.name, got.HeaderTime)
 			}

@@ -27,6 +27,11 @@ type Info struct {
 	// Series counts the request in the metrics of its frontend and
 	// Backend; the pool sets it with Backend, nil without metrics.
 	Series Series
+	// Route is the name of the frontend's route that took the request;
+	// "" when none did. RouteSeries counts it in the route's metrics, nil
+	// without metrics.
+	Route       string
+	RouteSeries Series
 }
 
 // Series is where the requests of one frontend to one backend are counted

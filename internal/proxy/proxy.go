@@ -1,16 +1,19 @@
 // Package proxy is a frontend's request handler: it routes a request by its
-// Host header to a pool and forwards it there, over HTTP or, for a WebSocket
-// upgrade, as a byte tunnel.
+// path and Host header to a pool and forwards it there, over HTTP or, for a
+// WebSocket upgrade, as a byte tunnel; or answers a route's redirect.
 package proxy
 
 import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/exchange"
 	"github.com/hipsterd/hipsterd/internal/router"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
 	"github.com/hipsterd/hipsterd/internal/upstream"
@@ -52,11 +55,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "request target has no origin form", http.StatusBadRequest)
 		return
 	}
-	pool := h.Router.Route(r.Host)
+	var path string
+	if h.Router.HasRoutes() {
+		path = r.URL.EscapedPath()
+	}
+	d := h.Router.Decide(r.Host, path)
+	if d.BadPath != nil {
+		http.Error(w, "bad request path: "+d.BadPath.Error(), http.StatusBadRequest)
+		return
+	}
+	if d.Route != nil {
+		if info := exchange.FromContext(r.Context()); info != nil {
+			info.Route, info.RouteSeries = d.Route.Name, d.Route.Series
+		}
+		if d.Route.Redirect != "" {
+			redirect(w, r, &d)
+			return
+		}
+	}
+	pool := d.Pool()
 	if pool == nil {
 		http.Error(w, NoBackendBody, http.StatusServiceUnavailable)
 		return
 	}
+	r = prepare(r, &d)
 	withBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 	if withBody {
 		// A backend may answer before the body is all sent (a 413, a
@@ -80,6 +102,60 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = c.wrapBody(r.Body)
 	}
 	h.forward(w, cw, r, pool)
+}
+
+// prepare returns r as it goes to the backend: less the route's prefix
+// with strip-prefix, with the request header rules applied, and carrying
+// the response header rules. r itself is left as it came, for the access
+// log; without anything to change, it is returned as it is.
+func prepare(r *http.Request, d *router.Decision) *http.Request {
+	var routeRules []config.HeaderRule
+	strip := false
+	if d.Route != nil {
+		routeRules, strip = d.Route.Headers.Request, d.Route.StripPrefix
+	}
+	edit := d.Edit()
+	if !strip && edit == nil && len(d.Target.Request) == 0 && len(routeRules) == 0 {
+		return r
+	}
+	ctx := r.Context()
+	if edit != nil {
+		ctx = upstream.WithResponseEdit(ctx, edit)
+	}
+	out := r.WithContext(ctx)
+	if strip {
+		// What follows the prefix in the path's normal form: for a path
+		// already normal, what the client sent less the prefix.
+		u := *r.URL
+		u.Path, _ = url.PathUnescape(d.Rest)
+		u.RawPath = d.Rest
+		out.URL = &u
+	}
+	if len(d.Target.Request) > 0 || len(routeRules) > 0 {
+		out.Header = r.Header.Clone()
+		router.ApplyRequest(d.Target.Request, out)
+		router.ApplyRequest(routeRules, out)
+	}
+	return out
+}
+
+// redirect answers a redirect route: its URL, the path after the prefix
+// and the query.
+func redirect(w http.ResponseWriter, r *http.Request, d *router.Decision) {
+	loc := d.Route.Redirect + d.Rest
+	if !strings.Contains(d.Route.Redirect, "://") {
+		// A path on this host must not turn into //host/…, which a
+		// browser would take for another host.
+		loc = "/" + strings.TrimLeft(loc, "/")
+	}
+	if r.URL.RawQuery != "" {
+		loc += "?" + r.URL.RawQuery
+	}
+	if edit := d.Edit(); edit != nil {
+		edit(w.Header())
+	}
+	w.Header().Set("Location", loc)
+	w.WriteHeader(d.Route.RedirectCode)
 }
 
 // forward sends r to pool, answering on w. orig is the writer the server

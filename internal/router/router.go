@@ -77,7 +77,6 @@ func Build(cfg *config.Config, fc *config.Frontend, pool PoolFunc, series func(r
 		for _, h := range rc.Hosts {
 			r.hosts.add(h, true)
 		}
-		r.Pool = mkPool(rc.Backends, rc.Balance, Label{Route: name})
 		if series != nil {
 			r.Series = series(name)
 		}
@@ -106,8 +105,15 @@ func Build(cfg *config.Config, fc *config.Frontend, pool PoolFunc, series func(r
 		}
 		rt.hosts.add(name, byHost[hc])
 	}
+	for _, r := range rt.routes {
+		r.Pool = mkPool(r.Backends, r.Balance, Label{Route: r.Name})
+	}
 	return rt
 }
+
+// HasRoutes reports whether the frontend has routes, so that Decide needs
+// the request's path.
+func (rt *Router) HasRoutes() bool { return len(rt.routes) > 0 }
 
 // Routes returns the frontend's routes, in the order it lists them.
 func (rt *Router) Routes() []*Route { return rt.routes }

@@ -6,13 +6,13 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/hipsterd/hipsterd/internal/acceptproxy"
 	"github.com/hipsterd/hipsterd/internal/accesslog"
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/exchange"
 	"github.com/hipsterd/hipsterd/internal/proxy"
 	"github.com/hipsterd/hipsterd/internal/router"
 	"github.com/hipsterd/hipsterd/internal/stats"
@@ -135,7 +135,7 @@ func (s *Server) newTCPHandler(g *generation, fc config.Frontend, lf *accesslog.
 	log := s.log.With("frontend", fc.Name)
 	st := s.frontendStats(g, fc)
 	pool := g.pool(fc.Backends, fc.Balance, false, log)
-	g.countPool(st, "", pool)
+	g.countPool(st, router.Label{}, pool)
 	h := &tcpfront.Handler{
 		Pool:             pool,
 		Stats:            st,
@@ -169,24 +169,21 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		return g.pool(names, balance, fc.AddXForwardedFor, log)
 	}
 	st := s.frontendStats(g, fc)
-	var fallback *upstream.Pool
-	if len(fc.Backends) > 0 {
-		fallback = pool(fc.Backends, fc.Balance)
-		g.countPool(st, "", fallback)
+	counted := func(names []string, balance config.Balance, l router.Label) *upstream.Pool {
+		p := pool(names, balance)
+		g.countPool(st, l, p)
+		return p
 	}
-	// One pool per [host] section, shared by the names it lists.
-	hostPools := map[*config.Host]*upstream.Pool{}
-	routes := map[string]*upstream.Pool{}
-	for _, name := range fc.Hosts {
-		hc := cfg.HostFor(name)
-		if hostPools[hc] == nil {
-			hostPools[hc] = pool(hc.Backends, hc.Balance)
-			g.countPool(st, strings.Join(hc.Names, " "), hostPools[hc])
+	var series func(string) exchange.Series
+	if st != nil {
+		series = func(name string) exchange.Series {
+			fl := g.layoutOf(st)
+			fl.Routes = append(fl.Routes, name)
+			return st.RouteSeries(name)
 		}
-		routes[name] = hostPools[hc]
 	}
 	var h http.Handler = &proxy.Handler{
-		Router:        router.New(routes, fallback),
+		Router:        router.Build(cfg, &fc, counted, series),
 		Tunnels:       &s.tunnels,
 		TunnelTimeout: fc.TunnelTimeout,
 		ClientTimeout: fc.ClientTimeout,

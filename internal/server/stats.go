@@ -10,6 +10,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/exchange"
+	"github.com/hipsterd/hipsterd/internal/router"
 	"github.com/hipsterd/hipsterd/internal/stats"
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
@@ -129,14 +130,15 @@ func (s *Server) frontendStats(g *generation, fc config.Frontend) *stats.Fronten
 }
 
 // countPool makes pool count its requests in f, and records it in g's
-// layout under name ("" for the frontend's own backends). f may be nil.
-func (g *generation) countPool(f *stats.Frontend, name string, pool *upstream.Pool) {
+// layout under its label (none for the frontend's own backends). f may be
+// nil.
+func (g *generation) countPool(f *stats.Frontend, l router.Label, pool *upstream.Pool) {
 	if f == nil {
 		return
 	}
 	pool.SetSeries(func(b *upstream.Backend) exchange.Series { return f.Route(b.Name) })
 	fl := g.layoutOf(f)
-	fl.Pools = append(fl.Pools, stats.PoolLayout{Name: name, Backends: pool.Backends()})
+	fl.Pools = append(fl.Pools, stats.PoolLayout{Name: l.Host, Route: l.Route, Backends: pool.Backends()})
 }
 
 // layoutOf returns f's entry in g's layout, adding it.

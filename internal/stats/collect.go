@@ -13,6 +13,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 
 var (
 	descRequests      = desc("hipsterd_requests_total", "Requests answered, by the status code sent to the client (backend \"-\": no backend was involved).", "frontend", "backend", "code")
+	descRouteRequests = desc("hipsterd_route_requests_total", "Requests a [route] took, by the status code sent to the client.", "frontend", "route", "code")
 	descTunnels       = desc("hipsterd_tunnels_open", "Tunnels open: WebSocket connections of http frontends, connections of tcp frontends.", "frontend", "backend")
 	descInFlight      = desc("hipsterd_requests_in_flight", "Requests being served.", "frontend")
 	descConnsOpen     = desc("hipsterd_connections_open", "Client connections open, WebSocket and tcp tunnels included.", "frontend")
@@ -61,17 +62,21 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		for _, rt := range fl.routes {
 			for code := range rt.codes {
 				if n := rt.codes[code].Load(); n > 0 {
-					label := "other"
-					if code > 0 {
-						label = strconv.Itoa(code)
-					}
-					counter(descRequests, n, f.name, rt.backend, label)
+					counter(descRequests, n, f.name, rt.backend, codeLabel(code))
 				}
 			}
 			rt.duration.Collect(ch)
 			if rt.header != nil {
 				rt.header.Collect(ch)
 				gauge(descTunnels, float64(rt.tunnels.Load()), f.name, rt.backend)
+			}
+		}
+		for _, name := range fl.Routes {
+			rc := f.RouteSeries(name)
+			for code := range rc.codes {
+				if n := rc.codes[code].Load(); n > 0 {
+					counter(descRouteRequests, n, f.name, name, codeLabel(code))
+				}
 			}
 		}
 		gauge(descInFlight, float64(f.inflight.Load()), f.name)
@@ -118,6 +123,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descGeneration, float64(r.generation.Load()))
 	gauge(descBuildInfo, 1, r.version)
 	gauge(descStart, seconds(r.started))
+}
+
+// codeLabel is the code label of a status code's index; 0 holds those
+// outside 100 to 599.
+func codeLabel(code int) string {
+	if code == 0 {
+		return "other"
+	}
+	return strconv.Itoa(code)
 }
 
 func seconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }

@@ -1,6 +1,7 @@
 package stats
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,7 +83,9 @@ type Layout struct {
 type FrontendLayout struct {
 	*Frontend
 	Bind  string
-	Pools []PoolLayout // the frontend's backends first, then each [host]'s
+	Pools []PoolLayout // the frontend's backends first, then each [host]'s, then each route's
+	// Routes are the names of the frontend's routes, in its order.
+	Routes []string
 	// routes are the frontend's series: NoBackend's, then each backend's
 	// once, in pool order (Swap).
 	routes []*Route
@@ -90,9 +93,10 @@ type FrontendLayout struct {
 
 // PoolLayout is one pool of a frontend.
 type PoolLayout struct {
-	// Name is "" for the frontend's own backends, else the names of the
-	// [host] section.
+	// Name is "" for the frontend's own backends and for a route's, else
+	// the names of the [host] section.
 	Name     string
+	Route    string // the [route]'s name, for a route's pool
 	Backends []*upstream.Backend
 }
 
@@ -138,6 +142,11 @@ func (r *Registry) Swap(l *Layout) {
 		for name := range f.routes {
 			if !keep[name] {
 				delete(f.routes, name)
+			}
+		}
+		for name := range f.paths {
+			if !slices.Contains(fl.Routes, name) {
+				delete(f.paths, name)
 			}
 		}
 		f.mu.Unlock()

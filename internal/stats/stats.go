@@ -50,11 +50,12 @@ type Frontend struct {
 	none     *Route // requests no backend was involved in
 
 	mu     sync.Mutex
-	routes map[string]*Route // by backend name
+	routes map[string]*Route       // by backend name
+	paths  map[string]*RouteCounts // by [route] name
 }
 
 func newFrontend(name, mode string) *Frontend {
-	f := &Frontend{name: name, mode: mode, routes: map[string]*Route{}}
+	f := &Frontend{name: name, mode: mode, routes: map[string]*Route{}, paths: map[string]*RouteCounts{}}
 	f.none = newRoute(f, NoBackend)
 	return f
 }
@@ -70,6 +71,34 @@ func (f *Frontend) Route(backend string) *Route {
 		f.routes[backend] = r
 	}
 	return r
+}
+
+// RouteSeries returns the counts of the requests the frontend's [route]
+// called name took, the same for as long as the frontend lists the route.
+func (f *Frontend) RouteSeries(name string) *RouteCounts {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rc := f.paths[name]
+	if rc == nil {
+		rc = &RouteCounts{name: name}
+		f.paths[name] = rc
+	}
+	return rc
+}
+
+// RouteCounts counts the requests one [route] of a frontend took, by
+// status code.
+type RouteCounts struct {
+	name  string
+	codes [600]atomic.Uint64 // as Route's
+}
+
+// Done counts a request answered with code.
+func (rc *RouteCounts) Done(code int, _, _ time.Duration) {
+	if code < 100 || code >= len(rc.codes) {
+		code = 0
+	}
+	rc.codes[code].Add(1)
 }
 
 // Accepted counts a connection accepted by the frontend.
@@ -218,7 +247,11 @@ func (rw *responseWriter) count(status int) *Route {
 	f.bytesIn.Add(uint64(rw.body.n.Load()))
 	f.bytesOut.Add(uint64(rw.bytes))
 	route := f.routeOf(rw.info)
-	route.Done(status, time.Since(rw.start), rw.info.Header)
+	total := time.Since(rw.start)
+	route.Done(status, total, rw.info.Header)
+	if rs := rw.info.RouteSeries; rs != nil {
+		rs.Done(status, total, rw.info.Header)
+	}
 	return route
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -48,20 +49,29 @@ type FrontendStatus struct {
 	BytesOut         uint64 `json:"bytes_out"`
 	// Requests and Responses count every request of the frontend;
 	// NoBackend those no backend was involved in.
-	Requests  uint64       `json:"requests"`
-	Responses Classes      `json:"responses"`
-	NoBackend uint64       `json:"no_backend"`
-	Pools     []PoolStatus `json:"pools"`
+	Requests  uint64        `json:"requests"`
+	Responses Classes       `json:"responses"`
+	NoBackend uint64        `json:"no_backend"`
+	Pools     []PoolStatus  `json:"pools"`
+	Routes    []RouteStatus `json:"routes"`
+}
+
+// RouteStatus is one [route] of a frontend: the requests it took.
+type RouteStatus struct {
+	Name      string  `json:"name"`
+	Requests  uint64  `json:"requests"`
+	Responses Classes `json:"responses"`
 }
 
 // Classes counts responses by status class ("2xx"); "other" holds codes
 // outside 100 to 599.
 type Classes map[string]uint64
 
-// PoolStatus is one pool of a frontend: its own backends (Name ""), or a
-// [host] section's.
+// PoolStatus is one pool of a frontend: its own backends (Name ""), a
+// [host] section's, or a route's (Route set).
 type PoolStatus struct {
 	Name     string          `json:"name"`
+	Route    string          `json:"route,omitempty"`
 	Backends []BackendStatus `json:"backends"`
 }
 
@@ -126,6 +136,12 @@ func (r *Registry) Status() Status {
 			BytesOut:         f.bytesOut.Load(),
 			Responses:        Classes{},
 			Pools:            []PoolStatus{},
+			Routes:           []RouteStatus{},
+		}
+		for _, name := range fl.Routes {
+			rs := RouteStatus{Name: name, Responses: Classes{}}
+			rs.Requests = f.RouteSeries(name).classes(rs.Responses)
+			fs.Routes = append(fs.Routes, rs)
 		}
 		routes := map[string]*Route{}
 		for _, rt := range fl.routes {
@@ -137,7 +153,7 @@ func (r *Registry) Status() Status {
 			}
 		}
 		for _, p := range fl.Pools {
-			ps := PoolStatus{Name: p.Name, Backends: []BackendStatus{}}
+			ps := PoolStatus{Name: p.Name, Route: p.Route, Backends: []BackendStatus{}}
 			for _, b := range p.Backends {
 				h, cs := b.Health(), b.Counters()
 				bs := BackendStatus{
@@ -169,10 +185,15 @@ func (r *Registry) Status() Status {
 }
 
 // classes adds the route's responses to c by class and returns their sum.
-func (rt *Route) classes(c Classes) uint64 {
+func (rt *Route) classes(c Classes) uint64 { return addClasses(&rt.codes, c) }
+
+// classes adds the route's responses to c by class and returns their sum.
+func (rc *RouteCounts) classes(c Classes) uint64 { return addClasses(&rc.codes, c) }
+
+func addClasses(codes *[600]atomic.Uint64, c Classes) uint64 {
 	var sum uint64
-	for code := range rt.codes {
-		n := rt.codes[code].Load()
+	for code := range codes {
+		n := codes[code].Load()
 		if n == 0 {
 			continue
 		}

@@ -195,6 +195,15 @@ func WithHandoff(ctx context.Context, h Handoff) context.Context {
 	return context.WithValue(ctx, handoffKey{}, h)
 }
 
+type editKey struct{}
+
+// WithResponseEdit returns ctx for a request whose response header, as the
+// backend sends it (a WebSocket's 101 included), edit changes before the
+// client sees it.
+func WithResponseEdit(ctx context.Context, edit func(http.Header)) context.Context {
+	return context.WithValue(ctx, editKey{}, edit)
+}
+
 // errHandedOff ends ReverseProxy's part in an upgrade that a Handoff took
 // over: there is nothing left for it to answer.
 var errHandedOff = errors.New("connection handed off to a tunnel")
@@ -222,6 +231,9 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if edit, _ := ctx.Value(editKey{}).(func(http.Header)); edit != nil {
+		edit(resp.Header)
 	}
 	if u, ok := resp.Body.(*upgraded); ok {
 		return nil, p.handOff(ctx, resp, u)
