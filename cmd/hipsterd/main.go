@@ -3,6 +3,8 @@
 //
 //	hipsterd -config /etc/hipsterd/hipsterd.ini      run
 //	hipsterd -t -config /etc/hipsterd/hipsterd.ini   check the file and exit
+//	hipsterd -config FILE -route URL [-frontend NAME]
+//	                                                 explain where a request for URL goes
 //	hipsterd -version                                print the version and exit
 //
 // Events go to stderr (-log-format text or json, -log-level debug, info,
@@ -23,6 +25,7 @@ import (
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/router"
 	"github.com/hipsterd/hipsterd/internal/sdnotify"
 	"github.com/hipsterd/hipsterd/internal/server"
 )
@@ -44,8 +47,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	logFormat := fs.String("log-format", "text", "events on stderr as `text` or json")
 	logLevel := fs.String("log-level", "info", "the least important events logged: debug, info, warn or error")
+	routeURL := fs.String("route", "", "explain where a request for `URL` would go, and exit (binds nothing)")
+	frontend := fs.String("frontend", "", "with -route: the frontend `NAME` (default: the one whose bind has the URL's port)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: hipsterd -config FILE [-t] [-log-format text|json] [-log-level LEVEL]\n       hipsterd -version\n")
+		fmt.Fprintf(stderr, "usage: hipsterd -config FILE [-t] [-log-format text|json] [-log-level LEVEL]\n       hipsterd -config FILE -route URL [-frontend NAME]\n       hipsterd -version\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -55,7 +60,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "hipsterd %s\n", version)
 		return 0
 	}
-	if *configPath == "" || fs.NArg() > 0 {
+	if *configPath == "" || fs.NArg() > 0 || *frontend != "" && *routeURL == "" {
 		fs.Usage()
 		return 2
 	}
@@ -80,6 +85,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "%shipsterd: %v\n", prio(prioError), e)
 		}
 		return 1
+	}
+	if *routeURL != "" {
+		if err := router.Explain(stdout, cfg, *routeURL, *frontend); err != nil {
+			fmt.Fprintf(stderr, "hipsterd: %v\n", err)
+			return 1
+		}
+		return 0
 	}
 	if check {
 		for _, w := range warnings(cfg) {
