@@ -201,4 +201,3 @@ func list(cfg *config.Config, only []*config.Frontend) string {
 	}
 	return strings.Join(out, ", ")
 }
-
