@@ -239,7 +239,7 @@ type Route struct {
 	Balance     Balance
 	StripPrefix bool
 	// Redirect is the URL (or absolute path) the answer's Location starts
-	// with, its trailing / trimmed; "" for a route to Backends.
+	// with, its trailing / trimmed (Location); "" for a route to Backends.
 	Redirect     string
 	RedirectCode int
 	Headers      HeaderRules

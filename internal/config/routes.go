@@ -97,7 +97,6 @@ func (p *parser) redirect(sec *ini.Section, rc *Route) {
 	default:
 		p.errorf(sec.Name(), "redirect", "%q is neither an http:// or https:// URL nor a path starting with /", rc.Redirect)
 	}
-	rc.Redirect = strings.TrimRight(rc.Redirect, "/")
 }
 
 // routeRefs checks a frontend's routes.

@@ -68,7 +68,7 @@ func TestRoutes(t *testing.T) {
 		t.Errorf("route api:\n%+v\nwant\n%+v", *api, want)
 	}
 	old := cfg.Route("old")
-	if old.Redirect != "https://new.example.com" || old.RedirectCode != 301 || old.Path != "/old/" {
+	if old.Redirect != "https://new.example.com/" || old.RedirectCode != 301 || old.Path != "/old/" {
 		t.Errorf("route old %+v", *old)
 	}
 	if len(cfg.Warnings) != 0 {

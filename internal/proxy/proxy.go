@@ -142,19 +142,10 @@ func prepare(r *http.Request, d *router.Decision) *http.Request {
 // redirect answers a redirect route: its URL, the path after the prefix
 // and the query.
 func redirect(w http.ResponseWriter, r *http.Request, d *router.Decision) {
-	loc := d.Route.Redirect + d.Rest
-	if !strings.Contains(d.Route.Redirect, "://") {
-		// A path on this host must not turn into //host/…, which a
-		// browser would take for another host.
-		loc = "/" + strings.TrimLeft(loc, "/")
-	}
-	if r.URL.RawQuery != "" {
-		loc += "?" + r.URL.RawQuery
-	}
 	if edit := d.Edit(); edit != nil {
 		edit(w.Header())
 	}
-	w.Header().Set("Location", loc)
+	w.Header().Set("Location", d.Route.Location(d.Rest, r.URL.RawQuery))
 	w.WriteHeader(d.Route.RedirectCode)
 }
 

@@ -77,11 +77,7 @@ func Explain(w io.Writer, cfg *config.Config, rawURL, frontend string) error {
 	}
 	switch {
 	case d.Route != nil && d.Route.Redirect != "":
-		loc := d.Route.Redirect + d.Rest
-		if !strings.Contains(d.Route.Redirect, "://") {
-			loc = "/" + strings.TrimLeft(loc, "/")
-		}
-		line("answer", "%d redirect, Location: %s", d.Route.RedirectCode, loc+query)
+		line("answer", "%d redirect, Location: %s", d.Route.RedirectCode, d.Route.Location(d.Rest, u.RawQuery))
 	case d.Route == nil && len(d.Target.Backends) == 0:
 		line("answer", "503: neither a route, a [host] section nor the frontend's backends apply")
 		return nil

@@ -40,6 +40,22 @@ type Route struct {
 	hosts  hostSet[bool]
 }
 
+// Location is the Location of a redirect route's answer to a request
+// whose path has rest after the route's prefix, and rawQuery as its query:
+// the redirect, its trailing / trimmed, then rest, then the query.
+func (r *Route) Location(rest, rawQuery string) string {
+	loc := strings.TrimRight(r.Redirect, "/") + rest
+	if !strings.Contains(r.Redirect, "://") {
+		// A path on this host must not turn into //host/…, which a
+		// browser would take for another host.
+		loc = "/" + strings.TrimLeft(loc, "/")
+	}
+	if rawQuery != "" {
+		loc += "?" + rawQuery
+	}
+	return loc
+}
+
 // Edit changes a response's header; nil means no change.
 type Edit func(http.Header)
 
