@@ -498,3 +498,35 @@ func TestRouteExplain(t *testing.T) {
 	}
 }
 
+
+func TestRoutesReload(t *testing.T) {
+	t.Parallel()
+	front := freePort(t, "tcp", "127.0.0.1")
+	web, api := echoBackend(t, "web"), echoBackend(t, "api")
+	conf := func(path, extra string) string {
+		return fmt.Sprintf("[frontend web]\nbind = %s\nbackends = web\nroutes = r\n[route r]\npath = %s\nbackends = api\n%s[backend web]\nconnect = %s\n[backend api]\nconnect = %s\n", front, path, extra, web, api)
+	}
+	cfg := writeConfig(t, conf("/a", ""))
+	p := startHipsterd(t, cfg, front)
+	backendOf := func(target string) string {
+		_, b := rawGet(t, front, target, "x")
+		var got seen
+		json.Unmarshal([]byte(b), &got)
+		return got.Name
+	}
+	if a, b := backendOf("/a/x"), backendOf("/b/x"); a != "api" || b != "web" {
+		t.Fatalf("before reload: /a/x to %s, /b/x to %s", a, b)
+	}
+	// A bad rule keeps the running routes.
+	p.reload(t, cfg, conf("/b", "add-request-header = X-No-Colon\n"), "reload failed", 1)
+	if !strings.Contains(p.stderr.String(), `[route r] add-request-header: \"X-No-Colon\" has no ':'`) {
+		t.Errorf("the failed reload does not name the rule:\n%s", p.stderr.String())
+	}
+	if a := backendOf("/a/x"); a != "api" {
+		t.Errorf("after a failed reload, /a/x to %s", a)
+	}
+	p.reload(t, cfg, conf("/b", ""), "reloaded", 1)
+	if a, b := backendOf("/a/x"), backendOf("/b/x"); a != "web" || b != "api" {
+		t.Errorf("after reload: /a/x to %s, /b/x to %s", a, b)
+	}
+}
