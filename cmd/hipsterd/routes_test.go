@@ -498,7 +498,6 @@ func TestRouteExplain(t *testing.T) {
 	}
 }
 
-
 func TestRoutesReload(t *testing.T) {
 	t.Parallel()
 	front := freePort(t, "tcp", "127.0.0.1")
