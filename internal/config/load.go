@@ -145,6 +145,8 @@ func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
 		// Same-named sections and keys are reported, not merged.
 		AllowNonUniqueSections: true,
 		AllowShadows:           true,
+		// A header rule may be given twice alike (two Set-Cookie lines).
+		AllowDuplicateShadowValues: true,
 		// drunken-hipster's parser did not care about the case of keys.
 		InsensitiveKeys: true,
 		// Values may hold '#' (a path), as they could in drunken-hipster.
@@ -293,7 +295,9 @@ func (p *parser) keys(sec *ini.Section, typ string) {
 			p.errorf(sec.Name(), name, "unknown key%s", hint)
 			continue
 		}
-		if n := len(k.ValueWithShadows()); n > 1 && !contains(headerRuleKeys, name) {
+		// A key set twice to one value was let pass before header rules
+		// kept duplicates, and still is.
+		if n := distinct(k.ValueWithShadows()); n > 1 && !contains(headerRuleKeys, name) {
 			p.errorf(sec.Name(), name, "key set %d times; set it once", n)
 		}
 	}
@@ -928,6 +932,15 @@ func fields(s string) []string {
 		return f
 	}
 	return nil
+}
+
+// distinct counts the different values of list.
+func distinct(list []string) int {
+	seen := map[string]bool{}
+	for _, s := range list {
+		seen[s] = true
+	}
+	return len(seen)
 }
 
 func contains(list []string, s string) bool {

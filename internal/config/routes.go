@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"net/textproto"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"gopkg.in/ini.v1"
@@ -35,7 +36,7 @@ func (p *parser) route(sec *ini.Section) {
 		p.errorf(sec.Name(), "hosts", "empty: leave the key out for a route of any host")
 	}
 	for _, h := range rc.Hosts {
-		if strings.ContainsAny(h, "/[]") && !strings.HasPrefix(h, "[") || strings.Count(h, "*") > 1 || strings.Contains(h, "*") && !strings.HasPrefix(h, "*.") {
+		if rest := strings.TrimPrefix(h, "*."); rest == "" || strings.ContainsAny(rest, "*/\\?#@") {
 			p.errorf(sec.Name(), "hosts", "%q is not a host name (a wildcard is written *.example.com)", h)
 		}
 	}
@@ -52,11 +53,13 @@ func (p *parser) route(sec *ini.Section) {
 		}
 	}
 	p.boolean(sec, "strip-prefix", &rc.StripPrefix)
-	p.integer(sec, "redirect-code", 0, 999, &rc.RedirectCode)
-	switch rc.RedirectCode {
-	case 301, 302, 303, 307, 308:
-	default:
-		p.errorf(sec.Name(), "redirect-code", "%q is not 301, 302, 303, 307 or 308", value(sec, "redirect-code"))
+	if sec.HasKey("redirect-code") {
+		switch v := value(sec, "redirect-code"); v {
+		case "301", "302", "303", "307", "308":
+			rc.RedirectCode, _ = strconv.Atoi(v)
+		default:
+			p.errorf(sec.Name(), "redirect-code", "%q is not 301, 302, 303, 307 or 308", v)
+		}
 	}
 	switch {
 	case sec.HasKey("redirect") && len(rc.Backends) > 0:

@@ -29,6 +29,8 @@ add-request-header = X-A: 1
 del-request-header = X-B
 add-request-header = X-A: 2
 set-response-header = Cache-Control: no-store
+add-response-header = Set-Cookie: a=1
+add-response-header = Set-Cookie: a=1
 
 [route old]
 path = /old/
@@ -61,8 +63,9 @@ func TestRoutes(t *testing.T) {
 	want := Route{Name: "api", Hosts: []string{"example.com", "api.example.com"}, Path: "/api", Backends: []string{"api", "api"},
 		Balance: LeastConn, StripPrefix: true, RedirectCode: DefaultRedirectCode, Headers: HeaderRules{
 			// In file order, across keys.
-			Request:  []HeaderRule{{HeaderAdd, "X-A", "1"}, {HeaderDel, "X-B", ""}, {HeaderAdd, "X-A", "2"}},
-			Response: []HeaderRule{{HeaderSet, "Cache-Control", "no-store"}},
+			Request: []HeaderRule{{HeaderAdd, "X-A", "1"}, {HeaderDel, "X-B", ""}, {HeaderAdd, "X-A", "2"}},
+			// Lines alike are kept.
+			Response: []HeaderRule{{HeaderSet, "Cache-Control", "no-store"}, {HeaderAdd, "Set-Cookie", "a=1"}, {HeaderAdd, "Set-Cookie", "a=1"}},
 		}}
 	if !reflect.DeepEqual(*api, want) {
 		t.Errorf("route api:\n%+v\nwant\n%+v", *api, want)
@@ -125,6 +128,8 @@ func TestRouteErrors(t *testing.T) {
 			`[route api v2]: a route needs exactly one name`},
 		{"route key", "balance = leastconn\n=>balance = leastconn\nbind = x",
 			`[route api] bind: unknown key`},
+		{"bad host", "hosts = Example.com api.example.com\n=>hosts = a.*.com",
+			`[route api] hosts: "a.*.com" is not a host name`},
 		{"repeated plain key", "path = /api\n=>path = /api\npath = /b",
 			`[route api] path: key set 2 times`},
 	}
