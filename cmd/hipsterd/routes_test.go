@@ -173,6 +173,9 @@ func TestRoutesEndToEnd(t *testing.T) {
 			{"other.test", "/admin/../%61pi/v2/%7Eme?a=%20", "api", "/v2/~me?a=%20"},
 			{"other.test", "/api/a%2Fb", "api", "/a%2Fb"},
 			{"other.test", "/api%2Fx", "fb", "/api%2Fx"},
+			// The absolute form: its authority is the Host.
+			{"other.test", "http://named.example.com/api/x", "admin", "/api/x"},
+			{"other.test", "http://other.test/api/v1?z", "api", "/v1?z"},
 		} {
 			resp, b := rawGet(t, front, tc.target, tc.host)
 			var got seen

@@ -52,6 +52,10 @@ stats = 127.0.0.1:0
 [frontend web]
 bind = 127.0.0.1:0
 backends = app other
+routes = r
+[route r]
+path = /r
+backends = other
 [backend app]
 connect = %s
 health-check = /health
@@ -61,6 +65,7 @@ health-fall = 2
 connect = %s
 `, backend.Listener.Addr(), namedBackend(t, "other")))
 	get(t, "http://"+addrs["web"]+"/", "")
+	get(t, "http://"+addrs["web"]+"/r/x", "")
 
 	b := startChromium(t, bin)
 	page := b.newPage(t)
@@ -82,6 +87,19 @@ connect = %s
 		return res.Result.Value
 	}
 	poll(t, 30*time.Second, "the page to show app UP", func() bool { return state() == "UP" })
+	// The route's row: its name and the one request it took.
+	var row struct {
+		Result struct {
+			Value string `json:"value"`
+		} `json:"result"`
+	}
+	page.callInto(t, "Runtime.evaluate", map[string]any{
+		"expression":    `Array.from(document.querySelectorAll('[data-frontend="web"] tr[data-route="r"] td')).slice(0, 2).map(td => td.textContent).join(" ")`,
+		"returnByValue": true,
+	}, &row)
+	if row.Result.Value != "r 1" {
+		t.Errorf("the route's row reads %q, want \"r 1\"", row.Result.Value)
+	}
 	sick.Store(true)
 	poll(t, 30*time.Second, "the page to show app DOWN by itself", func() bool { return state() == "DOWN" })
 	// The icon the page names, and that the browser asks for itself.
