@@ -194,7 +194,8 @@ func TestRoutesEndToEnd(t *testing.T) {
 	})
 
 	t.Run("header rules", func(t *testing.T) {
-		resp, b := rawGet(t, front, "/api/x", "example.com", "Cookie: secret=1", "X-Env: dev", "X-Layer: client")
+		// A hostile client names X-Env as hop-by-hop, to have it dropped.
+		resp, b := rawGet(t, front, "/api/x", "example.com", "Cookie: secret=1", "X-Env: dev", "X-Layer: client", "Connection: X-Env, close")
 		var got seen
 		json.Unmarshal([]byte(b), &got)
 		// Frontend, then host, then route; each key repeated in order.

@@ -250,7 +250,30 @@ func apply(rule config.HeaderRule, h http.Header) {
 		h[rule.Name] = append(h[rule.Name], rule.Value)
 	case config.HeaderDel:
 		delete(h, rule.Name)
+		return
 	}
+	// A header the other side names in Connection is dropped as
+	// hop-by-hop after the rules ran: what a rule wrote must stay.
+	if c := h["Connection"]; len(c) > 0 {
+		h["Connection"] = dropToken(c, rule.Name)
+	}
+}
+
+// dropToken returns the Connection values c without the token name.
+func dropToken(c []string, name string) []string {
+	var out []string
+	for _, v := range c {
+		var kept []string
+		for item := range strings.SplitSeq(v, ",") {
+			if item = strings.TrimSpace(item); item != "" && !strings.EqualFold(item, name) {
+				kept = append(kept, item)
+			}
+		}
+		if len(kept) > 0 {
+			out = append(out, strings.Join(kept, ", "))
+		}
+	}
+	return out
 }
 
 // edit returns the Edit applying lists of rules in order; nil when they

@@ -182,6 +182,13 @@ func TestRequestRules(t *testing.T) {
 	if want := (http.Header{"X-A": {"0", "1"}, "X-B": {"2", "3"}}); !reflect.DeepEqual(r.Header, want) || r.Host != "internal" {
 		t.Errorf("header %v host %q", r.Header, r.Host)
 	}
+	// A client naming a header in Connection cannot have a rule's header
+	// dropped as hop-by-hop.
+	r.Header = http.Header{"Connection": {"X-Env, upgrade", "x-env"}, "Upgrade": {"websocket"}}
+	ApplyRequest([]config.HeaderRule{{Op: config.HeaderSet, Name: "X-Env", Value: "prod"}}, r)
+	if want := (http.Header{"Connection": {"upgrade"}, "Upgrade": {"websocket"}, "X-Env": {"prod"}}); !reflect.DeepEqual(r.Header, want) {
+		t.Errorf("header %v, want %v", r.Header, want)
+	}
 }
 
 func TestNoRoutesNoAllocation(t *testing.T) {
