@@ -16,7 +16,7 @@ LOGROTATEDIR ?= $(SYSCONFDIR)/logrotate.d
 MANDIR       ?= $(PREFIX)/share/man
 CONFDIR      := $(SYSCONFDIR)/hipsterd
 
-.PHONY: all build test vet fmt fuzz bench demo install clean
+.PHONY: all build test vet fmt fuzz bench demo install deb clean
 
 all: build
 
@@ -76,5 +76,14 @@ install:
 	sed 's|/var/log/hipsterd/|$(LOGDIR)/|g' configs/hipsterd.logrotate > $(DESTDIR)$(LOGROTATEDIR)/hipsterd
 	chmod 0644 $(DESTDIR)$(UNITDIR)/hipsterd.service $(DESTDIR)$(LOGROTATEDIR)/hipsterd $(DESTDIR)$(CONFDIR)/hipsterd.ini
 
+# Builds hipsterd_$(VERSION)_ARCH.deb in DEBDIR with dpkg-deb: a static,
+# stripped binary (no libc dependency) and what `make install` installs
+# under /usr and /etc. The scripts and the control file are in packaging/deb.
+DEBDIR     ?= .
+MAINTAINER ?= hipsterd maintainers <hipsterd@invalid>
+deb:
+	CGO_ENABLED=0 $(MAKE) build LDFLAGS="-s -w $(LDFLAGS)"
+	MAKE="$(MAKE)" VERSION="$(VERSION)" MAINTAINER="$(MAINTAINER)" ./packaging/deb/build.sh $(DEBDIR)
+
 clean:
-	rm -f hipsterd hipster-demo hipsterd-access.log
+	rm -f hipsterd hipster-demo hipsterd-access.log hipsterd_*.deb
