@@ -21,8 +21,12 @@ gzip -9n "$stage"/usr/share/man/man5/hipsterd.ini.5 "$stage"/usr/share/man/man8/
 doc="$stage/usr/share/doc/hipsterd"
 install -d "$doc"
 install -m 0644 README.md docs/*.md "$doc"
-gzip -9nc CHANGELOG.md > "$doc/changelog.gz"
-chmod 0644 "$doc/changelog.gz"
+gzip -9nc CHANGELOG.md > "$doc/CHANGELOG.md.gz"
+# Debian's changelog, pointing at the project's, dated as its release.
+released=$(sed -n "s/^## \[$VERSION\] - //p" CHANGELOG.md)
+printf 'hipsterd (%s) unstable; urgency=medium\n\n  * Release %s: see CHANGELOG.md.gz.\n\n -- %s  %s\n' \
+	"$VERSION" "$VERSION" "$MAINTAINER" "$(date -R -u -d "$released")" | gzip -9n > "$doc/changelog.gz"
+chmod 0644 "$doc/CHANGELOG.md.gz" "$doc/changelog.gz"
 {
 	printf 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n'
 	printf 'Upstream-Name: hipsterd\n\nFiles: *\n'
