@@ -8,6 +8,7 @@ package main
 import (
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"os"
 
@@ -19,11 +20,23 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: hipster-demo ADDR [ADDR…]")
 		os.Exit(2)
 	}
-	errs := make(chan error)
+	// Every address is bound before any serves, and before the line that
+	// scripts/demo.sh waits for: a port taken is an error, not a silent
+	// stand-in answering for this backend.
+	var listeners []net.Listener
 	for _, addr := range os.Args[1:] {
-		go func() { errs <- http.ListenAndServe(addr, handler(addr)) }()
-		log.Printf("demo backend listening on %s", addr)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			log.Fatalf("hipster-demo: %v", err)
+		}
+		listeners = append(listeners, l)
 	}
+	errs := make(chan error)
+	for _, l := range listeners {
+		go func() { errs <- http.Serve(l, handler(l.Addr().String())) }()
+		log.Printf("demo backend listening on %s", l.Addr())
+	}
+	log.Print("demo backends ready")
 	log.Fatal(<-errs)
 }
 

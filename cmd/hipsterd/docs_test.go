@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hipsterd/hipsterd"
 	"github.com/hipsterd/hipsterd/internal/config"
 )
 
@@ -159,4 +160,24 @@ func anchors(md string) []string {
 		list = append(list, b.String())
 	}
 	return list
+}
+
+// TestChangelogNamesTheRelease fails when VERSION names a release that
+// CHANGELOG.md has no section for, or is not X.Y.Z.
+func TestChangelogNamesTheRelease(t *testing.T) {
+	t.Parallel()
+	if !regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`).MatchString(hipsterd.Version) {
+		t.Errorf("VERSION holds %q, not X.Y.Z", hipsterd.Version)
+	}
+	changelog, err := os.ReadFile("../../CHANGELOG.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	heading := regexp.MustCompile(`(?m)^## \[` + regexp.QuoteMeta(hipsterd.Version) + `\] - [0-9]{4}-[0-9]{2}-[0-9]{2}$`)
+	if !heading.Match(changelog) {
+		t.Errorf("CHANGELOG.md has no \"## [%s] - YYYY-MM-DD\" section for the version in VERSION", hipsterd.Version)
+	}
+	if !strings.Contains(string(changelog), "## [Unreleased]") {
+		t.Error("CHANGELOG.md has no [Unreleased] section")
+	}
 }

@@ -34,6 +34,8 @@ func TestMakeInstall(t *testing.T) {
 		"usr/lib/systemd/system/hipsterd.service": 0o644,
 		"usr/lib/sysusers.d/hipsterd.conf":        0o644,
 		"etc/logrotate.d/hipsterd":                0o644,
+		"usr/share/man/man8/hipsterd.8":           0o644,
+		"usr/share/man/man5/hipsterd.ini.5":       0o644,
 	}
 	for name, mode := range files {
 		fi, err := os.Stat(filepath.Join(dest, name))
@@ -61,7 +63,10 @@ func TestMakeInstall(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(conf); !strings.Contains(string(data), "accesslog = "+logDir+"/access.log") {
 		t.Errorf("installed config does not log to %s:\n%s", logDir, data)
+	} else if !strings.Contains(string(data), "man hipsterd.ini") {
+		t.Errorf("installed config is not the commented sample configs/hipsterd.ini:\n%s", data)
 	}
+	checkVersion(t, bin)
 	unit, err := os.ReadFile(filepath.Join(dest, "usr/lib/systemd/system/hipsterd.service"))
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +94,32 @@ func TestMakeInstall(t *testing.T) {
 	}
 	if out, err := exec.Command(analyze, "verify", local).CombinedOutput(); err != nil || len(out) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// checkVersion checks that the binary make built names the release in
+// VERSION and, where git is at hand, the commit of the checkout.
+func checkVersion(t *testing.T, bin string) {
+	t.Helper()
+	release, err := os.ReadFile("../../VERSION")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "-version").Output()
+	if err != nil {
+		t.Fatalf("%s -version: %v", bin, err)
+	}
+	want := "hipsterd " + strings.TrimSpace(string(release)) + " ("
+	if !strings.HasPrefix(string(out), want) {
+		t.Errorf("-version printed %q, want it to start with %q", out, want)
+	}
+	head, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		t.Logf("no git commit to compare -version with: %v", err)
+		return
+	}
+	if commit := strings.TrimSpace(string(head)); !strings.HasPrefix(string(out), want+commit) {
+		t.Errorf("-version printed %q, want the commit %s", out, commit)
 	}
 }
 

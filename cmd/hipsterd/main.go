@@ -19,19 +19,51 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/hipsterd/hipsterd"
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/router"
 	"github.com/hipsterd/hipsterd/internal/sdnotify"
 	"github.com/hipsterd/hipsterd/internal/server"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+// commit names the source the binary was built from. The Makefile may set
+// it (make COMMIT=…, for a build outside a git checkout); otherwise it is
+// read from what go build recorded of the checkout.
+var commit = ""
+
+// version is the release and the commit, as -version prints it:
+// "1.0.0 (0123456789ab)", with "-dirty" after the commit when the checkout
+// had changes.
+func version() string {
+	c := commit
+	if c == "" {
+		c = "unknown"
+		if info, ok := debug.ReadBuildInfo(); ok {
+			var rev, modified string
+			for _, s := range info.Settings {
+				switch s.Key {
+				case "vcs.revision":
+					rev = s.Value
+				case "vcs.modified":
+					modified = s.Value
+				}
+			}
+			if rev != "" {
+				c = rev[:min(12, len(rev))]
+				if modified == "true" {
+					c += "-dirty"
+				}
+			}
+		}
+	}
+	return hipsterd.Version + " (" + c + ")"
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -57,7 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *showVersion {
-		fmt.Fprintf(stdout, "hipsterd %s\n", version)
+		fmt.Fprintf(stdout, "hipsterd %s\n", version())
 		return 0
 	}
 	if *configPath == "" || fs.NArg() > 0 || *frontend != "" && *routeURL == "" {
@@ -104,7 +136,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	warn(log, cfg)
 	logFileLimit(log, raiseFileLimit())
 	srv := server.New(log)
-	srv.SetVersion(version)
+	srv.SetVersion(version())
 	// Signals are caught before binding, so a TERM during start is not lost.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
@@ -113,7 +145,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%shipsterd: %v\n", prio(prioError), err)
 		return 1
 	}
-	log.Info("hipsterd started", "version", version, "config", *configPath)
+	log.Info("hipsterd started", "version", version(), "config", *configPath)
 	notify(log, sdnotify.Ready, sdnotify.Status(serving(cfg, srv)))
 
 	for {
