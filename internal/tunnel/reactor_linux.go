@@ -219,14 +219,16 @@ func watch(t *tunnel) (arm func()) {
 }
 
 // tcpConn returns c's TCP connection: c itself, or the connection a wrapper
-// that adds only to its Close (one counted against max-connections) offers
-// with TCP(). The tunnel still closes c.
+// offers with TCP() when reading and writing the socket directly is the
+// same as using the wrapper (one counted against max-connections, one whose
+// PROXY header is read). The tunnel still closes c.
 func tcpConn(c net.Conn) (*net.TCPConn, bool) {
 	switch c := c.(type) {
 	case *net.TCPConn:
 		return c, true
 	case interface{ TCP() *net.TCPConn }:
-		return c.TCP(), true
+		tc := c.TCP()
+		return tc, tc != nil
 	}
 	return nil, false
 }
