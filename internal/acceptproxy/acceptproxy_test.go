@@ -157,7 +157,9 @@ func TestHeaders(t *testing.T) {
 	inet := []byte{203, 0, 113, 7, 192, 0, 2, 1, 0x9c, 0x40, 0, 80}
 	unix := make([]byte, 216)
 	copy(unix, "x\nfrontend:evil 2026/01/01 00:00:00.000000 6.6.6.6:1 h \"GET / HTTP/1.1\" 200 0")
-	tlv := func(typ byte, n int, value string) []byte { return append([]byte{typ, byte(n >> 8), byte(n)}, value...) }
+	tlv := func(typ byte, n int, value string) []byte {
+		return append([]byte{typ, byte(n >> 8), byte(n)}, value...)
+	}
 	for _, tc := range []struct {
 		name string
 		raw  []byte
