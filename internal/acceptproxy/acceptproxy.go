@@ -110,7 +110,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 	if len(c.early) > 0 {
 		n := copy(b, c.early)
-		c.early = c.early[n:]
+		if c.early = c.early[n:]; len(c.early) == 0 {
+			c.early = nil // the header's buffer is not held for the connection's life
+		}
 		return n, nil
 	}
 	return c.Conn.Read(b)

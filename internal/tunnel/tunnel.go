@@ -234,15 +234,19 @@ func (t *tunnel) abort(failed End) {
 		if tc := socket(c); tc != nil {
 			tc.SetLinger(0)
 		}
-		// Under TLS, a close_notify would tell the peer that the stream
-		// is complete.
+	}
+	if t.unwatch != nil {
+		t.close(failed)
+		return
+	}
+	// A goroutine tunnel ends once its copies see their connections
+	// closed. Under TLS, a close_notify would tell the peer that the
+	// stream is complete: the connection under it is closed instead.
+	for _, c := range []net.Conn{t.a, t.b} {
 		if tc, ok := c.(*tls.Conn); ok {
 			c = tc.NetConn()
 		}
 		c.Close()
-	}
-	if t.unwatch != nil {
-		t.close(failed)
 	}
 }
 
