@@ -156,7 +156,7 @@ bind = %s
 mode = tcp
 backends = a
 accept-proxy = true
-read-header-timeout = 500ms
+read-header-timeout = 1s
 [backend x]
 connect = %s
 [backend a]
@@ -185,7 +185,7 @@ connect = %s
 			t.Errorf("http frontend, %s: %q, want an answer ending in %q", name, got, tc.want)
 		}
 	}
-	if got, _ := rawExchange(t, db, true, 50*time.Millisecond, v1[:20], v1[20:40], v1[40:], []byte("hi\n")); got != "a\nhi\n" {
+	if got, _ := rawExchange(t, db, true, 20*time.Millisecond, v1[:20], v1[20:40], v1[40:], []byte("hi\n")); got != "a\nhi\n" {
 		t.Errorf("tcp frontend, v1 in three: %q", got)
 	}
 	// A header that never ends is closed at read-header-timeout.
