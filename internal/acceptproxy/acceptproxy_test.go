@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -274,4 +275,51 @@ func TestConnTCP(t *testing.T) {
 	if c.TCP() != server.(*net.TCPConn) {
 		t.Error("TCP() is not the socket once they were read")
 	}
+}
+
+// Whatever a client sends, the parser neither panics nor waits for a
+// header that could not be valid, and what it accepts names a TCP client
+// or none (LOCAL); a header that arrives a byte at a time is read as one
+// that arrives whole.
+func FuzzHeader(f *testing.F) {
+	inet := []byte{203, 0, 113, 7, 192, 0, 2, 1, 0x9c, 0x40, 0, 80}
+	for _, seed := range [][]byte{
+		[]byte("PROXY TCP4 203.0.113.7 192.0.2.1 40000 80\r\nGET"),
+		[]byte("PROXY TCP6 2001:db8::7 2001:db8::1 5555 5432\r\n"),
+		[]byte("PROXY UNKNOWN\r\n"),
+		v2(0x21, 0x11, inet),
+		v2(0x21, 0x11, append(inet, 0xe0, 0, 1, 'x')),
+		v2(0x20, 0x00, nil),
+		v2(0x21, 0x31, make([]byte, 216)),
+		v2(0x21, 0x12, inet),
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		size, err := need(b)
+		if err != nil || size == 0 {
+			return
+		}
+		for i := range size {
+			if n, err := need(b[:i]); n != 0 || err != nil {
+				t.Fatalf("%q: %d bytes of a %d-byte header give %d, %v", b, i, size, n, err)
+			}
+		}
+		h, err := parse(b[:size])
+		if err != nil {
+			return
+		}
+		if (h.src == nil) != (h.dst == nil) {
+			t.Fatalf("%q: %v -> %v", b, h.src, h.dst)
+		}
+		for _, a := range []net.Addr{h.src, h.dst} {
+			if a == nil {
+				continue
+			}
+			ta, ok := a.(*net.TCPAddr)
+			if !ok || (ta.IP.To4() == nil && len(ta.IP) != net.IPv6len) || strings.ContainsAny(a.String(), " \r\n\"\\") {
+				t.Fatalf("%q: address %#v", b, a)
+			}
+		}
+	})
 }
