@@ -44,6 +44,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -parallel 1 ./internal/config
 	$(GO) test -run '^$$' -fuzz '^FuzzEscaping$$' -fuzztime $(FUZZTIME) -parallel 1 ./internal/accesslog
+	$(GO) test -run '^$$' -fuzz '^FuzzHeader$$' -fuzztime $(FUZZTIME) -parallel 1 ./internal/acceptproxy
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestPath$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s -parallel 1 ./internal/server
 	$(GO) test -run '^$$' -fuzz '^FuzzBackendResponse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s -parallel 1 ./internal/server
 

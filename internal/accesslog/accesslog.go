@@ -136,7 +136,7 @@ func (lf *File) Close() error {
 // Logger writes the lines of one frontend.
 type Logger struct {
 	format Format
-	prefix string // Hipster: "frontend:NAME "; JSON: the name as a JSON string
+	prefix string // "frontend:NAME " (combined's for its tcp lines); JSON: the name as a JSON string
 	file   *File
 }
 
@@ -145,7 +145,7 @@ type Logger struct {
 func NewLogger(name string, file *File, format Format) *Logger {
 	l := &Logger{format: format, file: file}
 	switch format {
-	case Hipster:
+	case Hipster, Combined:
 		l.prefix = string(appendEscaped([]byte("frontend:"), name)) + " "
 	case JSON:
 		l.prefix = string(appendJSONString(nil, name))

@@ -14,7 +14,7 @@ func appendLine(b []byte, prefix string, now time.Time, r *request, status int, 
 	b = append(b, prefix...)
 	b = appendTime(b, now)
 	b = append(b, ' ')
-	b = append(b, r.remoteAddr...)
+	b = appendEscapedOrDash(b, r.remoteAddr)
 	b = append(b, ' ')
 	b = appendEscapedOrDash(b, r.host)
 	b = append(b, " \""...)
@@ -31,7 +31,7 @@ func appendLine(b []byte, prefix string, now time.Time, r *request, status int, 
 //
 //	$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
 func appendCombined(b []byte, now time.Time, r *request, status int, n int64) []byte {
-	b = append(b, clientIP(r.remoteAddr)...)
+	b = appendEscapedOrDash(b, clientIP(r.remoteAddr))
 	b = append(b, " - - ["...)
 	b = append(b, combinedTime.text(now)...)
 	b = append(b, "] \""...)

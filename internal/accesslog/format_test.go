@@ -351,7 +351,7 @@ func TestLogLineAllocs(t *testing.T) {
 
 func TestNewLoggerPrefix(t *testing.T) {
 	t.Parallel()
-	for format, want := range map[Format]string{Hipster: `frontend:a\x22b `, JSON: `"a\"b"`, Combined: ""} {
+	for format, want := range map[Format]string{Hipster: `frontend:a\x22b `, JSON: `"a\"b"`, Combined: `frontend:a\x22b `} {
 		if got := NewLogger(`a"b`, nil, format).prefix; got != want {
 			t.Errorf("%s: prefix %q, want %q", formatNames[format], got, want)
 		}
@@ -385,4 +385,24 @@ func FuzzEscaping(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The client's address is escaped like every other field, whatever its
+// source: a PROXY header's may hold anything.
+func TestClientAddressEscaped(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	r := &request{remoteAddr: "x\nfrontend:web 2012/01/01 00:00:00.000000 6.6.6.6:1 h \"GET / HTTP/1.1\" 200 0:1", method: "GET", uri: "/", proto: "HTTP/1.1"}
+	for name, line := range map[string][]byte{
+		"hipster":  appendLine(nil, "frontend:web ", now, r, 200, 0),
+		"combined": appendCombined(nil, now, r, 200, 0),
+		"json":     appendJSON(nil, `"web"`, now, r, 200, 0),
+	} {
+		if n := bytes.Count(line, []byte("\n")); n != 1 || line[len(line)-1] != '\n' {
+			t.Errorf("%s: %d lines: %q", name, n, line)
+		}
+		if name != "json" && !bytes.Contains(line, []byte(`x\x0Afrontend:web`)) {
+			t.Errorf("%s: address not escaped: %q", name, line)
+		}
+	}
 }

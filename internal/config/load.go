@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 	"gopkg.in/ini.v1"
@@ -209,6 +210,12 @@ func (p *parser) sections(f *ini.File) {
 			for _, k := range sec.Keys() {
 				p.errorf("", k.Name(), "key outside any section")
 			}
+			continue
+		}
+		if !utf8.ValidString(sec.Name()) {
+			// Names become metric labels and log fields, which must be
+			// valid UTF-8.
+			p.errorf(strings.ToValidUTF8(sec.Name(), "\uFFFD"), "", "the section's name is not valid UTF-8")
 			continue
 		}
 		fields := strings.Fields(sec.Name())

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/hipsterd/hipsterd/internal/tunnel"
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
@@ -89,9 +90,15 @@ func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, bconn net.C
 		}
 	}
 	sent := int64(len(head))
-	h.Tunnels.Start(conn, bconn, h.TunnelTimeout, func(toClient, _ int64) { end(sent + toClient) })
+	h.Tunnels.Start(conn, bconn, tunnel.Options{Timeout: h.TunnelTimeout, HalfClosed: wsHalfClosed}, func(toClient, _ int64, _ tunnel.End) { end(sent + toClient) })
 	return nil
 }
+
+// wsHalfClosed is how long a WebSocket tunnel stays open after one side
+// ended its stream: WebSocket has no use for a half-open connection, and a
+// peer gone entirely looks the same as one that only shut down its sending
+// side.
+const wsHalfClosed = 5 * time.Second
 
 // tunnelKeepAlive is the TCP keep-alive period of a tunnel's client
 // connection, so that an idle tunnel to a client that vanished without a
@@ -99,8 +106,15 @@ func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, bconn net.C
 const tunnelKeepAlive = 30 * time.Second
 
 func keepAlive(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
+	for unwrapped := false; !unwrapped; {
+		switch x := c.(type) {
+		case *tls.Conn:
+			c = x.NetConn()
+		case interface{ Raw() net.Conn }: // under a PROXY header
+			c = x.Raw()
+		default:
+			unwrapped = true
+		}
 	}
 	// A *net.TCPConn, or a wrapper of one.
 	if tc, ok := c.(interface {

@@ -115,7 +115,7 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 			h.log().Error("tcp: no backend could be reached", "client", src.String(), "err", err)
 		}
 		client.Close()
-		h.logLine(src, "", 0, 0, start)
+		h.logLine(src, "", 0, 0, start, "no-backend")
 		done()
 		return
 	}
@@ -124,7 +124,7 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 			client.Close()
 			bconn.Close()
 			slot.Release()
-			h.logLine(src, slot.Backend().Name, 0, 0, start)
+			h.logLine(src, slot.Backend().Name, 0, 0, start, terminations[tunnel.FailedB])
 			done()
 			return
 		}
@@ -135,14 +135,27 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 	if h.Stats != nil {
 		h.Stats.TCPOpened(info)
 	}
-	h.Tunnels.Start(client, bconn, h.TunnelTimeout, func(toClient, toBackend int64) {
+	// After a half-close the other direction stays open under
+	// TunnelTimeout alone, as in HAProxy: a client may shut down its
+	// sending side and wait long for the answer.
+	h.Tunnels.Start(client, bconn, tunnel.Options{Timeout: h.TunnelTimeout}, func(toClient, toBackend int64, end tunnel.End) {
 		slot.Release()
 		if h.Stats != nil {
 			h.Stats.TCPClosed(info, sent+toBackend, toClient)
 		}
-		h.logLine(src, slot.Backend().Name, sent+toBackend, toClient, start)
+		h.logLine(src, slot.Backend().Name, sent+toBackend, toClient, start, terminations[end])
 		done()
 	})
+}
+
+// terminations are the access log's words for how a tunnel ended, the
+// client being its side a.
+var terminations = [...]string{
+	tunnel.Done:    "done",
+	tunnel.Timeout: "timeout",
+	tunnel.FailedA: "client-error",
+	tunnel.FailedB: "backend-error",
+	tunnel.Closed:  "closed",
 }
 
 func (h *Handler) log() *slog.Logger {
@@ -152,9 +165,10 @@ func (h *Handler) log() *slog.Logger {
 	return h.Log
 }
 
-func (h *Handler) logLine(src net.Addr, backend string, in, out int64, start time.Time) {
+func (h *Handler) logLine(src net.Addr, backend string, in, out int64, start time.Time, termination string) {
 	if h.AccessLog != nil {
-		h.AccessLog.TCP(src.String(), backend, in, out, time.Since(start))
+		h.AccessLog.TCP(&accesslog.TCPLine{RemoteAddr: src.String(), Backend: backend, BytesIn: in, BytesOut: out,
+			Duration: time.Since(start), Termination: termination})
 	}
 }
 

@@ -3,6 +3,7 @@
 package tunnel
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -53,6 +54,8 @@ type side struct {
 	state        atomic.Int32
 	hup          atomic.Bool // src's stream ended or failed behind its bytes
 	key          uint64      // the side's slot in its reactor; guarded by reactor.mu
+	// How the tunnel ends when src or dst breaks.
+	srcFailed, dstFailed End
 }
 
 type reactor struct {
@@ -205,28 +208,30 @@ func watch(t *tunnel) (arm func()) {
 	if err1 != nil || err2 != nil {
 		return nil
 	}
-	toB := &side{t: t, src: a, dst: b, srcRC: ra, dstRC: rb, count: &t.toB}
-	toA := &side{t: t, src: b, dst: a, srcRC: rb, dstRC: ra, count: &t.toA}
+	toB := &side{t: t, src: a, dst: b, srcRC: ra, dstRC: rb, count: &t.toB, srcFailed: FailedA, dstFailed: FailedB}
+	toA := &side{t: t, src: b, dst: a, srcRC: rb, dstRC: ra, count: &t.toA, srcFailed: FailedB, dstFailed: FailedA}
 	t.unwatch = func() {
 		re.remove(toB)
 		re.remove(toA)
 	}
 	return func() {
 		if re.add(toB) != nil || re.add(toA) != nil {
-			t.close() // the kernel refused a watch (out of memory)
+			t.close(Closed) // the kernel refused a watch (out of memory)
 		}
 	}
 }
 
 // tcpConn returns c's TCP connection: c itself, or the connection a wrapper
-// that adds only to its Close (one counted against max-connections) offers
-// with TCP(). The tunnel still closes c.
+// offers with TCP() when reading and writing the socket directly is the
+// same as using the wrapper (one counted against max-connections, one whose
+// PROXY header is read). The tunnel still closes c.
 func tcpConn(c net.Conn) (*net.TCPConn, bool) {
 	switch c := c.(type) {
 	case *net.TCPConn:
 		return c, true
 	case interface{ TCP() *net.TCPConn }:
-		return c.TCP(), true
+		tc := c.TCP()
+		return tc, tc != nil
 	}
 	return nil, false
 }
@@ -282,7 +287,7 @@ func (s *side) copyInline(rio *rawIO) {
 		s.count.Add(int64(w))
 		if err != nil && err != unix.EAGAIN {
 			burstPool.Put(bp)
-			s.t.close()
+			s.t.abort(s.dstFailed)
 			return
 		}
 		if w < n || n == burstSize {
@@ -311,12 +316,18 @@ func (s *side) work(bp *[]byte, off, n int) {
 		}
 		burstPool.Put(bp)
 		if err != nil {
-			s.t.close()
+			s.fail(err, s.dstFailed)
 			return
 		}
-		if n == burstSize && !s.spliceQueued() {
-			s.t.close()
-			return
+		if n == burstSize {
+			if err := s.spliceQueued(); err != nil {
+				failed := s.dstFailed
+				if peerGone(s.srcRC) {
+					failed = s.srcFailed
+				}
+				s.fail(err, failed)
+				return
+			}
 		}
 		for {
 			bp = burstPool.Get().(*[]byte)
@@ -358,8 +369,8 @@ func (s *side) disarmWrite() {
 const spliceChunk = 1 << 20
 
 // spliceQueued moves what src has queued to dst with splice(2), with no
-// copy through user space; false if that failed.
-func (s *side) spliceQueued() bool {
+// copy through user space.
+func (s *side) spliceQueued() error {
 	var avail int
 	s.srcRC.Control(func(fd uintptr) {
 		avail, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
@@ -369,12 +380,43 @@ func (s *side) spliceQueued() bool {
 		s.armWrite()
 		m, err := io.CopyN(s.dst, s.src, int64(chunk))
 		s.count.Add(m)
+		if err == io.EOF {
+			return nil // the end of the stream comes as a read of nothing
+		}
 		if err != nil {
-			return err == io.EOF
+			return err
 		}
 		avail -= chunk
 	}
-	return true
+	return nil
+}
+
+// fail ends the tunnel after a worker's copy failed with err: a write that
+// made no progress for the timeout, a tunnel closed meanwhile, or a side
+// that broke.
+func (s *side) fail(err error, failed End) {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.t.close(Timeout)
+	case errors.Is(err, net.ErrClosed):
+		s.t.close(Closed) // whoever closed it said why
+	default:
+		s.t.abort(failed)
+	}
+}
+
+// peerGone reports whether the connection of rc was closed under the
+// socket: reset by its peer, or dead (TCP_CLOSE), which a failed splice does
+// not tell.
+func peerGone(rc syscall.RawConn) bool {
+	var state uint8
+	rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			state = info.State
+		}
+	})
+	const tcpClose = 7 // TCP_CLOSE of linux/tcp_states.h
+	return state == tcpClose
 }
 
 // ended handles a read that returned no bytes: nothing queued (false), the
@@ -384,9 +426,9 @@ func (s *side) ended(err error) bool {
 	case err == unix.EAGAIN:
 		return false
 	case err != nil:
-		s.t.close()
+		s.t.abort(s.srcFailed)
 	case s.dst.CloseWrite() != nil:
-		s.t.close()
+		s.t.abort(s.dstFailed)
 	default:
 		// Stays busy: no more bytes will come from src.
 		s.t.endedOne()

@@ -11,11 +11,18 @@
 // or a write made no progress for that long, it is closed. One timer per
 // Registry looks at the byte counts now and then (idle tunnels still cost
 // no goroutine), and writes that block carry a deadline.
+//
+// A side that breaks (a reset, a failed read or write) ends the tunnel with
+// a reset of both connections (SO_LINGER 0), so that the peer of the other
+// side does not take a cut stream for a complete one.
 package tunnel
 
 import (
+	"crypto/tls"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,19 +34,42 @@ type closeWriter interface {
 	CloseWrite() error
 }
 
-// DefaultHalfCloseTimeout is how long a tunnel stays half-closed.
-const DefaultHalfCloseTimeout = 5 * time.Second
+// Options are a tunnel's timeouts.
+type Options struct {
+	// Timeout closes the tunnel when no byte moved either way for that
+	// long, or when a write made no progress for that long (a peer that
+	// stopped reading); zero means none.
+	Timeout time.Duration
+	// HalfClosed closes the tunnel that long after one side ended its
+	// stream: a peer that closed its connection entirely cannot be told
+	// apart from one that only shut down its sending half, and a protocol
+	// with no use for half-open streams (WebSocket) need not keep one.
+	// Zero keeps the other direction open under Timeout alone, as HAProxy
+	// does without timeout client-fin and server-fin.
+	HalfClosed time.Duration
+}
+
+// End is how a tunnel ended.
+type End uint8
+
+// The ends of a tunnel.
+const (
+	// Done: both sides ended their streams.
+	Done End = iota
+	// Timeout: Options.Timeout or Options.HalfClosed passed.
+	Timeout
+	// FailedA: a's side broke (a reset, or a read or write on it failed);
+	// both connections were reset.
+	FailedA
+	// FailedB: b's side broke, likewise.
+	FailedB
+	// Closed: hipsterd closed it (CloseAll, at shutdown), or could not
+	// run it.
+	Closed
+)
 
 // Registry tracks open tunnels. Its zero value is ready to use.
 type Registry struct {
-	// HalfCloseTimeout is how long the other side may go on sending after one
-	// side ended its stream; then the tunnel is closed. A peer that closed
-	// its connection entirely cannot be told apart from one that only shut
-	// down its sending half, and WebSocket has no use for half-open tunnels,
-	// so this bounds how long such a tunnel lingers. Zero means
-	// DefaultHalfCloseTimeout.
-	HalfCloseTimeout time.Duration
-
 	mu   sync.Mutex
 	open map[*tunnel]struct{}
 	// sweep runs sweepIdle every tick while a tunnel with a timeout is open;
@@ -52,10 +82,12 @@ type Registry struct {
 type tunnel struct {
 	a, b     net.Conn
 	toA, toB atomic.Int64
-	linger   time.Duration
+	linger   time.Duration // zero: none
 	timeout  time.Duration // zero: none
 	reg      *Registry
-	done     func(toA, toB int64)
+	done     func(toA, toB int64, end End)
+	// why is how it ended, plus one; zero until that is known.
+	why atomic.Uint32
 
 	ended     atomic.Int32 // directions that ended cleanly
 	closeOnce sync.Once
@@ -73,20 +105,16 @@ type tunnel struct {
 
 // Start copies bytes from a to b and from b to a until both directions have
 // ended, then closes both and calls done with the bytes copied to a and to
-// b. It returns at once. When one side ends its stream cleanly, the other
-// side's writing half is shut down (a half-close is passed on), and the
-// other direction has HalfCloseTimeout to end too; when a direction fails,
-// both connections are closed. A timeout above zero closes the tunnel when no
-// byte moved either way for that long, or when a write made no progress for
-// that long (a peer that stopped reading).
+// b, and how the tunnel ended. It returns at once. When one side ends its
+// stream cleanly, the other side's writing half is shut down (a half-close
+// is passed on), and the other direction runs on (for o.HalfClosed, if
+// set); when a side breaks, both connections are reset. o.Timeout closes
+// the tunnel when nothing moved for that long.
 //
 // Callers should pass the raw connections (*net.TCPConn where possible),
 // having forwarded any bytes they buffered.
-func (r *Registry) Start(a, b net.Conn, timeout time.Duration, done func(toA, toB int64)) {
-	t := &tunnel{a: a, b: b, reg: r, done: done, linger: r.HalfCloseTimeout, timeout: max(timeout, 0)}
-	if t.linger <= 0 {
-		t.linger = DefaultHalfCloseTimeout
-	}
+func (r *Registry) Start(a, b net.Conn, o Options, done func(toA, toB int64, end End)) {
+	t := &tunnel{a: a, b: b, reg: r, done: done, linger: max(o.HalfClosed, 0), timeout: max(o.Timeout, 0)}
 	arm := watch(t)
 	r.add(t)
 	if arm != nil {
@@ -99,31 +127,59 @@ func (r *Registry) Start(a, b net.Conn, timeout time.Duration, done func(toA, to
 // run copies both directions with a goroutine each.
 func (t *tunnel) run() {
 	half := make(chan struct{})
-	go copyHalf(half, t, t.b, t.a, &t.toB)
-	t.pipe(t.a, t.b, &t.toA)
+	go copyHalf(half, t, t.b, t.a, &t.toB, FailedB, FailedA)
+	t.pipe(t.a, t.b, &t.toA, FailedA, FailedB)
 	<-half
-	t.close()
+	t.close(Done)
 }
 
 // copyHalf is a goroutine of its own so that a stack dump names it.
-func copyHalf(done chan<- struct{}, t *tunnel, dst, src net.Conn, n *atomic.Int64) {
-	t.pipe(dst, src, n)
+func copyHalf(done chan<- struct{}, t *tunnel, dst, src net.Conn, n *atomic.Int64, dstFailed, srcFailed End) {
+	t.pipe(dst, src, n, dstFailed, srcFailed)
 	close(done)
 }
 
 // pipe copies src to dst. When src ends cleanly it passes the half-close on
-// to dst and gives dst linger to finish the other direction.
-func (t *tunnel) pipe(dst, src net.Conn, count *atomic.Int64) {
-	_, err := io.Copy(meter{dst, count, t.timeout}, src)
-	if err != nil {
+// to dst and gives dst linger (if any) to finish the other direction.
+func (t *tunnel) pipe(dst, src net.Conn, count *atomic.Int64, dstFailed, srcFailed End) {
+	r := &reader{conn: src}
+	_, err := io.Copy(meter{dst, count, t.timeout}, r)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// A write that made no progress, or the half-closed time out.
+		t.setWhy(Timeout)
 		t.shut()
-		return
+	case errors.Is(err, net.ErrClosed):
+		// Closed by the other direction, or from outside: it said why.
+		t.shut()
+	case err != nil && r.err != nil:
+		t.abort(srcFailed)
+	case err != nil:
+		t.abort(dstFailed)
+	default:
+		if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
+			if t.linger > 0 {
+				dst.SetReadDeadline(time.Now().Add(t.linger))
+			}
+			return
+		}
+		t.abort(dstFailed)
 	}
-	if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
-		dst.SetReadDeadline(time.Now().Add(t.linger))
-		return
+}
+
+// reader is what a goroutine copies from: it keeps the error of a read, so
+// that a failure is put on the side it came from.
+type reader struct {
+	conn net.Conn
+	err  error
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	n, err := r.conn.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
 	}
-	t.shut()
+	return n, err
 }
 
 // meter is where a goroutine copies to: it counts each write as it is done,
@@ -145,15 +201,17 @@ func (m meter) Write(p []byte) (int, error) {
 
 // endedOne is called by the reactor when a direction ended cleanly, after it
 // passed the half-close on: the tunnel closes when both have, or linger
-// from now.
+// (if any) from now.
 func (t *tunnel) endedOne() {
 	if t.ended.Add(1) == 2 {
-		t.close()
+		t.close(Done)
 		return
 	}
-	t.mu.Lock()
-	t.lingering = time.AfterFunc(t.linger, t.close)
-	t.mu.Unlock()
+	if t.linger > 0 {
+		t.mu.Lock()
+		t.lingering = time.AfterFunc(t.linger, func() { t.close(Timeout) })
+		t.mu.Unlock()
+	}
 }
 
 // shut closes both connections, which ends whatever copies between them.
@@ -162,9 +220,60 @@ func (t *tunnel) shut() {
 	t.b.Close()
 }
 
+// setWhy records how the tunnel ended, unless that is known already.
+func (t *tunnel) setWhy(why End) {
+	t.why.CompareAndSwap(0, uint32(why)+1)
+}
+
+// abort ends a tunnel one of whose sides broke: both connections are
+// reset rather than closed, so that neither peer takes the stream for a
+// complete one.
+func (t *tunnel) abort(failed End) {
+	t.setWhy(failed)
+	for _, c := range []net.Conn{t.a, t.b} {
+		if tc := socket(c); tc != nil {
+			tc.SetLinger(0)
+		}
+	}
+	if t.unwatch != nil {
+		t.close(failed)
+		return
+	}
+	// A goroutine tunnel ends once its copies see their connections
+	// closed. Under TLS, a close_notify would tell the peer that the
+	// stream is complete: the connection under it is closed instead.
+	for _, c := range []net.Conn{t.a, t.b} {
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn()
+		}
+		c.Close()
+	}
+}
+
+// socket returns the TCP connection under c's wrappers (TLS, PROXY header,
+// connection counting), or nil.
+func socket(c net.Conn) *net.TCPConn {
+	for {
+		switch x := c.(type) {
+		case *net.TCPConn:
+			return x
+		case *tls.Conn:
+			c = x.NetConn()
+		case interface{ Raw() net.Conn }:
+			c = x.Raw()
+		case interface{ TCP() *net.TCPConn }:
+			return x.TCP()
+		default:
+			return nil
+		}
+	}
+}
+
 // close ends the tunnel, once: its sockets leave the reactor and close, it
-// leaves the registry, and done learns the byte counts.
-func (t *tunnel) close() {
+// leaves the registry, and done learns the byte counts and why (why, unless
+// that was known before).
+func (t *tunnel) close(why End) {
+	t.setWhy(why)
 	t.closeOnce.Do(func() {
 		t.mu.Lock()
 		if t.lingering != nil {
@@ -176,16 +285,17 @@ func (t *tunnel) close() {
 		}
 		t.shut()
 		t.reg.remove(t)
-		t.done(t.toA.Load(), t.toB.Load())
+		t.done(t.toA.Load(), t.toB.Load(), End(t.why.Load()-1))
 	})
 }
 
 // end closes t from outside, as CloseAll and sweepIdle do. A goroutine
 // tunnel ends, and reports, once its copies return; a reactor tunnel has
 // nothing running that would notice.
-func (t *tunnel) end() {
+func (t *tunnel) end(why End) {
+	t.setWhy(why)
 	if t.unwatch != nil {
-		t.close()
+		t.close(why)
 	} else {
 		t.shut()
 	}
@@ -246,7 +356,7 @@ func (r *Registry) sweepIdle() {
 	}
 	r.mu.Unlock()
 	for _, t := range idle {
-		t.end()
+		t.end(Timeout)
 	}
 }
 
@@ -272,6 +382,6 @@ func (r *Registry) CloseAll() {
 	}
 	r.mu.Unlock()
 	for _, t := range open {
-		t.end()
+		t.end(Closed)
 	}
 }

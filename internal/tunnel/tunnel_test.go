@@ -3,10 +3,12 @@ package tunnel
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,18 +35,26 @@ func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
-// counts are the bytes a tunnel copied to each side.
-type counts struct{ toA, toB int64 }
+// counts are the bytes a tunnel copied to each side, and how it ended.
+type counts struct {
+	toA, toB int64
+	end      End
+}
 
 // tunnelFor starts a tunnel of r between a client's and a backend's
 // connection, and returns their other ends, and where the tunnel's counts
 // arrive when it has ended.
 func tunnelFor(t *testing.T, r *Registry, timeout time.Duration) (client, backend *net.TCPConn, done <-chan counts) {
 	t.Helper()
+	return tunnelWith(t, r, Options{Timeout: timeout})
+}
+
+func tunnelWith(t *testing.T, r *Registry, o Options) (client, backend *net.TCPConn, done <-chan counts) {
+	t.Helper()
 	client, proxyA := pair(t)
 	proxyB, backend := pair(t)
 	ch := make(chan counts, 1)
-	r.Start(proxyA, proxyB, timeout, func(toA, toB int64) { ch <- counts{toA, toB} })
+	r.Start(proxyA, proxyB, o, func(toA, toB int64, end End) { ch <- counts{toA, toB, end} })
 	return client, backend, ch
 }
 
@@ -75,7 +85,7 @@ func tlsTunnelFor(t *testing.T, r *Registry, timeout time.Duration) (client *tls
 	proxyA.SetDeadline(time.Time{})
 	proxyB, backend := pair(t)
 	ch := make(chan counts, 1)
-	r.Start(proxyA, proxyB, timeout, func(toA, toB int64) { ch <- counts{toA, toB} })
+	r.Start(proxyA, proxyB, Options{Timeout: timeout}, func(toA, toB int64, end End) { ch <- counts{toA, toB, end} })
 	return client, backend, ch
 }
 
@@ -116,8 +126,8 @@ func TestHalfClose(t *testing.T) {
 	}
 	select {
 	case res := <-done:
-		if res.toA != 8 || res.toB != 7 {
-			t.Errorf("counted %+v, want 8 to the client and 7 to the backend", res)
+		if res.toA != 8 || res.toB != 7 || res.end != Done {
+			t.Errorf("counted %+v, want 8 to the client and 7 to the backend, Done", res)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the tunnel did not end")
@@ -129,12 +139,15 @@ func TestHalfClose(t *testing.T) {
 
 func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 	t.Parallel()
-	r := Registry{HalfCloseTimeout: 50 * time.Millisecond}
-	client, backend, done := tunnelFor(t, &r, 0)
+	var r Registry
+	client, backend, done := tunnelWith(t, &r, Options{HalfClosed: 50 * time.Millisecond})
 	// The backend leaves; the client says nothing: the tunnel ends anyway.
 	backend.Close()
 	select {
-	case <-done:
+	case res := <-done:
+		if res.end != Timeout {
+			t.Errorf("ended %v, want Timeout", res.end)
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("a half-closed tunnel outlived its timeout")
 	}
@@ -149,7 +162,10 @@ func TestHalfCloseTimeoutAndCloseAll(t *testing.T) {
 	}
 	r.CloseAll()
 	select {
-	case <-done2:
+	case res := <-done2:
+		if res.end != Closed {
+			t.Errorf("ended %v, want Closed", res.end)
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("CloseAll did not end the tunnel")
 	}
@@ -285,7 +301,7 @@ func TestIdleTimeout(t *testing.T) {
 				if waited := time.Since(quiet); waited < timeout/2 {
 					t.Errorf("closed %v after the last byte, want about %v", waited, timeout)
 				}
-				if res.toB != rounds || res.toA != bulk+1 {
+				if res.toB != rounds || res.toA != bulk+1 || res.end != Timeout {
 					t.Errorf("counted %+v, want %d bytes to the client and %d to the backend", res, bulk+1, rounds)
 				}
 			case <-time.After(10 * time.Second):
@@ -374,7 +390,7 @@ func BenchmarkEcho(b *testing.B) {
 	proxyB, backend := dial()
 	defer client.Close()
 	go io.Copy(backend, backend)
-	r.Start(proxyA, proxyB, time.Hour, func(int64, int64) { backend.Close() })
+	r.Start(proxyA, proxyB, Options{Timeout: time.Hour}, func(int64, int64, End) { backend.Close() })
 	msg, buf := make([]byte, 128), make([]byte, 128)
 	b.SetBytes(int64(len(msg)))
 	b.ReportAllocs()
@@ -387,4 +403,104 @@ func BenchmarkEcho(b *testing.B) {
 		}
 	}
 	r.CloseAll()
+}
+
+// Without HalfClosed, the direction left open after a half-close runs on
+// as long as bytes move, under the timeout alone, in both kinds.
+func TestHalfClosedUnderTimeout(t *testing.T) {
+	t.Parallel()
+	// Generous, so that a loaded machine's pauses between the pieces
+	// below stay well within it.
+	const timeout = time.Second
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			t.Parallel()
+			var r Registry
+			client, backend, done := k.start(t, &r, timeout)
+			deadline := time.Now().Add(10 * time.Second)
+			client.SetDeadline(deadline)
+			backend.SetDeadline(deadline)
+			io.WriteString(client, "q")
+			client.(interface{ CloseWrite() error }).CloseWrite()
+			if got, err := io.ReadAll(backend); err != nil || string(got) != "q" {
+				t.Fatalf("backend read %q, %v", got, err)
+			}
+			// An answer in pieces, over two timeouts.
+			tick := time.NewTicker(timeout / 4)
+			defer tick.Stop()
+			for range 9 {
+				<-tick.C
+				io.WriteString(backend, "a")
+				if _, err := io.ReadFull(client, make([]byte, 1)); err != nil {
+					t.Fatalf("half-closed tunnel cut: %v", err)
+				}
+			}
+			select {
+			case res := <-done:
+				if res.end != Timeout || res.toA != 9 {
+					t.Errorf("ended %+v, want Timeout after 9 bytes to the client", res)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a quiet half-closed tunnel outlived its timeout")
+			}
+		})
+	}
+}
+
+// reset closes c with a TCP reset.
+func reset(c net.Conn) {
+	for {
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn()
+			continue
+		}
+		break
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+}
+
+// A side that resets its connection has the other side's reset too, so
+// that its peer does not take the cut stream for a complete one; both
+// ways, in both kinds.
+func TestResetPassedOn(t *testing.T) {
+	t.Parallel()
+	for _, k := range kinds {
+		for _, who := range []string{"backend", "client"} {
+			t.Run(k.name+"/"+who, func(t *testing.T) {
+				t.Parallel()
+				var r Registry
+				client, backend, done := k.start(t, &r, 0)
+				deadline := time.Now().Add(10 * time.Second)
+				client.SetDeadline(deadline)
+				backend.SetDeadline(deadline)
+				// Bytes both ways first, so that the tunnel runs.
+				io.WriteString(client, "c")
+				io.WriteString(backend, "b")
+				if _, err := io.ReadFull(backend, make([]byte, 1)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(client, make([]byte, 1)); err != nil {
+					t.Fatal(err)
+				}
+				resetter, other, want := net.Conn(backend), net.Conn(client), FailedB
+				if who == "client" {
+					resetter, other, want = client, backend, FailedA
+				}
+				reset(resetter)
+				_, err := io.ReadAll(other)
+				if !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("the other side read to %v, want a reset", err)
+				}
+				select {
+				case res := <-done:
+					if res.end != want {
+						t.Errorf("ended %v, want %v", res.end, want)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("the tunnel did not end")
+				}
+			})
+		}
+	}
 }

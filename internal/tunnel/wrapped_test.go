@@ -36,7 +36,7 @@ func TestWrappedConnUsesReactorAndItsClose(t *testing.T) {
 	proxyB, backend := pair(t)
 	var closes atomic.Int32
 	done := make(chan struct{})
-	r.Start(closeCounter{proxyA, &closes}, proxyB, 0, func(int64, int64) { close(done) })
+	r.Start(closeCounter{proxyA, &closes}, proxyB, Options{}, func(int64, int64, End) { close(done) })
 	r.mu.Lock()
 	var onReactor bool
 	for tn := range r.open {
