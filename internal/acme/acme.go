@@ -63,7 +63,7 @@ type Manager struct {
 	cancel context.CancelFunc
 
 	mu     sync.Mutex
-	names  map[string]bool      // managed now
+	names  map[string]bool    // managed now
 	failed map[string]failure // the last failure of each name, until it obtains one
 }
 
