@@ -283,3 +283,31 @@ func TestACMECheck(t *testing.T) {
 		}
 	}
 }
+
+// -t under systemd warns of an acme-storage that ProtectSystem=strict
+// would make read-only, and takes the default from $STATE_DIRECTORY.
+func TestACMEStorageUnderSystemd(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	conf := func(storage string) string {
+		return writeConfig(t, "[global]\n"+storage+"[frontend web]\nbind = 127.0.0.1:1\nhosts = shop.hipsterd.test\n"+
+			"[host shop.hipsterd.test]\nacme = true\nbackends = b\n[backend b]\nconnect = 127.0.0.1:2\n")
+	}
+	for _, tc := range []struct {
+		name, config string
+		warning      bool
+	}{
+		{"default", conf(""), false},
+		{"inside", conf("acme-storage = " + state + "/certs\n"), false},
+		{"outside", conf("acme-storage = " + t.TempDir() + "/acme\n"), true},
+	} {
+		code, stderr := runWithStderr(t, []string{"INVOCATION_ID=1", "STATE_DIRECTORY=" + state}, "-t", "-config", tc.config)
+		if code != 0 {
+			t.Errorf("%s: exit %d: %s", tc.name, code, stderr)
+		}
+		warned := strings.Contains(stderr, "[global] acme-storage: ") && strings.Contains(stderr, "ProtectSystem=strict")
+		if warned != tc.warning {
+			t.Errorf("%s: stderr %q; warning wanted: %v", tc.name, stderr, tc.warning)
+		}
+	}
+}
