@@ -311,3 +311,30 @@ func TestACMEStorageUnderSystemd(t *testing.T) {
 		}
 	}
 }
+
+// A reload that adds a name obtains its certificate without holding up
+// the reload, and the names kept serve their certificate throughout.
+func TestACMEReloadAddsName(t *testing.T) {
+	t.Parallel()
+	app := backend(t, "app", nil)
+	tlsAddr := freePort(t, "tcp", "127.0.0.1")
+	peb := acmetest.Start(t, acmetest.Options{HTTPPort: portOf(t, freePort(t, "tcp", "127.0.0.1")), TLSPort: portOf(t, tlsAddr)})
+	storage := filepath.Join(t.TempDir(), "acme")
+	one := acmeConf(peb, storage, "", tlsAddr, "", app, "")
+	const second = "blog.hipsterd.test"
+	two := strings.Replace(one, "hosts = "+acmeName, "hosts = "+acmeName+" "+second, 1) +
+		"[host " + second + "]\nacme = true\nbackends = app\n"
+	path := writeConfig(t, one)
+	roots := peb.Roots(t)
+	p := startHipsterd(t, path, tlsAddr)
+	first := servedSerial(t, p, tlsAddr, acmeName, roots, 30*time.Second)
+
+	p.reload(t, path, two, "reloaded", 1)
+	if got := servedSerial(t, p, tlsAddr, acmeName, roots, time.Second); got != first {
+		t.Errorf("after the reload %s serves serial %s, before %s", acmeName, got, first)
+	}
+	servedSerial(t, p, tlsAddr, second, roots, 30*time.Second)
+	if n := strings.Count(p.stderr.String(), "acme: obtaining certificate"); n != 2 {
+		t.Errorf("%d orders; want one per name", n)
+	}
+}

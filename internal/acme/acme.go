@@ -145,9 +145,9 @@ func isWildcard(host string) bool {
 // Options returns what m was built from.
 func (m *Manager) Options() Options { return m.opts }
 
-// Manage makes names the managed ones: those new are loaded from storage,
-// or else obtained, in the background (a handshake for them fails until
-// then); those gone are no longer renewed.
+// Manage makes names the managed ones: those new are loaded from storage
+// now, so that they serve at once, or else obtained in the background (a
+// handshake for them fails until then); those gone are no longer renewed.
 func (m *Manager) Manage(names []string) {
 	m.mu.Lock()
 	var added []string
@@ -170,12 +170,23 @@ func (m *Manager) Manage(names []string) {
 	if len(gone) > 0 {
 		m.cache.RemoveManaged(gone)
 	}
-	if len(added) > 0 {
-		m.log.Info("acme: managing certificates", "names", strings.Join(added, " "), "ca", m.opts.CA, "storage", m.opts.Storage)
-		// Only a canceled context makes it fail: each name is loaded or
-		// obtained on a goroutine of its own.
-		m.magic.ManageAsync(m.ctx, added)
+	if len(added) == 0 {
+		return
 	}
+	m.log.Info("acme: managing certificates", "names", strings.Join(added, " "), "ca", m.opts.CA, "storage", m.opts.Storage)
+	var rest []string
+	for _, n := range added {
+		cert, err := m.magic.CacheManagedCertificate(m.ctx, n)
+		if err != nil || cert.NeedsRenewal(m.magic) {
+			// Not in storage, or due: ManageAsync (re)loads it, then
+			// obtains or renews it, and swaps the result in.
+			m.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: n}})
+			rest = append(rest, n)
+		}
+	}
+	// Only a canceled context makes it fail: each name is handled on a
+	// goroutine of its own.
+	m.magic.ManageAsync(m.ctx, rest)
 }
 
 // Managed reports whether name (lower case) is managed.

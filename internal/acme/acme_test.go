@@ -103,7 +103,7 @@ func TestRenewalWithoutFailedHandshakes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	peb := acmetest.Start(t, acmetest.Options{HTTPPort: httpLn.Addr().(*net.TCPAddr).Port, TLSPort: acmetest.FreePort(t, "tcp"), Validity: 15 * time.Second})
+	peb := acmetest.Start(t, acmetest.Options{HTTPPort: httpLn.Addr().(*net.TCPAddr).Port, TLSPort: acmetest.FreePort(t), Validity: 15 * time.Second})
 	m, err := New(Options{
 		ACME:       config.ACME{CA: peb.Directory, CARoot: peb.Root, Storage: t.TempDir()},
 		HTTPAddr:   httpLn.Addr().String(),
@@ -167,8 +167,8 @@ func TestUnreachableCA(t *testing.T) {
 	const name = "down.hipsterd.test"
 	var logs logBuffer
 	m, err := New(Options{
-		ACME:     config.ACME{CA: "https://127.0.0.1:" + strconv.Itoa(acmetest.FreePort(t, "tcp")) + "/dir", Storage: t.TempDir()},
-		HTTPAddr: "127.0.0.1:" + strconv.Itoa(acmetest.FreePort(t, "tcp")),
+		ACME:     config.ACME{CA: "https://127.0.0.1:" + strconv.Itoa(acmetest.FreePort(t)) + "/dir", Storage: t.TempDir()},
+		HTTPAddr: "127.0.0.1:" + strconv.Itoa(acmetest.FreePort(t)),
 	}, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)

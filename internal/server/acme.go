@@ -32,9 +32,10 @@ func (s *Server) acmeManager(cfg *config.Config, socks map[string]*listener) (*a
 	return acme.New(opts, s.log)
 }
 
-// swapACME makes m the running ACME manager, managing the names of cfg,
-// once the frontends that answer its challenges serve; a manager replaced
-// stops.
+// swapACME makes m the running ACME manager, managing the names of cfg;
+// a manager replaced stops renewing (its certificates serve on until the
+// frontends using it are swapped). The CA's challenges come a round trip
+// after the order, when the new frontends serve.
 func (s *Server) swapACME(cfg *config.Config, m *acme.Manager) {
 	if old := s.acme; old != nil && old != m {
 		old.Stop()

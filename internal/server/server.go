@@ -222,6 +222,9 @@ func (s *Server) apply(cfg *config.Config) error {
 	gen.release = func() { go s.releaseGeneration(gen) }
 
 	s.setMaxConnections(cfg)
+	// Before the new TLS configurations serve: they find the certificates
+	// in storage loaded.
+	s.swapACME(cfg, mgr)
 	for _, l := range revived {
 		delete(s.moving, l.key)
 		l.stopAccepting()
@@ -278,7 +281,6 @@ func (s *Server) apply(cfg *config.Config) error {
 	s.backends = gen.backends
 	s.stats.Swap(&gen.layout)
 	s.swapStats(cfg, freshStats)
-	s.swapACME(cfg, mgr)
 	old := s.current
 	s.current = gen
 	if old != nil {

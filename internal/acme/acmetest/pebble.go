@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -63,24 +64,36 @@ var tools = sync.OnceValues(func() (map[string]string, error) {
 	return paths, nil
 })
 
-// FreePort returns a port on 127.0.0.1 that was free a moment ago, for
-// network "tcp" or "udp".
-func FreePort(t testing.TB, network string) int {
+// FreePort returns a port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
 	t.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// dnsPort returns a port on 127.0.0.1 free a moment ago for both TCP and
+// UDP, as a DNS server needs.
+func dnsPort(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		c, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		ln.Close()
+		if err == nil {
+			c.Close()
+			return port
+		}
+	}
+	t.Fatal("no port free for both TCP and UDP on 127.0.0.1")
+	return 0
 }
 
 // Start runs Pebble and its DNS until the test ends. A missing tool fails
@@ -93,13 +106,13 @@ func Start(t testing.TB, o Options) *Pebble {
 	}
 	dir := t.TempDir()
 	cert, key := testcert.Files(t, dir, "localhost")
-	dns := FreePort(t, "udp")
-	dnsMgmt := FreePort(t, "tcp")
-	listen := FreePort(t, "tcp")
+	dns := dnsPort(t)
+	dnsMgmt := FreePort(t)
+	listen := FreePort(t)
 	p := &Pebble{
 		Directory: fmt.Sprintf("https://127.0.0.1:%d/dir", listen),
 		Root:      cert,
-		mgmt:      fmt.Sprintf("127.0.0.1:%d", FreePort(t, "tcp")),
+		mgmt:      fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
 		out:       &syncBuffer{},
 		exited:    make(chan struct{}),
 	}
@@ -143,6 +156,7 @@ func Start(t testing.TB, o Options) *Pebble {
 		}
 	})
 	waitTCP(t, fmt.Sprintf("127.0.0.1:%d", dnsMgmt), dnsDone, dnsOut)
+	waitTCP(t, fmt.Sprintf("127.0.0.1:%d", dns), dnsDone, dnsOut)
 
 	p.cmd = exec.Command(bins["pebble"], "-config", confPath, "-dnsserver", fmt.Sprintf("127.0.0.1:%d", dns))
 	p.cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0")
