@@ -174,20 +174,36 @@ func (m *Manager) Manage(names []string) {
 		return
 	}
 	m.log.Info("acme: managing certificates", "names", strings.Join(added, " "), "ca", m.opts.CA, "storage", m.opts.Storage)
-	var rest []string
+	var wg sync.WaitGroup
 	for _, n := range added {
-		cert, err := m.magic.CacheManagedCertificate(m.ctx, n)
-		if err != nil || cert.NeedsRenewal(m.magic) {
-			// Not in storage, or due: ManageAsync (re)loads it, then
-			// obtains or renews it, and swaps the result in.
-			m.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: n}})
-			rest = append(rest, n)
-		}
+		wg.Go(func() {
+			cert, err := m.magic.CacheManagedCertificate(m.ctx, n)
+			if err != nil || cert.NeedsRenewal(m.magic) {
+				// Not in storage, or due: ManageAsync (re)loads it, then
+				// obtains or renews it, and swaps the result in. Only a
+				// canceled context makes it fail.
+				m.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: n}})
+				m.magic.ManageAsync(m.ctx, []string{n})
+			}
+		})
 	}
-	// Only a canceled context makes it fail: each name is handled on a
-	// goroutine of its own.
-	m.magic.ManageAsync(m.ctx, rest)
+	// Loading reads the storage, and fetches an OCSP staple where the
+	// certificate names a responder and none is stored: a responder that
+	// does not answer must not hold up the start or the reload for long.
+	loaded := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(loaded)
+	}()
+	select {
+	case <-loaded:
+	case <-time.After(preloadWait):
+		m.log.Warn("acme: loading certificates from storage takes long; serving without those not loaded yet", "wait", preloadWait)
+	}
 }
+
+// preloadWait bounds how long Manage waits for certificates in storage.
+const preloadWait = 2 * time.Second
 
 // Managed reports whether name (lower case) is managed.
 func (m *Manager) Managed(name string) bool {
