@@ -181,3 +181,14 @@ func TestLoadChecksACMEStorage(t *testing.T) {
 		t.Error("Load created the storage directory")
 	}
 }
+
+func TestACMEHostServedNowhere(t *testing.T) {
+	t.Parallel()
+	c, err := parse(t, "[frontend web]\nbind = :80\nhosts = a.example\n[host a.example]\nacme = true\nbackends = b\n[backend b]\nconnect = x\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "[host a.example] acme: no https frontend lists the host") {
+		t.Errorf("warnings: %q", c.Warnings)
+	}
+}

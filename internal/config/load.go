@@ -796,13 +796,11 @@ func (p *parser) listsACMEHost(hosts []string) bool {
 // checkChallenges reports [host] sections with acme = true that no
 // frontend could prove to the CA: HTTP-01 needs a plain-HTTP frontend,
 // TLS-ALPN-01 an https frontend listing the host.
+// A host no https frontend lists would get a certificate served nowhere.
 func (p *parser) checkChallenges() {
 	plain := false
 	for _, fe := range p.cfg.Frontends {
 		plain = plain || (!fe.HTTPS && fe.Mode == ModeHTTP)
-	}
-	if plain {
-		return
 	}
 	for i := range p.cfg.Hosts {
 		h := &p.cfg.Hosts[i]
@@ -815,8 +813,11 @@ func (p *parser) checkChallenges() {
 				listed = listed || (fe.HTTPS && p.cfg.HostFor(n) == h)
 			}
 		}
-		if !listed {
-			p.errorf("host "+strings.Join(h.Names, " "), "acme", "no frontend can answer the CA's challenge: add a plain-HTTP frontend (port 80) or list the host on an https frontend (port 443)")
+		switch section := "host " + strings.Join(h.Names, " "); {
+		case !listed && !plain:
+			p.errorf(section, "acme", "no frontend can answer the CA's challenge: add a plain-HTTP frontend (port 80) or list the host on an https frontend (port 443)")
+		case !listed:
+			p.warnf(section, "acme", "no https frontend lists the host: its certificate would be served nowhere")
 		}
 	}
 }
