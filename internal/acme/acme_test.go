@@ -218,9 +218,13 @@ func TestHandleHTTPPassesOthers(t *testing.T) {
 		{"a.hipsterd.test", "/"},
 		{"a.hipsterd.test", "/.well-known/acme-challenge/unknown-token"},
 		{"b.hipsterd.test", "/.well-known/acme-challenge/x"},
+		{"../../certificates", "/.well-known/acme-challenge/x"},
+		{"A.hipsterd.test.", "/.well-known/acme-challenge/x"},
 	} {
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "http://"+tc.host+tc.path, nil))
+		r := httptest.NewRequest("GET", tc.path, nil)
+		r.Host = tc.host
+		h.ServeHTTP(rec, r)
 		if rec.Code != 299 {
 			t.Errorf("%s%s: answered %d, not passed on", tc.host, tc.path, rec.Code)
 		}

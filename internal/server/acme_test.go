@@ -88,6 +88,15 @@ func TestACMERenewalThroughServer(t *testing.T) {
 		first, _ = serial(addrs["tls"], acmeName, roots)
 		return first != ""
 	})
+	// A client posing as the CA, with no challenge pending, gets no
+	// certificate, and for a name not under ACME no acme-tls/1 either.
+	for _, name := range []string{acmeName, "other.hipsterd.test"} {
+		c, err := tls.Dial("tcp", addrs["tls"], &tls.Config{ServerName: name, NextProtos: []string{"acme-tls/1"}, InsecureSkipVerify: true})
+		if err == nil {
+			c.Close()
+			t.Errorf("a TLS-ALPN-01 handshake for %s with no challenge pending succeeded", name)
+		}
+	}
 	failed, lastErr := 0, error(nil)
 	poll(t, 30*time.Second, "a renewed certificate", func() bool {
 		s, err := serial(addrs["tls"], acmeName, roots)
