@@ -166,8 +166,21 @@ func systemdWarnings(cfg *config.Config) []string {
 			Msg: fmt.Sprintf("%s is outside %s: under the unit's ProtectSystem=strict hipsterd cannot write there (move the log, or add its directory to ReadWritePaths=)",
 				fc.AccessLog, strings.Join(dirs, " and "))}).Error())
 	}
+	state := []string{defaultStateDirectory}
+	if v := os.Getenv("STATE_DIRECTORY"); v != "" {
+		state = strings.Split(v, ":")
+	}
+	if storage := cfg.Global.ACME.Storage; len(cfg.ACMENames()) > 0 && !within(storage, state) {
+		out = append(out, (&config.Error{File: cfg.File, Section: "global", Key: "acme-storage",
+			Msg: fmt.Sprintf("%s is outside %s: under the unit's ProtectSystem=strict hipsterd cannot keep its certificates there (leave acme-storage out, or add its directory to ReadWritePaths=)",
+				storage, strings.Join(state, " and "))}).Error())
+	}
 	return out
 }
+
+// defaultStateDirectory is where the shipped unit keeps hipsterd's state
+// (StateDirectory=hipsterd), writable under ProtectSystem=strict.
+const defaultStateDirectory = "/var/lib/hipsterd"
 
 // within reports whether path (relative to the working directory) lies in
 // one of dirs.

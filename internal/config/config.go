@@ -45,6 +45,11 @@ const (
 	MaxMaxConnections = 1 << 30
 	// CertExpiryWarning is how close to its end a certificate is warned about.
 	CertExpiryWarning = 14 * 24 * time.Hour
+	// DefaultACMECA is Let's Encrypt's production directory.
+	DefaultACMECA = "https://acme-v02.api.letsencrypt.org/directory"
+	// DefaultACMEStorage is acme-storage outside systemd (no
+	// $STATE_DIRECTORY): the unit's StateDirectory=hipsterd, plus /acme.
+	DefaultACMEStorage = "/var/lib/hipsterd/acme"
 )
 
 // Balance names how a pool picks a backend.
@@ -106,6 +111,19 @@ type Global struct {
 	// health), as written; "" serves none. StatsListen is it resolved.
 	Stats       string
 	StatsListen Address
+	// ACME is where certificates of [host] sections with acme = true come
+	// from.
+	ACME ACME
+}
+
+// ACME is the ACME CA and the local state of automatic certificates.
+type ACME struct {
+	CA     string // the directory URL
+	CARoot string // PEM file of the roots of the CA's HTTPS certificate; "" for the system's
+	Email  string // the account's contact; "" for none
+	// Storage is the directory of the account, keys and certificates,
+	// which instances that share it coordinate through.
+	Storage string
 }
 
 // Frontend is one [frontend NAME] section.
@@ -224,6 +242,8 @@ type Host struct {
 	CertFile string
 	KeyFile  string
 	Headers  HeaderRules
+	// ACME gets certificates for Names from the ACME CA ([global] ACME).
+	ACME bool
 }
 
 // Route is one [route NAME] section: requests whose path starts with Path,
@@ -359,6 +379,35 @@ func (c *Config) HostFor(name string) *Host {
 		}
 	}
 	return nil
+}
+
+// ACMENames returns the names (lower case, without a port, each once) of
+// the [host] sections with acme = true, in file order.
+func (c *Config) ACMENames() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, h := range c.Hosts {
+		if !h.ACME {
+			continue
+		}
+		for _, n := range h.Names {
+			n = HostName(n)
+			if !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// HostName is a [host] name without its port, as SNI and a certificate
+// name it.
+func HostName(name string) string {
+	if h, _, err := net.SplitHostPort(name); err == nil {
+		return h
+	}
+	return name
 }
 
 // Error is one problem in a configuration file. Section and Key are empty when

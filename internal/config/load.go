@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/mail"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,6 +34,10 @@ var knownKeys = map[string][]string{
 		"tunnel-timeout",
 		"client-timeout",
 		"max-connections",
+		"acme-ca",
+		"acme-ca-root",
+		"acme-email",
+		"acme-storage",
 	},
 	"frontend": {
 		"bind",
@@ -75,6 +81,7 @@ var knownKeys = map[string][]string{
 		"set-response-header",
 		"add-response-header",
 		"del-response-header",
+		"acme",
 	},
 	"route": {
 		"hosts",
@@ -164,11 +171,13 @@ func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
 		TunnelTimeout:     DefaultTunnelTimeout,
 		AccessLogFormat:   DefaultAccessLogFormat,
 		ClientTimeout:     DefaultClientTimeout,
+		ACME:              ACME{CA: DefaultACMECA, Storage: defaultACMEStorage()},
 	}
 	p.sections(f)
 	p.resolve()
 	if checkLogs {
 		p.checkLogs()
+		p.checkACMEStorage()
 	}
 	if len(p.errs) > 0 {
 		return nil, p.errs
@@ -188,6 +197,8 @@ type parser struct {
 	logs         []setting // the accesslog keys set
 	// ruleLines are the header rule keys of each section in file order.
 	ruleLines map[string][]string
+	// acmeStorageSet is whether acme-storage is set (else its default).
+	acmeStorageSet bool
 }
 
 // setting is where a key was set, and its value.
@@ -325,6 +336,7 @@ func (p *parser) global(sec *ini.Section) {
 	p.duration(sec, "tunnel-timeout", &g.TunnelTimeout)
 	p.duration(sec, "client-timeout", &g.ClientTimeout)
 	p.integer(sec, "max-connections", 0, MaxMaxConnections, &g.MaxConnections)
+	p.acme(sec)
 	if sec.HasKey("stats") {
 		g.Stats = value(sec, "stats")
 		a, err := parseBind(g.Stats, p.dualStack)
@@ -336,6 +348,82 @@ func (p *parser) global(sec *ini.Section) {
 		default:
 			g.StatsListen = a
 		}
+	}
+}
+
+// acme reads [global]'s acme-* keys.
+func (p *parser) acme(sec *ini.Section) {
+	a := &p.cfg.Global.ACME
+	if sec.HasKey("acme-ca") {
+		a.CA = value(sec, "acme-ca")
+		if u, err := url.Parse(a.CA); err != nil || u.Scheme != "https" || u.Host == "" {
+			p.errorf(sec.Name(), "acme-ca", "%q is not an https:// URL (the CA's ACME directory, as in %s)", a.CA, DefaultACMECA)
+		}
+	}
+	if sec.HasKey("acme-ca-root") {
+		a.CARoot = value(sec, "acme-ca-root")
+		if data, err := os.ReadFile(a.CARoot); err != nil {
+			p.errorf(sec.Name(), "acme-ca-root", "cannot read %s: %v", a.CARoot, unwrapPathError(err))
+		} else if !x509.NewCertPool().AppendCertsFromPEM(data) {
+			p.errorf(sec.Name(), "acme-ca-root", "%s holds no PEM certificate", a.CARoot)
+		}
+	}
+	if sec.HasKey("acme-email") {
+		a.Email = value(sec, "acme-email")
+		if _, err := mail.ParseAddress(a.Email); err != nil || strings.ContainsAny(a.Email, "<> ") {
+			p.errorf(sec.Name(), "acme-email", "%q is not an e-mail address (write it bare, as in admin@example.com)", a.Email)
+		}
+	}
+	if sec.HasKey("acme-storage") {
+		p.acmeStorageSet = true
+		a.Storage = value(sec, "acme-storage")
+		if !filepath.IsAbs(a.Storage) {
+			p.errorf(sec.Name(), "acme-storage", "%q is not an absolute path", a.Storage)
+		}
+	}
+}
+
+// defaultACMEStorage is acme-storage's default: under systemd, the unit's
+// StateDirectory (the first, if it lists several).
+func defaultACMEStorage() string {
+	if dir, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); dir != "" {
+		return filepath.Join(dir, "acme")
+	}
+	return DefaultACMEStorage
+}
+
+// checkACMEStorage reports an acme-storage that could not be created or
+// written now, when a host needs it; it creates nothing.
+func (p *parser) checkACMEStorage() {
+	dir := p.cfg.Global.ACME.Storage
+	if len(p.cfg.ACMENames()) == 0 || dir == "" {
+		return
+	}
+	// The directory, else the nearest parent that exists, must let this
+	// process create files (certmagic makes the rest of the tree).
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if errors.Is(err, fs.ErrNotExist) && d != filepath.Dir(d) {
+			continue
+		}
+		switch {
+		case err != nil:
+			err = unwrapPathError(err)
+		case !fi.IsDir():
+			err = fmt.Errorf("%s is not a directory", d)
+		default:
+			if werr := unix.Faccessat(unix.AT_FDCWD, d, unix.W_OK|unix.X_OK, unix.AT_EACCESS); werr != nil {
+				err = fmt.Errorf("cannot write in %s: %v", d, werr)
+			}
+		}
+		if err != nil {
+			key := "acme-storage"
+			if !p.acmeStorageSet {
+				key += " (default)"
+			}
+			p.errorf("global", key, "%s: %v", dir, err)
+		}
+		return
 	}
 }
 
@@ -410,9 +498,12 @@ func (p *parser) frontend(sec *ini.Section) {
 			p.errorf(sec.Name(), "hosts", "no [host] section lists %q", h)
 		}
 	}
-	if fe.HTTPS {
+	switch {
+	case fe.HTTPS && fe.CertFile == "" && fe.KeyFile == "" && p.listsACMEHost(fe.Hosts):
+		// Its hosts' certificates come from the CA; other names get none.
+	case fe.HTTPS:
 		p.tlsFiles(sec, fe.CertFile, fe.KeyFile)
-	} else if sec.HasKey("redirect-https-port") && !fe.RedirectHTTPS {
+	case sec.HasKey("redirect-https-port") && !fe.RedirectHTTPS:
 		p.errorf(sec.Name(), "redirect-https-port", "set but redirect-https is not true")
 	}
 	if !fe.HTTPS {
@@ -500,8 +591,22 @@ func (p *parser) host(sec *ini.Section) {
 	}
 	h := Host{Names: names, Backends: fields(value(sec, "backends")), Balance: p.balance(sec),
 		CertFile: value(sec, "certfile"), KeyFile: value(sec, "keyfile"), Headers: p.headerRules(sec)}
-	if sec.HasKey("certfile") || sec.HasKey("keyfile") {
+	p.boolean(sec, "acme", &h.ACME)
+	switch {
+	case h.ACME && (sec.HasKey("certfile") || sec.HasKey("keyfile")):
+		p.errorf(sec.Name(), "acme", "set with certfile/keyfile: the certificate comes either from the ACME CA or from files; remove one")
+	case sec.HasKey("certfile") || sec.HasKey("keyfile"):
 		p.tlsFiles(sec, h.CertFile, h.KeyFile)
+	}
+	if h.ACME {
+		for _, n := range names {
+			switch host := HostName(n); {
+			case strings.HasPrefix(host, "*."):
+				p.errorf(sec.Name(), "acme", "%q is a wildcard: a wildcard certificate needs the ACME DNS-01 challenge, which hipsterd does not answer (yet); list the names, or give certfile and keyfile", n)
+			case strings.Contains(host, "*") || !strings.Contains(host, "."):
+				p.errorf(sec.Name(), "acme", "%q is not a name an ACME CA issues certificates for", n)
+			}
+		}
 	}
 	if len(h.Backends) == 0 {
 		p.errorf(sec.Name(), "backends", "missing: a host section needs at least one backend")
@@ -645,6 +750,7 @@ func (p *parser) integer(sec *ini.Section, key string, lo, hi int, dst *int) {
 
 // resolve runs the checks that span sections, once every section is read.
 func (p *parser) resolve() {
+	p.checkChallenges()
 	g := p.cfg.Global
 	for i := range p.cfg.Frontends {
 		fe := &p.cfg.Frontends[i]
@@ -680,6 +786,45 @@ func (p *parser) resolve() {
 				p.errorf("frontend "+fe.Name, "bind", "%q conflicts with [frontend %s]'s %q%s", fe.Bind, other.Name, other.Bind, p.conflictHint(*fe, other))
 				break
 			}
+		}
+	}
+}
+
+// listsACMEHost reports whether one of the hosts has acme = true.
+func (p *parser) listsACMEHost(hosts []string) bool {
+	for _, n := range hosts {
+		if h := p.cfg.HostFor(n); h != nil && h.ACME {
+			return true
+		}
+	}
+	return false
+}
+
+// checkChallenges reports [host] sections with acme = true that no
+// frontend could prove to the CA: HTTP-01 needs a plain-HTTP frontend,
+// TLS-ALPN-01 an https frontend listing the host.
+// A host no https frontend lists would get a certificate served nowhere.
+func (p *parser) checkChallenges() {
+	plain := false
+	for _, fe := range p.cfg.Frontends {
+		plain = plain || (!fe.HTTPS && fe.Mode == ModeHTTP)
+	}
+	for i := range p.cfg.Hosts {
+		h := &p.cfg.Hosts[i]
+		if !h.ACME {
+			continue
+		}
+		listed := false
+		for _, fe := range p.cfg.Frontends {
+			for _, n := range fe.Hosts {
+				listed = listed || (fe.HTTPS && p.cfg.HostFor(n) == h)
+			}
+		}
+		switch section := "host " + strings.Join(h.Names, " "); {
+		case !listed && !plain:
+			p.errorf(section, "acme", "no frontend can answer the CA's challenge: add a plain-HTTP frontend (port 80) or list the host on an https frontend (port 443)")
+		case !listed:
+			p.warnf(section, "acme", "no https frontend lists the host: its certificate would be served nowhere")
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/acceptproxy"
 	"github.com/hipsterd/hipsterd/internal/accesslog"
+	"github.com/hipsterd/hipsterd/internal/acme"
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/exchange"
 	"github.com/hipsterd/hipsterd/internal/proxy"
@@ -34,6 +35,7 @@ type generation struct {
 	caPEM    map[string][]byte            // each backend's ca-file as read for it
 	stats    map[string]*stats.Frontend   // each frontend's counts, with [global] stats
 	layout   stats.Layout                 // what the status page shows of it
+	acme     *acme.Manager                // nil without a [host] with acme = true
 
 	inflight atomic.Int64
 	retired  atomic.Bool
@@ -71,9 +73,10 @@ func (g *generation) retire() {
 // each https frontend. A backend whose section and ca-file are unchanged is
 // reused; one that changed but still has the same address keeps its up/down
 // state.
-func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tlsConfs map[string]*tls.Config) *generation {
+func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tlsConfs map[string]*tls.Config, mgr *acme.Manager) *generation {
 	g := &generation{
 		cfg:      cfg,
+		acme:     mgr,
 		backends: make(map[string]*upstream.Backend, len(cfg.Backends)),
 		handlers: make(map[string]http.Handler, len(cfg.Frontends)),
 		caPEM:    map[string][]byte{},
@@ -192,6 +195,10 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 	}
 	if fc.RedirectHTTPS {
 		h = proxy.RedirectHTTPS(fc.RedirectHTTPSPort)
+	}
+	if g.acme != nil && !fc.HTTPS {
+		// HTTP-01 before routing and before redirect-https.
+		h = g.acme.HandleHTTP(h)
 	}
 	if st != nil {
 		h = st.Handler(h)

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hipsterd/hipsterd/internal/acceptproxy"
+	"github.com/hipsterd/hipsterd/internal/acme"
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/stats"
 	"github.com/hipsterd/hipsterd/internal/tcpfront"
@@ -310,8 +311,12 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 	var ln net.Listener = l.view
 	if cfg.HTTPS {
 		ln = tls.NewListener(ln, &tls.Config{
-			GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-				return l.tlsConf.Load(), nil
+			GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+				tc := l.tlsConf.Load()
+				if c, err := tc.GetConfigForClient(hello); c != nil || err != nil {
+					return c, err // the CA's TLS-ALPN-01 challenge
+				}
+				return tc, nil
 			},
 		})
 	}
@@ -566,7 +571,7 @@ func (v *acceptView) Addr() net.Addr { return v.sock.Addr() }
 
 // loadTLS reads the certificates of an https frontend: its own, the
 // default, and those of the [host] sections it lists, served by SNI.
-func loadTLS(cfg *config.Config, fc config.Frontend) (*tls.Config, error) {
+func loadTLS(cfg *config.Config, fc config.Frontend, m *acme.Manager) (*tls.Config, error) {
 	load := func(section, certFile, keyFile string) (*tls.Certificate, error) {
 		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
@@ -574,15 +579,18 @@ func loadTLS(cfg *config.Config, fc config.Frontend) (*tls.Config, error) {
 		}
 		return &cert, nil
 	}
-	def, err := load("frontend "+fc.Name, fc.CertFile, fc.KeyFile)
-	if err != nil {
-		return nil, err
+	var def *tls.Certificate // none when every host's comes from ACME
+	if fc.CertFile != "" || fc.KeyFile != "" {
+		var err error
+		if def, err = load("frontend "+fc.Name, fc.CertFile, fc.KeyFile); err != nil {
+			return nil, err
+		}
 	}
 	byName := map[string]*tls.Certificate{}
 	for _, name := range fc.Hosts {
 		hc := cfg.HostFor(name)
 		if hc.CertFile == "" {
-			continue
+			continue // none, or from ACME
 		}
 		cert, err := load("host "+strings.Join(hc.Names, " "), hc.CertFile, hc.KeyFile)
 		if err != nil {
@@ -606,14 +614,30 @@ func loadTLS(cfg *config.Config, fc config.Frontend) (*tls.Config, error) {
 	default:
 		protos = []string{"http/1.1"}
 	}
+	var managed map[string]bool
+	if m != nil {
+		managed = acmeNames(cfg, fc)
+	}
 	return &tls.Config{
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if managed[normalSNI(hello.ServerName)] {
+				if c, err := m.GetCertificate(hello); err == nil {
+					return c, nil
+				}
+				// None yet: served as a name without a certificate is.
+			}
 			return pickCertificate(byName, def, hello.ServerName), nil
+		},
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			return challengeConfig(m, managed, hello), nil
 		},
 		MinVersion: minVersion,
 		NextProtos: protos,
 	}, nil
 }
+
+// normalSNI is an SNI name as certificates are looked up by.
+func normalSNI(sni string) string { return strings.ToLower(strings.TrimSuffix(sni, ".")) }
 
 // pickCertificate returns the certificate for an SNI name: an exact match,
 // else a wildcard for its first label ("*.example.com" for a.example.com),
@@ -622,7 +646,7 @@ func pickCertificate(byName map[string]*tls.Certificate, def *tls.Certificate, s
 	if len(byName) == 0 || sni == "" {
 		return def
 	}
-	sni = strings.ToLower(strings.TrimSuffix(sni, "."))
+	sni = normalSNI(sni)
 	if c := byName[sni]; c != nil {
 		return c
 	}

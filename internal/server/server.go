@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/accesslog"
+	"github.com/hipsterd/hipsterd/internal/acme"
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/stats"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
@@ -52,9 +53,14 @@ type Server struct {
 	backends  map[string]*upstream.Backend   // the current generation's
 	stats     *stats.Registry
 	statsL    *statsListener // nil without [global] stats
+	acme      *acme.Manager  // nil without a [host] with acme = true
 
 	logMu sync.Mutex
 	logs  map[string]*logFile // by path
+
+	// ACMERenewCheck is how often ACME certificates are checked for
+	// renewal; zero for certmagic's default. Set it before Start.
+	ACMERenewCheck time.Duration
 }
 
 // New returns a server that logs its events to log.
@@ -68,6 +74,7 @@ func New(log *slog.Logger) *Server {
 		logs:      map[string]*logFile{},
 	}
 	s.stats = stats.NewRegistry(s.connCounts)
+	s.stats.SetManaged(s.managedCerts)
 	return s
 }
 
@@ -101,17 +108,6 @@ func (s *Server) Reload(cfg *config.Config) error {
 // apply makes cfg current. Everything that can fail (certificates, binds,
 // log files) is done before anything running is touched.
 func (s *Server) apply(cfg *config.Config) error {
-	tlsConfs := map[string]*tls.Config{}
-	for _, fc := range cfg.Frontends {
-		if fc.HTTPS {
-			tc, err := loadTLS(cfg, fc)
-			if err != nil {
-				return err
-			}
-			tlsConfs[fc.Name] = tc
-		}
-	}
-
 	next := map[string]*listener{}
 	var fresh, revived []*listener
 	closeFresh := func() {
@@ -183,13 +179,37 @@ func (s *Server) apply(cfg *config.Config) error {
 		}
 	}
 
-	freshStats, err := s.bindStats(cfg)
+	mgr, err := s.acmeManager(cfg, next)
 	if err != nil {
 		closeFresh()
 		return err
 	}
+	dropACME := func() {
+		if mgr != nil && mgr != s.acme {
+			mgr.Stop()
+		}
+	}
+	tlsConfs := map[string]*tls.Config{}
+	for _, fc := range cfg.Frontends {
+		if fc.HTTPS {
+			tc, err := loadTLS(cfg, fc, mgr)
+			if err != nil {
+				closeFresh()
+				dropACME()
+				return err
+			}
+			tlsConfs[fc.Name] = tc
+		}
+	}
+	freshStats, err := s.bindStats(cfg)
+	if err != nil {
+		closeFresh()
+		dropACME()
+		return err
+	}
 	if err := s.openLogs(cfg); err != nil {
 		closeFresh()
+		dropACME()
 		if freshStats != nil {
 			freshStats.sock.Close()
 		}
@@ -197,11 +217,14 @@ func (s *Server) apply(cfg *config.Config) error {
 	}
 
 	// Nothing can fail from here on.
-	gen := s.newGeneration(cfg, s.logs, tlsConfs)
+	gen := s.newGeneration(cfg, s.logs, tlsConfs, mgr)
 	s.live.Add(1)
 	gen.release = func() { go s.releaseGeneration(gen) }
 
 	s.setMaxConnections(cfg)
+	// Before the new TLS configurations serve: they find the certificates
+	// in storage loaded.
+	s.swapACME(cfg, mgr)
 	for _, l := range revived {
 		delete(s.moving, l.key)
 		l.stopAccepting()
@@ -372,6 +395,10 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	for _, b := range s.backends {
 		b.StopChecks()
+	}
+	if s.acme != nil {
+		s.acme.Stop() // lets go of its storage locks, for another instance
+		s.acme = nil
 	}
 	s.listeners, s.current, s.backends = nil, nil, nil
 	s.mu.Unlock()

@@ -107,9 +107,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descBackendQueued, float64(b.Queued()), b.Name)
 	}
 	now := time.Now()
+	fromFiles := map[[2]string]bool{}
 	for _, cert := range l.Certs {
 		gauge(descCertExpiry, cert.NotAfter.Sub(now).Seconds(), cert.Frontend, cert.Name)
+		fromFiles[[2]string{cert.Frontend, cert.Name}] = true
 	}
+	collectManaged(ch, r.managed(), fromFiles, now)
 	if r.connsOf != nil {
 		gauge(descGlobalOpen, float64(global.Open))
 		gauge(descGlobalMax, float64(global.Max))

@@ -21,6 +21,8 @@ type Registry struct {
 	// conns tells the client connections and their limits; nil: none
 	// known.
 	connsOf func() []Conns
+	// managedOf lists the ACME certificates; nil: none.
+	managedOf func() []ManagedCert
 
 	reloadsOK     atomic.Uint64
 	reloadsFailed atomic.Uint64

@@ -34,6 +34,8 @@ type Status struct {
 	Connections    int64            `json:"connections_open"`
 	MaxConnections int64            `json:"max_connections"`
 	Frontends      []FrontendStatus `json:"frontends"`
+	// Certificates are those obtained from the ACME CA.
+	Certificates []ManagedCert `json:"acme_certificates,omitempty"`
 }
 
 // FrontendStatus is one frontend's side of Status.
@@ -117,6 +119,7 @@ func (r *Registry) Status() Status {
 		Connections:    global.Open,
 		MaxConnections: global.Max,
 		Frontends:      []FrontendStatus{},
+		Certificates:   r.managed(),
 	}
 	r.mu.Lock()
 	if r.lastReloadErr != "" {
