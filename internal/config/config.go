@@ -35,6 +35,10 @@ const (
 	DefaultHealthFall        = 3
 	DefaultWeight            = 1
 	DefaultQueueTimeout      = 5 * time.Second
+	// DefaultQueueSize bounds a backend's queue: each queued request holds
+	// about 23 KiB, so 1000 hold about 23 MiB per backend, and a queue that
+	// long rarely drains within queue-timeout anyway.
+	DefaultQueueSize         = 1000
 	DefaultBalance           = RoundRobin
 	DefaultTLSMinVersion     = "1.2"
 	DefaultRedirectHTTPSPort = 443
@@ -321,6 +325,9 @@ type Backend struct {
 	// no limit.
 	MaxConnections int
 	QueueTimeout   time.Duration
+	// QueueSize bounds the queue: a request that finds it full goes to
+	// another backend of its pool, or gets 503. Zero means no limit.
+	QueueSize int
 	// SendProxy is the PROXY protocol version (1 or 2) whose header opens
 	// every connection to the backend; 0 for none.
 	SendProxy int

@@ -74,7 +74,7 @@ connect = [::1]:3
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
 		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
 	}
-	wantB := Backend{Name: "backend1", Address: "127.0.0.1:8000", ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout, QueueTimeout: DefaultQueueTimeout,
+	wantB := Backend{Name: "backend1", Address: "127.0.0.1:8000", ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout, QueueTimeout: DefaultQueueTimeout, QueueSize: DefaultQueueSize,
 		Weight: 1, Health: HealthCheck{Kind: HealthNone, Timeout: 2 * time.Second, Interval: 2 * time.Second, Rise: 2, Fall: 3}}
 	if !reflect.DeepEqual(c.Backends, []Backend{wantB}) {
 		t.Errorf("backends = %+v, want %+v", c.Backends, wantB)
@@ -191,6 +191,28 @@ Connect = localhost:81
 	}
 	if h := c.HostFor("example.org:9000"); h == nil {
 		t.Errorf("host names of a section are lower-cased")
+	}
+}
+
+func TestQueueSize(t *testing.T) {
+	t.Parallel()
+	c, err := parse(t, "[frontend a]\nbind = :9000\nbackends = b c\n[backend b]\nconnect = a:1\nmax-connections = 2\n[backend c]\nconnect = a:2\nmax-connections = 2\nqueue-size = 0\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, c := c.Backends[0].QueueSize, c.Backends[1].QueueSize; b != DefaultQueueSize || c != 0 {
+		t.Errorf("queue-size: b %d, c %d; want %d (default) and 0 (no limit)", b, c, DefaultQueueSize)
+	}
+	for _, tc := range []struct{ name, src, want string }{
+		{"negative", "[frontend a]\nbind = :9000\nbackends = b\n[backend b]\nconnect = a:1\nmax-connections = 2\nqueue-size = -1\n", `test.ini: [backend b] queue-size: "-1" is not a whole number`},
+		{"without max-connections", "[frontend a]\nbind = :9000\nbackends = b\n[backend b]\nconnect = a:1\nqueue-size = 10\n", `[backend b] queue-size: set but max-connections is not`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parse(t, tc.src)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
 	}
 }
 

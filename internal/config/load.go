@@ -115,6 +115,7 @@ var knownKeys = map[string][]string{
 		"send-proxy",
 		"max-connections",
 		"queue-timeout",
+		"queue-size",
 	},
 }
 
@@ -622,6 +623,7 @@ func (p *parser) backend(sec *ini.Section, name string) {
 		ResponseTimeout: DefaultResponseTimeout,
 		Weight:          DefaultWeight,
 		QueueTimeout:    DefaultQueueTimeout,
+		QueueSize:       DefaultQueueSize,
 		Health: HealthCheck{
 			Timeout:  DefaultHealthTimeout,
 			Interval: DefaultHealthInterval,
@@ -648,8 +650,11 @@ func (p *parser) backend(sec *ini.Section, name string) {
 	p.integer(sec, "weight", 1, 1000, &b.Weight)
 	p.integer(sec, "max-connections", 0, 1_000_000, &b.MaxConnections)
 	p.duration(sec, "queue-timeout", &b.QueueTimeout)
-	if sec.HasKey("queue-timeout") && b.MaxConnections == 0 {
-		p.errorf(sec.Name(), "queue-timeout", "set but max-connections is not: without a limit nothing queues")
+	p.integer(sec, "queue-size", 0, 1_000_000, &b.QueueSize)
+	for _, k := range []string{"queue-timeout", "queue-size"} {
+		if sec.HasKey(k) && b.MaxConnections == 0 {
+			p.errorf(sec.Name(), k, "set but max-connections is not: without a limit nothing queues")
+		}
 	}
 	if sec.HasKey("send-proxy") {
 		switch v := strings.ToLower(value(sec, "send-proxy")); v {

@@ -71,8 +71,8 @@ func (g *generation) retire() {
 // newGeneration builds the runtime of cfg. logs must hold an open file for
 // every access log path cfg names; tlsConfs holds the TLS configuration of
 // each https frontend. A backend whose section and ca-file are unchanged is
-// reused; one that changed but still has the same address keeps its up/down
-// state.
+// reused; one that changed but still has the same connect carries on its
+// requests in flight, queue and health (upstream.Backend.Inherit).
 func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tlsConfs map[string]*tls.Config, mgr *acme.Manager) *generation {
 	g := &generation{
 		cfg:      cfg,
@@ -98,8 +98,8 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tls
 		if old != nil {
 			b.ShareCounters(old)
 		}
-		if old != nil && old.Addr == b.Addr {
-			b.KeepStateOf(old)
+		if old != nil && b.SameServer(old) {
+			b.Inherit(old)
 		}
 		g.backends[bc.Name] = b
 	}

@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,8 +27,9 @@ import (
 const tcpKeepAlive = 30 * time.Second
 
 // Backend is one [backend] section made live. It is shared by every pool that
-// lists it, and by successive configurations while its section is unchanged.
-// It is safe for concurrent use.
+// lists it, and by successive configurations while its section is unchanged;
+// while its connect is unchanged, the Backends of successive configurations
+// share its state (Inherit). It is safe for concurrent use.
 type Backend struct {
 	Name string
 	Addr string // host:port
@@ -42,9 +42,7 @@ type Backend struct {
 	dialer   *net.Dialer
 	h1       *h1Transport
 	tls      *tls.Config // nil for plain backends
-	health   *Health
-	inflight atomic.Int64 // requests and tunnels: see Slot
-	queue    queue        // for max-connections
+	st       *state      // in flight, queue and health
 	counters *Counters
 	log      *slog.Logger
 
@@ -62,7 +60,6 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 		cfg:             c,
 		dialer:          &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: tcpKeepAlive},
 		log:             log.With("backend", c.Name),
-		queue:           queue{max: int64(c.MaxConnections), timeout: c.QueueTimeout},
 		counters:        new(Counters),
 	}
 	if c.TLS {
@@ -71,7 +68,8 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 	}
 	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, log: b.log, sendProxy: c.SendProxy != 0}
 	hc := c.Health
-	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
+	b.st = &state{health: newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)}
+	b.st.setLimits(int64(c.MaxConnections), int64(c.QueueSize))
 	return b
 }
 
@@ -129,17 +127,31 @@ func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
 func (b *Backend) Config() config.Backend { return b.cfg }
 
 // Up reports whether the backend may be sent traffic.
-func (b *Backend) Up() bool { return b.health.Up() }
+func (b *Backend) Up() bool { return b.st.health.Up() }
 
 // InFlight is the number of requests and tunnels the backend serves now.
-func (b *Backend) InFlight() int64 { return b.inflight.Load() }
+func (b *Backend) InFlight() int64 { return b.st.inflight.Load() }
 
 // Health returns a snapshot of the backend's health.
-func (b *Backend) Health() State { return b.health.State() }
+func (b *Backend) Health() State { return b.st.health.State() }
 
-// KeepStateOf takes over old's up/down state, for a backend whose section
-// changed in a reload but that is still the same server.
-func (b *Backend) KeepStateOf(old *Backend) { b.health.inherit(old.health) }
+// SameServer reports whether b and old connect to the same server: their
+// connect is the same.
+func (b *Backend) SameServer(old *Backend) bool {
+	return b.Addr == old.Addr && b.Scheme == old.Scheme
+}
+
+// Inherit makes b, built by a reload from a changed section of the same
+// server (SameServer), carry on old's state: its requests and tunnels in
+// flight, its queue, its health. b's max-connections, queue-size and health
+// figures then apply to both, as one server has one limit. Call it before b
+// serves anything.
+func (b *Backend) Inherit(old *Backend) {
+	b.st = old.st
+	hc := b.cfg.Health
+	b.st.health.configure(hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval)
+	b.st.setLimits(int64(b.cfg.MaxConnections), int64(b.cfg.QueueSize))
+}
 
 // Close stops the active checks and closes idle connections.
 func (b *Backend) Close() {
@@ -193,10 +205,10 @@ func (b *Backend) checkLoop(stop <-chan struct{}) {
 			b.log.Warn("health check not run", "err", err)
 		} else if err != nil {
 			b.counters.ChecksFailed.Add(1)
-			b.health.CheckFailed(err.Error())
+			b.st.health.CheckFailed(err.Error())
 		} else {
 			b.counters.ChecksPassed.Add(1)
-			b.health.CheckPassed()
+			b.st.health.CheckPassed()
 		}
 		timer.Reset(hc.Interval - hc.Interval/10 + rand.N(hc.Interval/5+1))
 	}

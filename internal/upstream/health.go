@@ -19,17 +19,19 @@ import (
 //
 // With active checks, rise consecutive passing checks bring a down backend
 // back. Without them a down backend is given another try after retryAfter,
-// and the first response from it brings it back.
+// by one request at a time (admit), and the first response from it brings
+// it back.
 type Health struct {
 	name       string
 	log        *slog.Logger
-	rise, fall int
-	active     bool
-	retryAfter time.Duration
+	rise, fall int // guarded by mu
+	active     atomic.Bool
+	retryAfter atomic.Int64     // a time.Duration
 	now        func() time.Time // a field so that tests can move time
 
 	up      atomic.Bool
 	retryAt atomic.Int64 // UnixNano; for a down backend without active checks
+	probing atomic.Bool  // a request is trying the down backend: see admit
 	clean   atomic.Bool  // up with no passive failure counted: the fast path of Answered
 
 	mu           sync.Mutex
@@ -41,20 +43,52 @@ type Health struct {
 }
 
 func newHealth(name string, rise, fall int, active bool, retryAfter time.Duration, log *slog.Logger) *Health {
-	h := &Health{name: name, log: log, rise: rise, fall: fall, active: active, retryAfter: retryAfter, now: time.Now}
+	h := &Health{name: name, log: log, now: time.Now}
+	h.configure(rise, fall, active, retryAfter)
 	h.up.Store(true)
 	h.clean.Store(true)
 	h.lastChange = h.now()
 	return h
 }
 
-// Up reports whether the backend may be sent traffic.
+// configure sets how h counts, for a backend whose section a reload
+// changed: its up/down state and counts carry on under the new figures.
+func (h *Health) configure(rise, fall int, active bool, retryAfter time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.rise, h.fall = rise, fall
+	h.active.Store(active)
+	h.retryAfter.Store(int64(retryAfter))
+}
+
+// Up reports whether the backend may be sent traffic: it is up, or it is
+// down, due another try, and no request is trying it now.
 func (h *Health) Up() bool {
 	if h.up.Load() {
 		return true
 	}
-	return !h.active && h.now().UnixNano() >= h.retryAt.Load()
+	return !h.active.Load() && !h.probing.Load() && h.now().UnixNano() >= h.retryAt.Load()
 }
+
+// admit reports whether a request may go to the backend, and whether it is
+// the one request that tries the down backend (probe). Without active
+// checks a down backend takes one request at a time once retryAfter has
+// passed, so that the others do not wait for a connect that may never
+// complete; the caller ends a probe with endProbe, after it recorded the
+// outcome.
+func (h *Health) admit() (probe, ok bool) {
+	if h.up.Load() {
+		return false, true
+	}
+	if h.active.Load() || h.now().UnixNano() < h.retryAt.Load() || !h.probing.CompareAndSwap(false, true) {
+		return false, false
+	}
+	return true, true
+}
+
+// endProbe ends the try admit allowed. A probe that ended without an
+// outcome (the client left) lets the next request try at once.
+func (h *Health) endProbe() { h.probing.Store(false) }
 
 // CheckFailed records a failed active check; reason says what failed.
 func (h *Health) CheckFailed(reason string) {
@@ -92,9 +126,9 @@ func (h *Health) PassiveFailed(reason string) {
 	switch {
 	case h.up.Load() && h.passiveFails >= h.fall:
 		h.down(reason)
-	case !h.up.Load() && !h.active:
+	case !h.up.Load() && !h.active.Load():
 		// The retry failed: wait again.
-		h.retryAt.Store(h.now().Add(h.retryAfter).UnixNano())
+		h.retryAt.Store(h.now().Add(h.wait()).UnixNano())
 	}
 }
 
@@ -110,7 +144,7 @@ func (h *Health) Answered() {
 		h.clean.Store(true)
 		return
 	}
-	if !h.active {
+	if !h.active.Load() {
 		h.toUp()
 	}
 }
@@ -120,9 +154,12 @@ func (h *Health) down(reason string) {
 	h.up.Store(false)
 	h.checkPasses = 0
 	h.lastChange = h.now()
-	h.retryAt.Store(h.now().Add(h.retryAfter).UnixNano())
+	h.retryAt.Store(h.now().Add(h.wait()).UnixNano())
 	h.log.Warn("backend is DOWN: "+reason, "backend", h.name)
 }
+
+// wait is how long a down backend waits for its next try.
+func (h *Health) wait() time.Duration { return time.Duration(h.retryAfter.Load()) }
 
 // toUp brings the backend up with clean counts; h.mu is held.
 func (h *Health) toUp() {
@@ -145,17 +182,4 @@ func (h *Health) State() State {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return State{Up: h.up.Load(), LastChange: h.lastChange, LastCheck: h.lastCheck}
-}
-
-// inherit takes over old's state, for a backend that survives a reload.
-func (h *Health) inherit(old *Health) {
-	old.mu.Lock()
-	defer old.mu.Unlock()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.checkFails, h.checkPasses, h.passiveFails = old.checkFails, old.checkPasses, old.passiveFails
-	h.lastChange, h.lastCheck = old.lastChange, old.lastCheck
-	h.up.Store(old.up.Load())
-	h.clean.Store(old.clean.Load())
-	h.retryAt.Store(old.retryAt.Load())
 }

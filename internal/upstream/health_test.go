@@ -90,14 +90,6 @@ func TestHealthActive(t *testing.T) {
 	if st := h.State(); !st.Up || st.LastCheck != "passed" || !st.LastChange.Equal(clock.t) {
 		t.Errorf("state %+v", st)
 	}
-	other := newHealth("b", 2, 3, true, 2*time.Second, discard)
-	for i := 0; i < 3; i++ {
-		h.CheckFailed("x")
-	}
-	other.inherit(h)
-	if other.Up() {
-		t.Error("state not inherited")
-	}
 }
 
 func TestHealthPassiveWithChecks(t *testing.T) {

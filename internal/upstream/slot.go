@@ -13,6 +13,10 @@ import (
 // queue-timeout for a free connection.
 var ErrQueueTimeout = errors.New("no free connection to the backend within queue-timeout")
 
+// ErrQueueFull is returned for a request that found the queue of every
+// backend it could go to at its queue-size.
+var ErrQueueFull = errors.New("no free connection to the backend and its queue is full (queue-size)")
+
 // A Slot is one request or tunnel in flight to a backend, as leastconn
 // and max-connections count them. It is the only way the count changes: a
 // slot is taken before the first byte goes to the backend, and Released,
@@ -22,98 +26,132 @@ type Slot struct {
 	done atomic.Bool
 }
 
-// queue holds the requests waiting for a slot of a backend at its
-// max-connections, first come first served (HAProxy's server queue).
-type queue struct {
-	max     int64 // 0: no limit, and no queue
-	timeout time.Duration
+// state is what a backend owes and knows of the server behind it: its
+// requests and tunnels in flight, the queue for its max-connections, and
+// its health. A reload that keeps a backend's connect hands its state to
+// the Backend built from the new section (Inherit), so that a limit holds
+// across the reload: slots taken on the old Backend are released here too.
+type state struct {
+	inflight atomic.Int64 // requests and tunnels: see Slot
+	max      atomic.Int64 // max-connections; 0: no limit, and no queue
+	size     atomic.Int64 // queue-size; 0: no limit
+	health   *Health
 
 	mu      sync.Mutex
-	waiting []chan *Slot
+	waiting []chan struct{} // first come first served (HAProxy's server queue)
+}
+
+// setLimits sets max-connections and queue-size. A new max-connections
+// applies at once to what is in flight: requests that a higher limit (or
+// none) lets in leave the queue now; a lower one cuts nothing, and the
+// queue waits until the count falls below it. Requests already queued stay
+// queued when queue-size shrinks.
+func (st *state) setLimits(max, size int64) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.max.Store(max)
+	st.size.Store(size)
+	for len(st.waiting) > 0 && (max == 0 || st.inflight.Load() < max) {
+		st.inflight.Add(1)
+		st.pass()
+	}
+}
+
+// pass hands a slot, counted already, to the first request in the queue,
+// which may have queued on another generation's Backend; st.mu is held.
+func (st *state) pass() {
+	ch := st.waiting[0]
+	st.waiting = slices.Delete(st.waiting, 0, 1)
+	ch <- struct{}{}
 }
 
 // full reports whether b has no free slot now.
 func (b *Backend) full() bool {
-	return b.queue.max > 0 && b.inflight.Load() >= b.queue.max
+	max := b.st.max.Load()
+	return max > 0 && b.st.inflight.Load() >= max
 }
 
 // tryTake takes a slot if one is free and nobody waits for one.
 func (b *Backend) tryTake() *Slot {
-	q := &b.queue
-	if q.max == 0 {
-		b.inflight.Add(1)
+	st := b.st
+	if st.max.Load() == 0 {
+		st.inflight.Add(1)
 		return &Slot{b: b}
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.waiting) > 0 || b.inflight.Load() >= q.max {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if max := st.max.Load(); len(st.waiting) > 0 || max > 0 && st.inflight.Load() >= max {
 		return nil
 	}
-	b.inflight.Add(1)
+	st.inflight.Add(1)
 	return &Slot{b: b}
 }
 
 // take returns a slot, waiting in the backend's queue for up to its
-// queue-timeout while none is free; it gives up when ctx ends.
+// queue-timeout while none is free; it gives up when ctx ends, and at once
+// with ErrQueueFull when queue-size requests wait already.
 func (b *Backend) take(ctx context.Context) (*Slot, error) {
 	if s := b.tryTake(); s != nil {
 		return s, nil
 	}
-	q := &b.queue
-	q.mu.Lock()
-	if len(q.waiting) == 0 && b.inflight.Load() < q.max {
-		b.inflight.Add(1) // one was freed meanwhile
-		q.mu.Unlock()
+	st := b.st
+	st.mu.Lock()
+	if max := st.max.Load(); len(st.waiting) == 0 && (max == 0 || st.inflight.Load() < max) {
+		st.inflight.Add(1) // one was freed meanwhile
+		st.mu.Unlock()
 		return &Slot{b: b}, nil
 	}
-	ch := make(chan *Slot, 1)
-	q.waiting = append(q.waiting, ch)
-	q.mu.Unlock()
+	if size := st.size.Load(); size > 0 && int64(len(st.waiting)) >= size {
+		st.mu.Unlock()
+		return nil, ErrQueueFull
+	}
+	ch := make(chan struct{}, 1)
+	st.waiting = append(st.waiting, ch)
+	st.mu.Unlock()
 
-	timer := time.NewTimer(q.timeout)
+	timer := time.NewTimer(b.cfg.QueueTimeout)
 	defer timer.Stop()
 	var err error
 	select {
-	case s := <-ch:
-		return s, nil
+	case <-ch:
+		return &Slot{b: b}, nil
 	case <-timer.C:
 		err = ErrQueueTimeout
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	q.mu.Lock()
-	if i := slices.Index(q.waiting, ch); i >= 0 {
-		q.waiting = slices.Delete(q.waiting, i, i+1)
-		q.mu.Unlock()
+	st.mu.Lock()
+	if i := slices.Index(st.waiting, ch); i >= 0 {
+		st.waiting = slices.Delete(st.waiting, i, i+1)
+		st.mu.Unlock()
 		return nil, err
 	}
-	q.mu.Unlock()
+	st.mu.Unlock()
 	// A slot was handed over as the wait ended: pass it on.
-	(<-ch).Release()
+	<-ch
+	(&Slot{b: b}).Release()
 	return nil, err
 }
 
 // Release gives the slot back: to the first request in the backend's
-// queue, if any.
+// queue, if any and the limit lets it in.
 func (s *Slot) Release() {
 	if !s.done.CompareAndSwap(false, true) {
 		return
 	}
-	b := s.b
-	q := &b.queue
-	if q.max == 0 {
-		b.inflight.Add(-1)
+	st := s.b.st
+	if st.max.Load() == 0 {
+		// Nobody waits: setLimits let them all in as it lifted the limit.
+		st.inflight.Add(-1)
 		return
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.waiting) > 0 {
-		ch := q.waiting[0]
-		q.waiting = slices.Delete(q.waiting, 0, 1)
-		ch <- &Slot{b: b} // the count stays: the slot changes hands
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if max := st.max.Load(); len(st.waiting) > 0 && (max == 0 || st.inflight.Load() <= max) {
+		st.pass() // the count stays: the slot changes hands
 		return
 	}
-	b.inflight.Add(-1)
+	st.inflight.Add(-1)
 }
 
 // Backend is the backend the slot is held on.
