@@ -262,14 +262,15 @@ func isLocal(err error) bool {
 }
 
 // StatusFor maps an error forwarding a request to the status a client gets:
-// no backend up, or none reachable for lack of a local resource, is 503; a
+// no backend up, no room in a queue, or none reachable for lack of a local
+// resource, is 503; a
 // request body from the client that stalled past client-timeout 408, a bad
 // one 400; failing to connect 502 whatever the cause; a timeout after
 // connecting 504; anything else 502.
 func StatusFor(err error) int {
 	var ce *ClientError
 	switch {
-	case errors.Is(err, ErrNoBackend) || errors.Is(err, ErrQueueTimeout) || isLocal(err):
+	case errors.Is(err, ErrNoBackend) || errors.Is(err, ErrQueueTimeout) || errors.Is(err, ErrQueueFull) || isLocal(err):
 		return http.StatusServiceUnavailable
 	case errors.As(err, &ce) && isTimeout(ce.Err):
 		return http.StatusRequestTimeout

@@ -29,6 +29,7 @@ func TestStatusFor(t *testing.T) {
 		{"header timeout", &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}, 504},
 		{"reset", &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}, 502},
 		{"all down", ErrNoBackend, 503},
+		{"queue full", fmt.Errorf("backend b: %w", ErrQueueFull), 503},
 		{"other", context.Canceled, 502},
 	}
 	for _, tc := range tests {

@@ -113,3 +113,58 @@ func TestHealthPassiveWithChecks(t *testing.T) {
 		t.Fatal("checks did not bring it back")
 	}
 }
+
+// A down backend without active checks is tried by one request at a time;
+// the others pass it over until that one's outcome is known.
+func TestHealthOneProbe(t *testing.T) {
+	t.Parallel()
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	h := withClock(newHealth("b", 2, 1, false, 2*time.Second, discard), clock)
+	if probe, ok := h.admit(); !ok || probe {
+		t.Fatalf("up: admit = %v, %v; want every request, none a probe", probe, ok)
+	}
+	h.PassiveFailed("refused")
+	if _, ok := h.admit(); ok {
+		t.Fatal("admitted before the interval passed")
+	}
+	clock.add(2 * time.Second)
+	if probe, ok := h.admit(); !ok || !probe {
+		t.Fatalf("due: admit = %v, %v; want the probe", probe, ok)
+	}
+	if _, ok := h.admit(); ok || h.Up() {
+		t.Fatal("a second request admitted while the probe runs")
+	}
+	// The probe failed: wait another interval.
+	h.PassiveFailed("refused")
+	h.endProbe()
+	if _, ok := h.admit(); ok {
+		t.Fatal("admitted right after a failed probe")
+	}
+	clock.add(2 * time.Second)
+	// A probe that ended without an outcome (its client left) lets the
+	// next request try at once.
+	h.admit()
+	h.endProbe()
+	if probe, ok := h.admit(); !ok || !probe {
+		t.Fatalf("after a probe without outcome: admit = %v, %v; want a new probe", probe, ok)
+	}
+	h.Answered()
+	h.endProbe()
+	for range 3 {
+		if probe, ok := h.admit(); !ok || probe {
+			t.Fatalf("back up: admit = %v, %v; want every request", probe, ok)
+		}
+	}
+}
+
+// With active checks only the checks try a down backend.
+func TestHealthActiveNoProbe(t *testing.T) {
+	t.Parallel()
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	h := withClock(newHealth("b", 2, 1, true, 2*time.Second, discard), clock)
+	h.CheckFailed("GET /health: 500")
+	clock.add(time.Hour)
+	if _, ok := h.admit(); ok {
+		t.Fatal("a request admitted to a checked backend that is down")
+	}
+}

@@ -441,8 +441,8 @@ func AppendForwardedFor(out, in http.Header, remoteAddr string) {
 }
 
 // proxyError answers a request that could not be forwarded (StatusFor): 503
-// when every backend is down, the request's queue-timeout passed or this
-// process lacked a resource, 502 when none could be reached or one broke
+// when every backend is down, the request's queue-timeout passed, the
+// queues it could join were full or this process lacked a resource, 502 when none could be reached or one broke
 // the exchange, 504 when it did not answer in time, 400 or 408 when the
 // client's body was bad or stalled. A client that went away otherwise gets
 // nothing; the access log records 499 for it.
@@ -455,12 +455,14 @@ func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	switch {
-	case errors.Is(err, ErrNoBackend) || errors.Is(err, ErrQueueTimeout):
+	case errors.Is(err, ErrNoBackend) || errors.Is(err, ErrQueueTimeout) || errors.Is(err, ErrQueueFull):
 		// The backends' going down was logged; each refused request is in
 		// the access log. The body names no backend.
 		msg := ErrNoBackend.Error()
-		if errors.Is(err, ErrQueueTimeout) {
-			msg = ErrQueueTimeout.Error()
+		for _, e := range []error{ErrQueueTimeout, ErrQueueFull} {
+			if errors.Is(err, e) {
+				msg = e.Error()
+			}
 		}
 		http.Error(w, msg, status)
 		return

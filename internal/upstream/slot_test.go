@@ -183,3 +183,138 @@ func TestFreeSlotBeforeQueue(t *testing.T) {
 		})
 	}
 }
+
+// A request that finds its backend's queue at queue-size goes to another
+// backend of the pool; when every queue is full it gets 503 at once.
+func TestQueueSize(t *testing.T) {
+	t.Parallel()
+	var load concurrency
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		load.enter()
+		defer load.leave()
+		<-release
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	var bs []*Backend
+	for i := range 2 {
+		b := NewBackend(config.Backend{Name: fmt.Sprint("b", i), Address: srv.Listener.Addr().String(), Weight: 1,
+			MaxConnections: 1, QueueTimeout: time.Minute, QueueSize: 1, Health: config.HealthCheck{Rise: 2, Fall: 3}}, discard)
+		defer b.Close()
+		bs = append(bs, b)
+	}
+	front := httptest.NewServer(NewPool(bs, config.RoundRobin, false, discard))
+	defer front.Close()
+	get := func() (int, string) {
+		resp, err := http.Get(front.URL)
+		if err != nil {
+			return 0, err.Error()
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(body)
+	}
+
+	codes := make(chan int, 4)
+	for range 4 {
+		go func() { code, _ := get(); codes <- code }()
+	}
+	waitFor(t, "one request at each backend, one in each queue", func() bool {
+		return load.now.Load() == 2 && bs[0].Queued() == 1 && bs[1].Queued() == 1
+	})
+	start := time.Now()
+	code, body := get()
+	if code != 503 || !strings.Contains(body, "queue-size") {
+		t.Errorf("every queue full: %d %q, want 503 naming queue-size", code, body)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the 503 took %v; a full queue refuses at once", d)
+	}
+	for _, b := range bs {
+		if !b.Health().Up {
+			t.Errorf("a full queue took %s down", b.Name)
+		}
+	}
+	close(release)
+	for range 4 {
+		if code := <-codes; code != 200 {
+			t.Errorf("queued request: %d, want 200", code)
+		}
+	}
+}
+
+// A Backend built by a reload for the same server carries on the old one's
+// slots and queue: the limit counts both generations' requests, and a new
+// max-connections applies at once.
+func TestInheritKeepsSlotsAndQueue(t *testing.T) {
+	t.Parallel()
+	cfg := config.Backend{Name: "b", Address: "b:80", Weight: 1, MaxConnections: 2, QueueTimeout: time.Minute,
+		QueueSize: 10, Health: config.HealthCheck{Rise: 2, Fall: 3}}
+	old := NewBackend(cfg, discard)
+	var held []*Slot
+	for range 2 {
+		held = append(held, old.tryTake())
+	}
+	got := make(chan *Slot, 4)
+	go func() {
+		s, _ := old.take(context.Background())
+		got <- s
+	}()
+	waitFor(t, "one queued on the old backend", func() bool { return old.Queued() == 1 })
+	old.st.health.PassiveFailed("refused")
+
+	cfg.Weight = 5
+	nb := NewBackend(cfg, discard)
+	if !nb.SameServer(old) {
+		t.Fatal("same connect, not the same server")
+	}
+	nb.Inherit(old)
+	if nb.InFlight() != 2 || nb.Queued() != 1 || nb.tryTake() != nil {
+		t.Fatalf("after Inherit: in flight %d, queued %d, or a slot free; want 2, 1, none", nb.InFlight(), nb.Queued())
+	}
+	// A slot of the old generation, released, goes to the request queued
+	// on it; the count stays at the limit.
+	held[0].Release()
+	s := <-got
+	if s.Backend() != old || nb.InFlight() != 2 {
+		t.Errorf("hand-over: backend %s, in flight %d; want the old backend's, 2", s.Backend().Name, nb.InFlight())
+	}
+	held[0] = s
+	// Health carried on: one more failure with fall 2 takes it down.
+	cfg.Health.Fall = 2
+	next := NewBackend(cfg, discard)
+	next.Inherit(nb)
+	next.st.health.PassiveFailed("refused")
+	if next.Health().Up {
+		t.Error("passive failures were not carried over")
+	}
+
+	// A lower limit cuts nothing, and lets nobody in until the count falls
+	// below it.
+	cfg.MaxConnections = 1
+	lower := NewBackend(cfg, discard)
+	lower.Inherit(next)
+	go func() {
+		s, _ := lower.take(context.Background())
+		got <- s
+	}()
+	waitFor(t, "one queued under the lower limit", func() bool { return lower.Queued() == 1 })
+	held[0].Release()
+	if lower.InFlight() != 1 || lower.Queued() != 1 {
+		t.Errorf("at the lower limit: in flight %d, queued %d; want 1, 1", lower.InFlight(), lower.Queued())
+	}
+	// A higher one lets the queue in at once.
+	cfg.MaxConnections = 3
+	higher := NewBackend(cfg, discard)
+	higher.Inherit(lower)
+	held[0] = <-got
+	if higher.InFlight() != 2 || higher.Queued() != 0 {
+		t.Errorf("after raising the limit: in flight %d, queued %d; want 2, 0", higher.InFlight(), higher.Queued())
+	}
+	held[0].Release()
+	held[1].Release()
+	if higher.InFlight() != 0 {
+		t.Errorf("in flight %d after every release", higher.InFlight())
+	}
+}
