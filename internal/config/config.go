@@ -11,7 +11,9 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -96,6 +98,22 @@ type Config struct {
 	Hosts     []Host     // in file order
 	Backends  []Backend  // in file order
 	Routes    []Route    // in file order
+	// Files holds the certificate, key and CA files the configuration
+	// names, by path, as read when it was checked. hipsterd builds its TLS
+	// from these bytes rather than reading the files again: what was
+	// checked is what serves, and each file is read once per load.
+	Files map[string][]byte
+}
+
+// KeyPair is the certificate of certFile with the key of keyFile, from
+// the bytes read when the configuration was checked.
+func (c *Config) KeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	cert, ok := c.Files[certFile]
+	key, ok2 := c.Files[keyFile]
+	if !ok || !ok2 {
+		return tls.Certificate{}, fmt.Errorf("certfile %s, keyfile %s: not read with the configuration", certFile, keyFile)
+	}
+	return tls.X509KeyPair(cert, key)
 }
 
 // Global holds the [global] section.

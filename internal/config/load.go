@@ -164,7 +164,7 @@ func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
 	if err != nil {
 		return nil, Errors{{File: name, Msg: "not a valid INI file: " + err.Error()}}
 	}
-	p := &parser{file: name, cfg: &Config{File: name}, dualStack: dualStack(), ruleLines: ruleOrder(data)}
+	p := &parser{file: name, cfg: &Config{File: name, Files: map[string][]byte{}}, dualStack: dualStack(), ruleLines: ruleOrder(data)}
 	p.cfg.Global = Global{
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
@@ -673,7 +673,7 @@ func (p *parser) backend(sec *ini.Section, name string) {
 		}
 	}
 	if b.CAFile != "" {
-		if data, err := os.ReadFile(b.CAFile); err != nil {
+		if data, err := p.readFile(b.CAFile); err != nil {
 			p.errorf(sec.Name(), "ca-file", "cannot read %s: %v", b.CAFile, unwrapPathError(err))
 		} else if !x509.NewCertPool().AppendCertsFromPEM(data) {
 			p.errorf(sec.Name(), "ca-file", "%s holds no PEM certificate", b.CAFile)
@@ -944,7 +944,7 @@ func (p *parser) tlsFiles(sec *ini.Section, certFile, keyFile string) {
 			p.errorf(sec.Name(), f.key, "missing: https = true needs certfile and keyfile (PEM files)")
 			continue
 		}
-		data, err := os.ReadFile(f.path)
+		data, err := p.readFile(f.path)
 		if err != nil {
 			p.errorf(sec.Name(), f.key, "cannot read %s: %v", f.path, unwrapPathError(err))
 			continue
@@ -966,6 +966,20 @@ func (p *parser) tlsFiles(sec *ini.Section, certFile, keyFile string) {
 	case left < CertExpiryWarning:
 		p.warnf(sec.Name(), "certfile", "%s expires on %s, in %d days", certFile, pair.Leaf.NotAfter.UTC().Format(time.DateOnly), int(left.Hours()/24))
 	}
+}
+
+// readFile reads a certificate, key or CA file once, keeping its bytes in
+// the configuration (Config.Files) for the server to build its TLS from.
+func (p *parser) readFile(path string) ([]byte, error) {
+	if data, ok := p.cfg.Files[path]; ok {
+		return data, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	p.cfg.Files[path] = data
+	return data, nil
 }
 
 func unwrapPathError(err error) error {

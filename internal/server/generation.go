@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 
@@ -86,15 +85,15 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tls
 	for _, bc := range cfg.Backends {
 		if bc.TLS && bc.CAFile != "" {
 			// Read again on every reload, as frontend certificates are:
-			// the backend's own copy is rebuilt when the file changed.
-			g.caPEM[bc.Name], _ = os.ReadFile(bc.CAFile)
+			// the backend is rebuilt when the file changed.
+			g.caPEM[bc.Name] = cfg.Files[bc.CAFile]
 		}
 		old := s.backends[bc.Name]
 		if old != nil && old.Config() == bc && bytes.Equal(g.caPEM[bc.Name], s.current.caPEM[bc.Name]) {
 			g.backends[bc.Name] = old // idle connections and health carry on
 			continue
 		}
-		b := upstream.NewBackend(bc, s.log)
+		b := upstream.NewBackend(bc, g.caPEM[bc.Name], s.log)
 		if old != nil {
 			b.ShareCounters(old)
 		}

@@ -573,7 +573,7 @@ func (v *acceptView) Addr() net.Addr { return v.sock.Addr() }
 // default, and those of the [host] sections it lists, served by SNI.
 func loadTLS(cfg *config.Config, fc config.Frontend, m *acme.Manager) (*tls.Config, error) {
 	load := func(section, certFile, keyFile string) (*tls.Certificate, error) {
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		cert, err := cfg.KeyPair(certFile, keyFile)
 		if err != nil {
 			return nil, fmt.Errorf("%s: certfile %s, keyfile %s: %w", section, certFile, keyFile, err)
 		}

@@ -1,16 +1,15 @@
 package stats
 
 import (
-	"crypto/tls"
 	"strings"
 
 	"github.com/hipsterd/hipsterd/internal/config"
 )
 
-// CertsOf reads the certificates that cfg's frontends serve, for their
-// expiry: each frontend's own and those of the [host] sections it lists.
-// A file that cannot be read now (it could at validation) is left out. A
-// name served twice by a frontend shows the certificate that expires first.
+// CertsOf returns the certificates that cfg's frontends serve, for their
+// expiry: each frontend's own and those of the [host] sections it lists,
+// as read with cfg. A name served twice by a frontend shows the
+// certificate that expires first.
 func CertsOf(cfg *config.Config) []Cert {
 	var out []Cert
 	for _, fc := range cfg.Frontends {
@@ -27,7 +26,7 @@ func CertsOf(cfg *config.Config) []Cert {
 		}
 		index := map[string]int{}
 		for _, f := range files {
-			cert, err := tls.LoadX509KeyPair(f[0], f[1])
+			cert, err := cfg.KeyPair(f[0], f[1])
 			if err != nil || cert.Leaf == nil {
 				continue
 			}

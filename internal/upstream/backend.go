@@ -15,7 +15,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"os"
 	"syscall"
 	"time"
 
@@ -49,9 +48,10 @@ type Backend struct {
 	stopChecks chan struct{} // nil unless checks run
 }
 
-// NewBackend builds the backend described by c. Its active checks, if any,
-// do not run until StartChecks.
-func NewBackend(c config.Backend, log *slog.Logger) *Backend {
+// NewBackend builds the backend described by c; caPEM is the contents of
+// its ca-file, if it has one. Its active checks, if any, do not run until
+// StartChecks.
+func NewBackend(c config.Backend, caPEM []byte, log *slog.Logger) *Backend {
 	b := &Backend{
 		Name:            c.Name,
 		Addr:            c.Address,
@@ -64,7 +64,7 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 	}
 	if c.TLS {
 		b.Scheme = "https"
-		b.tls = clientTLS(c, b.log)
+		b.tls = clientTLS(c, caPEM, b.log)
 	}
 	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, log: b.log, sendProxy: c.SendProxy != 0}
 	hc := c.Health
@@ -73,10 +73,11 @@ func NewBackend(c config.Backend, log *slog.Logger) *Backend {
 	return b
 }
 
-// clientTLS is the TLS configuration for talking to backend c. A CA file
-// that cannot be read now (it could at validation) leaves an empty pool:
-// every connect then fails verification, with a 502, and the error is logged.
-func clientTLS(c config.Backend, log *slog.Logger) *tls.Config {
+// clientTLS is the TLS configuration for talking to backend c, whose
+// ca-file holds caPEM. A ca-file without a certificate (validation rules it
+// out) leaves an empty pool: every connect then fails verification, with a
+// 502, and the error is logged.
+func clientTLS(c config.Backend, caPEM []byte, log *slog.Logger) *tls.Config {
 	conf := &tls.Config{
 		ServerName:         c.TLSServerName,
 		InsecureSkipVerify: c.TLSSkipVerify,
@@ -87,12 +88,8 @@ func clientTLS(c config.Backend, log *slog.Logger) *tls.Config {
 	}
 	if c.CAFile != "" {
 		conf.RootCAs = x509.NewCertPool()
-		data, err := os.ReadFile(c.CAFile)
-		if err == nil && !conf.RootCAs.AppendCertsFromPEM(data) {
-			err = errors.New("no PEM certificate in it")
-		}
-		if err != nil {
-			log.Error("reading ca-file", "path", c.CAFile, "err", err)
+		if !conf.RootCAs.AppendCertsFromPEM(caPEM) {
+			log.Error("reading ca-file", "path", c.CAFile, "err", "no PEM certificate in it")
 		}
 	}
 	return conf

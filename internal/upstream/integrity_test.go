@@ -131,7 +131,7 @@ func TestStrayBytesNeverReachAnotherClient(t *testing.T) {
 			})
 			logs := &logBuffer{}
 			b := NewBackend(config.Backend{Name: "liar", Address: addr, Weight: 1, ResponseTimeout: 5 * time.Second,
-				Health: config.HealthCheck{Rise: 2, Fall: 3}}, slog.New(slog.NewTextHandler(logs, nil)))
+				Health: config.HealthCheck{Rise: 2, Fall: 3}}, nil, slog.New(slog.NewTextHandler(logs, nil)))
 			front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
 			t.Cleanup(front.Close)
 			t.Cleanup(b.Close)
@@ -260,7 +260,7 @@ func TestResponseHeaderLimit(t *testing.T) {
 	})
 	logs := &logBuffer{}
 	b := NewBackend(config.Backend{Name: "endless", Address: addr, Weight: 1, ResponseTimeout: time.Minute,
-		Health: config.HealthCheck{Rise: 2, Fall: 3}}, discard)
+		Health: config.HealthCheck{Rise: 2, Fall: 3}}, nil, discard)
 	front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, slog.New(slog.NewTextHandler(logs, nil))))
 	defer front.Close()
 	defer b.Close()
@@ -386,7 +386,7 @@ func TestIdleConnectionKeepsNoDeadline(t *testing.T) {
 		}
 	})
 	b := NewBackend(config.Backend{Name: "b", Address: addr, Weight: 1, ResponseTimeout: 50 * time.Millisecond,
-		Health: config.HealthCheck{Rise: 2, Fall: 3}}, discard)
+		Health: config.HealthCheck{Rise: 2, Fall: 3}}, nil, discard)
 	defer b.Close()
 	front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
 	defer front.Close()
@@ -426,7 +426,7 @@ func TestTLSHandshakeFailureIsAConnectFailure(t *testing.T) {
 		}
 	})
 	bad := NewBackend(config.Backend{Name: "bad", Address: notTLS, TLS: true, Weight: 1,
-		Health: config.HealthCheck{Rise: 2, Fall: 3}}, discard)
+		Health: config.HealthCheck{Rise: 2, Fall: 3}}, nil, discard)
 	ok := newBackend("ok", good, 1)
 	p := NewPool([]*Backend{bad, ok}, config.RoundRobin, false, discard)
 	front := httptest.NewServer(p)
@@ -482,8 +482,8 @@ func TestSlotsAllComeBack(t *testing.T) {
 	dead := ln.Addr().String()
 	ln.Close()
 	b := NewBackend(config.Backend{Name: "b", Address: addr, Weight: 1, ResponseTimeout: 100 * time.Millisecond,
-		Health: config.HealthCheck{Rise: 2, Fall: 100}}, discard)
-	d := NewBackend(config.Backend{Name: "d", Address: dead, Weight: 1, Health: config.HealthCheck{Rise: 2, Fall: 100}}, discard)
+		Health: config.HealthCheck{Rise: 2, Fall: 100}}, nil, discard)
+	d := NewBackend(config.Backend{Name: "d", Address: dead, Weight: 1, Health: config.HealthCheck{Rise: 2, Fall: 100}}, nil, discard)
 	p := NewPool([]*Backend{b, d}, config.LeastConn, false, discard)
 	var tunnels sync.WaitGroup
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

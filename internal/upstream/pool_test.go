@@ -20,7 +20,7 @@ var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func newBackend(name, addr string, weight int) *Backend {
 	return NewBackend(config.Backend{Name: name, Address: addr, Weight: weight,
-		Health: config.HealthCheck{Rise: 2, Fall: 3, Interval: time.Second, Timeout: time.Second}}, discard)
+		Health: config.HealthCheck{Rise: 2, Fall: 3, Interval: time.Second, Timeout: time.Second}}, nil, discard)
 }
 
 func backends(names ...string) map[string]*Backend {

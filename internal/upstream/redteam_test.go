@@ -61,7 +61,7 @@ func newHostile(t *testing.T, cfg func(*config.Backend), serve func(c net.Conn, 
 	if cfg != nil {
 		cfg(&bc)
 	}
-	h.b = NewBackend(bc, slog.New(slog.NewTextHandler(h.logs, nil)))
+	h.b = NewBackend(bc, nil, slog.New(slog.NewTextHandler(h.logs, nil)))
 	h.front = httptest.NewServer(NewPool([]*Backend{h.b}, config.RoundRobin, false, discard))
 	t.Cleanup(h.front.Close)
 	t.Cleanup(h.b.Close)
@@ -568,9 +568,13 @@ func tlsBackend(t *testing.T, logs io.Writer, serve func(c net.Conn, br *bufio.R
 			}()
 		}
 	}()
+	caPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	b := NewBackend(config.Backend{Name: "tlsliar", Address: ln.Addr().String(), TLS: true, CAFile: certFile,
 		TLSServerName: "localhost", Weight: 1, ResponseTimeout: 5 * time.Second,
-		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, slog.New(slog.NewTextHandler(logs, nil)))
+		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, caPEM, slog.New(slog.NewTextHandler(logs, nil)))
 	t.Cleanup(b.Close)
 	return b
 }
@@ -929,7 +933,7 @@ func TestRedteamSendProxyStrayBytes(t *testing.T) {
 	})
 	logs := &logBuffer{}
 	b := NewBackend(config.Backend{Name: "sp", Address: addr, Weight: 1, SendProxy: 1, ResponseTimeout: 5 * time.Second,
-		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, slog.New(slog.NewTextHandler(logs, nil)))
+		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, nil, slog.New(slog.NewTextHandler(logs, nil)))
 	t.Cleanup(b.Close)
 	front := httptest.NewUnstartedServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
 	front.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
@@ -998,7 +1002,7 @@ func TestRedteamBackendStopsReadingHead(t *testing.T) {
 		}
 	}()
 	b := NewBackend(config.Backend{Name: "deaf", Address: ln.Addr().String(), Weight: 1, ResponseTimeout: 300 * time.Millisecond,
-		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, discard)
+		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, nil, discard)
 	t.Cleanup(b.Close)
 	front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
 	t.Cleanup(front.Close)

@@ -18,7 +18,7 @@ import (
 
 func limitedBackend(name, addr string, max int, queueTimeout time.Duration) *Backend {
 	return NewBackend(config.Backend{Name: name, Address: addr, Weight: 1, MaxConnections: max, QueueTimeout: queueTimeout,
-		Health: config.HealthCheck{Rise: 2, Fall: 3}}, discard)
+		Health: config.HealthCheck{Rise: 2, Fall: 3}}, nil, discard)
 }
 
 // concurrency counts the requests a test backend serves at once, and the
@@ -200,7 +200,7 @@ func TestQueueSize(t *testing.T) {
 	var bs []*Backend
 	for i := range 2 {
 		b := NewBackend(config.Backend{Name: fmt.Sprint("b", i), Address: srv.Listener.Addr().String(), Weight: 1,
-			MaxConnections: 1, QueueTimeout: time.Minute, QueueSize: 1, Health: config.HealthCheck{Rise: 2, Fall: 3}}, discard)
+			MaxConnections: 1, QueueTimeout: time.Minute, QueueSize: 1, Health: config.HealthCheck{Rise: 2, Fall: 3}}, nil, discard)
 		defer b.Close()
 		bs = append(bs, b)
 	}
@@ -251,7 +251,7 @@ func TestInheritKeepsSlotsAndQueue(t *testing.T) {
 	t.Parallel()
 	cfg := config.Backend{Name: "b", Address: "b:80", Weight: 1, MaxConnections: 2, QueueTimeout: time.Minute,
 		QueueSize: 10, Health: config.HealthCheck{Rise: 2, Fall: 3}}
-	old := NewBackend(cfg, discard)
+	old := NewBackend(cfg, nil, discard)
 	var held []*Slot
 	for range 2 {
 		held = append(held, old.tryTake())
@@ -265,7 +265,7 @@ func TestInheritKeepsSlotsAndQueue(t *testing.T) {
 	old.st.health.PassiveFailed("refused")
 
 	cfg.Weight = 5
-	nb := NewBackend(cfg, discard)
+	nb := NewBackend(cfg, nil, discard)
 	if !nb.SameServer(old) {
 		t.Fatal("same connect, not the same server")
 	}
@@ -283,7 +283,7 @@ func TestInheritKeepsSlotsAndQueue(t *testing.T) {
 	held[0] = s
 	// Health carried on: one more failure with fall 2 takes it down.
 	cfg.Health.Fall = 2
-	next := NewBackend(cfg, discard)
+	next := NewBackend(cfg, nil, discard)
 	next.Inherit(nb)
 	next.st.health.PassiveFailed("refused")
 	if next.Health().Up {
@@ -293,7 +293,7 @@ func TestInheritKeepsSlotsAndQueue(t *testing.T) {
 	// A lower limit cuts nothing, and lets nobody in until the count falls
 	// below it.
 	cfg.MaxConnections = 1
-	lower := NewBackend(cfg, discard)
+	lower := NewBackend(cfg, nil, discard)
 	lower.Inherit(next)
 	go func() {
 		s, _ := lower.take(context.Background())
@@ -306,7 +306,7 @@ func TestInheritKeepsSlotsAndQueue(t *testing.T) {
 	}
 	// A higher one lets the queue in at once.
 	cfg.MaxConnections = 3
-	higher := NewBackend(cfg, discard)
+	higher := NewBackend(cfg, nil, discard)
 	higher.Inherit(lower)
 	held[0] = <-got
 	if higher.InFlight() != 2 || higher.Queued() != 0 {
