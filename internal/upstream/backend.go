@@ -260,10 +260,9 @@ func isLocal(err error) bool {
 
 // StatusFor maps an error forwarding a request to the status a client gets:
 // no backend up, no room in a queue, or none reachable for lack of a local
-// resource, is 503; a
-// request body from the client that stalled past client-timeout 408, a bad
-// one 400; failing to connect 502 whatever the cause; a timeout after
-// connecting 504; anything else 502.
+// resource, is 503; a request body from the client that stalled past
+// client-timeout 408, a bad one 400; failing to connect 502 whatever the
+// cause; a timeout after connecting 504; anything else 502.
 func StatusFor(err error) int {
 	var ce *ClientError
 	switch {
