@@ -92,17 +92,17 @@ type Config struct {
 	File string
 	// Warnings are problems that do not stop hipsterd (a certificate that
 	// expires soon, backend certificates not verified): log them.
-	Warnings  []string
+	Warnings []string
+	// Files holds the certificate, key and CA files the configuration
+	// names, by path, as read when it was checked. hipsterd builds its TLS
+	// from these bytes rather than reading the files again: what was
+	// checked is what serves, and each file is read once per load.
+	Files     map[string][]byte
 	Global    Global
 	Frontends []Frontend // in file order
 	Hosts     []Host     // in file order
 	Backends  []Backend  // in file order
 	Routes    []Route    // in file order
-	// Files holds the certificate, key and CA files the configuration
-	// names, by path, as read when it was checked. hipsterd builds its TLS
-	// from these bytes rather than reading the files again: what was
-	// checked is what serves, and each file is read once per load.
-	Files map[string][]byte
 }
 
 // KeyPair is the certificate of certFile with the key of keyFile, from

@@ -164,7 +164,7 @@ func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
 	if err != nil {
 		return nil, Errors{{File: name, Msg: "not a valid INI file: " + err.Error()}}
 	}
-	p := &parser{file: name, cfg: &Config{File: name, Files: map[string][]byte{}}, dualStack: dualStack(), ruleLines: ruleOrder(data)}
+	p := &parser{file: name, cfg: &Config{File: name}, dualStack: dualStack(), ruleLines: ruleOrder(data)}
 	p.cfg.Global = Global{
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
@@ -977,6 +977,9 @@ func (p *parser) readFile(path string) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
+	}
+	if p.cfg.Files == nil {
+		p.cfg.Files = map[string][]byte{}
 	}
 	p.cfg.Files[path] = data
 	return data, nil
