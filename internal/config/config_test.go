@@ -74,8 +74,9 @@ connect = [::1]:3
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
 		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
 	}
-	wantB := Backend{Name: "backend1", Address: "127.0.0.1:8000", ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout, QueueTimeout: DefaultQueueTimeout, QueueSize: DefaultQueueSize,
+	wantB := Backend{Name: "backend1", Address: "127.0.0.1:8000", ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout, QueueTimeout: DefaultQueueTimeout,
 		Weight: 1, Health: HealthCheck{Kind: HealthNone, Timeout: 2 * time.Second, Interval: 2 * time.Second, Rise: 2, Fall: 3}}
+	wantB.QueueSize = DefaultQueueSize
 	if !reflect.DeepEqual(c.Backends, []Backend{wantB}) {
 		t.Errorf("backends = %+v, want %+v", c.Backends, wantB)
 	}
