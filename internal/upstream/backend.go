@@ -28,7 +28,7 @@ const tcpKeepAlive = 30 * time.Second
 // Backend is one [backend] section made live. It is shared by every pool that
 // lists it, and by successive configurations while its section is unchanged;
 // while its connect is unchanged, the Backends of successive configurations
-// share its state (Inherit). It is safe for concurrent use.
+// share its slots and health (Inherit). It is safe for concurrent use.
 type Backend struct {
 	Name string
 	Addr string // host:port
@@ -41,7 +41,8 @@ type Backend struct {
 	dialer   *net.Dialer
 	h1       *h1Transport
 	tls      *tls.Config // nil for plain backends
-	st       *state      // in flight, queue and health
+	health   *Health
+	*slots   // in flight, and the queue for max-connections
 	counters *Counters
 	log      *slog.Logger
 
@@ -68,8 +69,9 @@ func NewBackend(c config.Backend, caPEM []byte, log *slog.Logger) *Backend {
 	}
 	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, log: b.log, sendProxy: c.SendProxy != 0}
 	hc := c.Health
-	b.st = &state{health: newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)}
-	b.st.setLimits(int64(c.MaxConnections), int64(c.QueueSize))
+	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
+	b.slots = new(slots)
+	b.setLimits(int64(c.MaxConnections), int64(c.QueueSize))
 	return b
 }
 
@@ -124,13 +126,13 @@ func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
 func (b *Backend) Config() config.Backend { return b.cfg }
 
 // Up reports whether the backend may be sent traffic.
-func (b *Backend) Up() bool { return b.st.health.Up() }
+func (b *Backend) Up() bool { return b.health.Up() }
 
 // InFlight is the number of requests and tunnels the backend serves now.
-func (b *Backend) InFlight() int64 { return b.st.inflight.Load() }
+func (b *Backend) InFlight() int64 { return b.inflight.Load() }
 
 // Health returns a snapshot of the backend's health.
-func (b *Backend) Health() State { return b.st.health.State() }
+func (b *Backend) Health() State { return b.health.State() }
 
 // SameServer reports whether b and old connect to the same server: their
 // connect is the same.
@@ -144,10 +146,10 @@ func (b *Backend) SameServer(old *Backend) bool {
 // figures then apply to both, as one server has one limit. Call it before b
 // serves anything.
 func (b *Backend) Inherit(old *Backend) {
-	b.st = old.st
+	b.slots, b.health = old.slots, old.health
 	hc := b.cfg.Health
-	b.st.health.configure(hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval)
-	b.st.setLimits(int64(b.cfg.MaxConnections), int64(b.cfg.QueueSize))
+	b.health.configure(hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval)
+	b.setLimits(int64(b.cfg.MaxConnections), int64(b.cfg.QueueSize))
 }
 
 // Close stops the active checks and closes idle connections.
@@ -202,10 +204,10 @@ func (b *Backend) checkLoop(stop <-chan struct{}) {
 			b.log.Warn("health check not run", "err", err)
 		} else if err != nil {
 			b.counters.ChecksFailed.Add(1)
-			b.st.health.CheckFailed(err.Error())
+			b.health.CheckFailed(err.Error())
 		} else {
 			b.counters.ChecksPassed.Add(1)
-			b.st.health.CheckPassed()
+			b.health.CheckPassed()
 		}
 		timer.Reset(hc.Interval - hc.Interval/10 + rand.N(hc.Interval/5+1))
 	}

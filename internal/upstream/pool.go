@@ -121,7 +121,7 @@ func (p *Pool) leastConn(tried []*Backend, free bool) *Backend {
 		if !b.Up() || contains(tried, b) || free && b.full() {
 			continue
 		}
-		load := b.st.inflight.Load()
+		load := b.inflight.Load()
 		// Compare load/share with bestLoad/bestShare, without division.
 		switch l, r := load*bestShare, bestLoad*p.share[j]; {
 		case ties == 0 || l < r:
@@ -135,7 +135,7 @@ func (p *Pool) leastConn(tried []*Backend, free bool) *Backend {
 	}
 	k := (p.next.Add(1) - 1) % ties
 	for j, b := range p.unique {
-		if b.Up() && !contains(tried, b) && !(free && b.full()) && b.st.inflight.Load()*bestShare == bestLoad*p.share[j] {
+		if b.Up() && !contains(tried, b) && !(free && b.full()) && b.inflight.Load()*bestShare == bestLoad*p.share[j] {
 			if k == 0 {
 				return b
 			}
@@ -299,50 +299,79 @@ func (p *Pool) Dial(ctx context.Context, remoteAddr string, hdr http.Header) (ne
 //     gone, this process out of file descriptors): none.
 //
 // Each failure the backend is to blame for counts as a passive failure.
-//
-// A backend that is down is passed over, but for the one request that
-// tries it when it is due another try (Health.admit); a backend whose queue
-// is full (queue-size) is passed over too, as HAProxy redispatches past a
-// server's maxqueue: nothing was sent, so neither counts as a retry.
 func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend bool, do func(*Backend, *Slot) error) error {
 	var triedBuf [4]*Backend // a few fit on the stack
 	tried := triedBuf[:0]
-	var failed *Backend // the backend whose failure the next try follows
 	var lastErr error
 	var start time.Time
 	if info != nil {
 		start = time.Now()
 	}
+	// A down backend is tried by one request at a time (Health.admit),
+	// until the outcome of its try is recorded.
+	var probing *Backend
+	endProbe := func() {
+		if probing != nil {
+			probing.health.endProbe()
+			probing = nil
+		}
+	}
+	defer endProbe()
 	for {
+		endProbe()
 		b := p.pick(key, tried)
 		if b == nil {
 			break
 		}
-		tried = append(tried, b)
-		probe, ok := b.st.health.admit()
+		probe, ok := b.health.admit()
 		if !ok {
-			continue // another request is trying it
+			continue // another request tries it, and pick passes it over meanwhile
 		}
-		blamed, err := p.tryOne(ctx, b, info, failed, do)
-		failed = nil // its retry is counted
 		if probe {
-			b.st.health.endProbe()
+			probing = b
 		}
+		if n := len(tried); n > 0 {
+			// Counted on the backend that failed the try before.
+			tried[n-1].counters.Retries.Add(1)
+			if info != nil {
+				info.Retries++
+			}
+		}
+		if info != nil {
+			info.Backend = b.Name
+			info.Series = p.seriesOf(b)
+		}
+		tried = append(tried, b)
+		s, err := b.take(ctx)
+		if err != nil {
+			// Queued past queue-timeout, its queue full, or the client
+			// left meanwhile.
+			lastErr = fmt.Errorf("backend %s: %w", b.Name, err)
+			if errors.Is(err, ErrQueueFull) {
+				continue // as HAProxy redispatches past a server's maxqueue
+			}
+			break
+		}
+		err = do(b, s)
 		if err == nil {
+			b.health.Answered()
 			if info != nil {
 				info.Header = time.Since(start)
 			}
 			return nil
 		}
+		s.Release()
 		lastErr = fmt.Errorf("backend %s: %w", b.Name, err)
-		if errors.Is(err, ErrQueueFull) {
-			continue
-		}
-		if !blamed {
+		if ctx.Err() != nil || isLocal(err) {
 			break
 		}
-		failed = b
+		var ce *ClientError
+		if errors.As(err, &ce) {
+			break
+		}
+		b.health.PassiveFailed(err.Error())
 		if isConnect(err) {
+			b.counters.ConnectFailures.Add(1)
 			continue
 		}
 		if !resend || isTimeout(err) || !beforeResponse(err) {
@@ -353,43 +382,6 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 		return ErrNoBackend
 	}
 	return lastErr
-}
-
-// tryOne makes try's one try on b, recording its outcome on b's health and
-// counters, and on retryOf's: the backend whose failure this try follows,
-// if any. blamed reports a failure that is b's to blame, after which try
-// may go on to another backend.
-func (p *Pool) tryOne(ctx context.Context, b *Backend, info *exchange.Info, retryOf *Backend, do func(*Backend, *Slot) error) (blamed bool, err error) {
-	if retryOf != nil {
-		retryOf.counters.Retries.Add(1)
-		if info != nil {
-			info.Retries++
-		}
-	}
-	if info != nil {
-		info.Backend = b.Name
-		info.Series = p.seriesOf(b)
-	}
-	s, err := b.take(ctx)
-	if err != nil {
-		// Queued past queue-timeout, the queue full, or the client left
-		// meanwhile.
-		return false, err
-	}
-	if err = do(b, s); err == nil {
-		b.st.health.Answered()
-		return false, nil
-	}
-	s.Release()
-	var ce *ClientError
-	if ctx.Err() != nil || isLocal(err) || errors.As(err, &ce) {
-		return false, err
-	}
-	b.st.health.PassiveFailed(err.Error())
-	if isConnect(err) {
-		b.counters.ConnectFailures.Add(1)
-	}
-	return true, err
 }
 
 // beforeResponse reports whether err means the connection was lost before
@@ -442,9 +434,9 @@ func AppendForwardedFor(out, in http.Header, remoteAddr string) {
 
 // proxyError answers a request that could not be forwarded (StatusFor): 503
 // when every backend is down, the request's queue-timeout passed, the
-// queues it could join were full or this process lacked a resource, 502 when none could be reached or one broke
-// the exchange, 504 when it did not answer in time, 400 or 408 when the
-// client's body was bad or stalled. A client that went away otherwise gets
+// queues it could join were full or this process lacked a resource, 502
+// when none could be reached or one broke the exchange, 504 when it did not
+// answer in time, 400 or 408 when the client's body was bad or stalled. A client that went away otherwise gets
 // nothing; the access log records 499 for it.
 func (p *Pool) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	status := StatusFor(err)

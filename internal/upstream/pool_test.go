@@ -93,9 +93,9 @@ func TestRoundRobinOrderAndDown(t *testing.T) {
 		t.Errorf("sequence %q, want abcabca", seq)
 	}
 	for i := 0; i < 3; i++ {
-		bs["b"].st.health.PassiveFailed("test")
+		bs["b"].health.PassiveFailed("test")
 	}
-	bs["b"].st.health.retryAt.Store(time.Now().Add(time.Hour).UnixNano())
+	bs["b"].health.retryAt.Store(time.Now().Add(time.Hour).UnixNano())
 	seq = ""
 	for i := 0; i < 6; i++ {
 		seq += pick(p).Name
@@ -112,16 +112,16 @@ func TestLeastConn(t *testing.T) {
 	t.Parallel()
 	bs := backends("a", "b", "c")
 	p := NewPool([]*Backend{bs["a"], bs["b"], bs["c"]}, config.LeastConn, false, discard)
-	bs["a"].st.inflight.Store(10)
-	bs["b"].st.inflight.Store(2)
-	bs["c"].st.inflight.Store(3)
+	bs["a"].inflight.Store(10)
+	bs["b"].inflight.Store(2)
+	bs["c"].inflight.Store(3)
 	for i := 0; i < 5; i++ {
 		if got := pick(p); got != bs["b"] {
 			t.Fatalf("picked %s, want b (fewest in flight)", got.Name)
 		}
 	}
 	// Ties go round-robin.
-	bs["c"].st.inflight.Store(2)
+	bs["c"].inflight.Store(2)
 	seen := map[string]int{}
 	for i := 0; i < 10; i++ {
 		seen[pick(p).Name]++
@@ -133,8 +133,8 @@ func TestLeastConn(t *testing.T) {
 	heavy := newBackend("h", "h:80", 2)
 	light := newBackend("l", "l:80", 1)
 	q := NewPool([]*Backend{heavy, light}, config.LeastConn, false, discard)
-	heavy.st.inflight.Store(3)
-	light.st.inflight.Store(2)
+	heavy.inflight.Store(3)
+	light.inflight.Store(2)
 	if got := pick(q); got != heavy {
 		t.Errorf("picked %s, want h (3/2 < 2/1)", got.Name)
 	}
@@ -183,9 +183,9 @@ func TestSourceHashing(t *testing.T) {
 	}
 	// A backend that is down: only its clients go elsewhere.
 	for i := 0; i < 3; i++ {
-		list[2].st.health.PassiveFailed("test")
+		list[2].health.PassiveFailed("test")
 	}
-	list[2].st.health.retryAt.Store(time.Now().Add(time.Hour).UnixNano())
+	list[2].health.retryAt.Store(time.Now().Add(time.Hour).UnixNano())
 	for ip, name := range before {
 		var key uint64
 		fmt.Sscan(ip, &key)

@@ -26,16 +26,15 @@ type Slot struct {
 	done atomic.Bool
 }
 
-// state is what a backend owes and knows of the server behind it: its
-// requests and tunnels in flight, the queue for its max-connections, and
-// its health. A reload that keeps a backend's connect hands its state to
-// the Backend built from the new section (Inherit), so that a limit holds
-// across the reload: slots taken on the old Backend are released here too.
-type state struct {
+// slots are what a backend owes the requests sent to it: its requests and
+// tunnels in flight, and the queue for its max-connections. A reload that
+// keeps a backend's connect hands them to the Backend built from the new
+// section (Inherit), so that the limit holds across the reload: slots
+// taken on the old Backend are released here too.
+type slots struct {
 	inflight atomic.Int64 // requests and tunnels: see Slot
 	max      atomic.Int64 // max-connections; 0: no limit, and no queue
 	size     atomic.Int64 // queue-size; 0: no limit
-	health   *Health
 
 	mu      sync.Mutex
 	waiting []chan struct{} // first come first served (HAProxy's server queue)
@@ -46,7 +45,7 @@ type state struct {
 // none) lets in leave the queue now; a lower one cuts nothing, and the
 // queue waits until the count falls below it. Requests already queued stay
 // queued when queue-size shrinks.
-func (st *state) setLimits(max, size int64) {
+func (st *slots) setLimits(max, size int64) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.max.Store(max)
@@ -59,7 +58,7 @@ func (st *state) setLimits(max, size int64) {
 
 // pass hands a slot, counted already, to the first request in the queue,
 // which may have queued on another generation's Backend; st.mu is held.
-func (st *state) pass() {
+func (st *slots) pass() {
 	ch := st.waiting[0]
 	st.waiting = slices.Delete(st.waiting, 0, 1)
 	ch <- struct{}{}
@@ -67,13 +66,13 @@ func (st *state) pass() {
 
 // full reports whether b has no free slot now.
 func (b *Backend) full() bool {
-	max := b.st.max.Load()
-	return max > 0 && b.st.inflight.Load() >= max
+	max := b.slots.max.Load()
+	return max > 0 && b.slots.inflight.Load() >= max
 }
 
 // tryTake takes a slot if one is free and nobody waits for one.
 func (b *Backend) tryTake() *Slot {
-	st := b.st
+	st := b.slots
 	if st.max.Load() == 0 {
 		st.inflight.Add(1)
 		return &Slot{b: b}
@@ -94,7 +93,7 @@ func (b *Backend) take(ctx context.Context) (*Slot, error) {
 	if s := b.tryTake(); s != nil {
 		return s, nil
 	}
-	st := b.st
+	st := b.slots
 	st.mu.Lock()
 	if max := st.max.Load(); len(st.waiting) == 0 && (max == 0 || st.inflight.Load() < max) {
 		st.inflight.Add(1) // one was freed meanwhile
@@ -139,7 +138,7 @@ func (s *Slot) Release() {
 	if !s.done.CompareAndSwap(false, true) {
 		return
 	}
-	st := s.b.st
+	st := s.b.slots
 	if st.max.Load() == 0 {
 		// Nobody waits: setLimits let them all in as it lifted the limit.
 		st.inflight.Add(-1)

@@ -262,7 +262,7 @@ func TestInheritKeepsSlotsAndQueue(t *testing.T) {
 		got <- s
 	}()
 	waitFor(t, "one queued on the old backend", func() bool { return old.Queued() == 1 })
-	old.st.health.PassiveFailed("refused")
+	old.health.PassiveFailed("refused")
 
 	cfg.Weight = 5
 	nb := NewBackend(cfg, nil, discard)
@@ -285,7 +285,7 @@ func TestInheritKeepsSlotsAndQueue(t *testing.T) {
 	cfg.Health.Fall = 2
 	next := NewBackend(cfg, nil, discard)
 	next.Inherit(nb)
-	next.st.health.PassiveFailed("refused")
+	next.health.PassiveFailed("refused")
 	if next.Health().Up {
 		t.Error("passive failures were not carried over")
 	}

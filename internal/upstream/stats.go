@@ -55,7 +55,7 @@ func (p *Pool) seriesOf(b *Backend) exchange.Series {
 // Queued is the number of requests and tunnels waiting for a slot of the
 // backend's max-connections.
 func (b *Backend) Queued() int {
-	b.st.mu.Lock()
-	defer b.st.mu.Unlock()
-	return len(b.st.waiting)
+	b.slots.mu.Lock()
+	defer b.slots.mu.Unlock()
+	return len(b.slots.waiting)
 }
