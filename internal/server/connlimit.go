@@ -1,11 +1,13 @@
 package server
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -166,6 +168,7 @@ type countedConn struct {
 	// For reclaiming (idleConns); list is nil for a tcp frontend's.
 	state      atomic.Int32
 	since      atomic.Int64 // unix nanoseconds of the last change to idle or new
+	heard      atomic.Bool  // a byte came while it was new: never silent
 	list       *idleConns   // guarded by list.mu, as are prev and next
 	prev, next *countedConn
 }
@@ -192,34 +195,62 @@ func (c *countedConn) release() {
 // which works on the socket; the tunnel still closes c itself.
 func (c *countedConn) TCP() *net.TCPConn { return c.TCPConn }
 
-// reclaimNewAfter is how long a connection may go without sending its first
-// request before, at the limit, it may be closed to make room.
-const reclaimNewAfter = time.Second
+// At a limit, an HTTP frontend closes connections of its own to make room
+// for clients waiting in its socket's backlog, as nginx reuses connections,
+// so that idle clients cannot keep out those with a request to make. Which
+// ones, in order:
+//
+//  1. Silent connections: accepted at least reclaimSilentAfter ago, and not
+//     one byte received since, as the kernel counts them (TCP_INFO). A
+//     client connects to send a request, and sends it at once: one that
+//     says nothing holds a slot for nothing. Oldest first.
+//  2. Keep-alive connections idle between requests for at least
+//     reclaimIdleAfter, the longest idle first: a client that just had an
+//     answer is the likeliest to send its next request at the moment of
+//     the close.
+//
+// Never one with a request in progress, nor one that has sent part of its
+// first request (bounded by read-header-timeout instead), nor a tunnel.
+// Closing is atomic with respect to requests: a connection is claimed
+// (its state moved to connClosing) before it is checked, and is closed only
+// if then nothing waits to be read on it (see countedConn.tryReclaim).
+
+// reclaimSilentAfter is how long a connection may stay silent after it was
+// accepted before it may be closed: a client sends its request with the
+// last packet of the TCP handshake, so this covers a lost packet's quick
+// retransmission rather than any real client's pace. Clients waiting
+// behind silent ones in the backlog get in at max-connections per
+// reclaimSilentAfter, so it must stay short.
+const reclaimSilentAfter = 50 * time.Millisecond
+
+// reclaimIdleAfter is how long a keep-alive connection must have been idle
+// before it may be closed: a client that sends its requests in a loop is
+// never cut between two of them.
+const reclaimIdleAfter = 250 * time.Millisecond
 
 // reclaimEvery is how often an accept loop at a limit looks for clients
 // waiting in its socket's backlog, to make room for them.
 const reclaimEvery = 10 * time.Millisecond
 
-// reclaimBatch is how many idle connections are closed at once to make
-// room, as nginx drains up to 32 reusable connections at a time.
+// reclaimBatch is how many connections are closed at once, at most, to make
+// room, as nginx drains up to 32 reusable connections at a time; never more
+// than clients wait.
 const reclaimBatch = 32
 
-// reclaimScan bounds the connections looked at, oldest first, for one to
+// reclaimScan bounds the connections looked at, oldest first, for ones to
 // close at the limit.
 const reclaimScan = 1024
 
 // HTTP connection states, as reclaiming sees them.
 const (
-	connBusy int32 = iota // a request is being served, or it is a tunnel
-	connNew               // accepted, no request yet
-	connIdle              // kept alive between requests
+	connBusy    int32 = iota // a request is being served, or it is a tunnel
+	connNew                  // accepted, no request yet
+	connIdle                 // kept alive between requests
+	connClosing              // claimed by reclaim, which checks and closes it
 )
 
 // idleConns are the open connections of an HTTP frontend's socket, oldest
-// first. At a limit, the accept loop closes one of them that is idle —
-// kept alive between requests, or silent since it was accepted — to make
-// room for a client waiting in the backlog, as nginx reuses connections:
-// idle clients cannot keep out those with a request to make.
+// first, for reclaiming at a limit.
 type idleConns struct {
 	mu         sync.Mutex
 	head, tail *countedConn
@@ -258,24 +289,88 @@ func (l *idleConns) remove(c *countedConn) {
 	c.prev, c.next, c.list = nil, nil, nil
 }
 
-// closeIdle closes up to n of the oldest idle connections, looking at no
-// more than reclaimScan, and reports whether it closed any.
-func (l *idleConns) closeIdle(n int) bool {
+// reclaim closes up to n connections, silent ones first, then the longest
+// idle, looking at no more than reclaimScan, and returns how many it
+// closed.
+func (l *idleConns) reclaim(n int) int {
 	now := time.Now().UnixNano()
-	victims := make([]*countedConn, 0, n)
+	var silent, idle []*countedConn
 	l.mu.Lock()
 	seen := 0
-	for c := l.head; c != nil && seen < reclaimScan && len(victims) < n; c, seen = c.next, seen+1 {
-		st := c.state.Load()
-		if st == connIdle || st == connNew && now-c.since.Load() >= int64(reclaimNewAfter) {
-			victims = append(victims, c)
+	for c := l.head; c != nil && seen < reclaimScan; c, seen = c.next, seen+1 {
+		switch c.state.Load() {
+		case connNew:
+			if !c.heard.Load() && now-c.since.Load() >= int64(reclaimSilentAfter) {
+				silent = append(silent, c)
+			}
+		case connIdle:
+			if now-c.since.Load() >= int64(reclaimIdleAfter) {
+				idle = append(idle, c)
+			}
 		}
 	}
 	l.mu.Unlock()
-	for _, c := range victims {
-		c.Close()
+	closed := 0
+	for _, c := range silent {
+		if closed == n {
+			return closed
+		}
+		if c.tryReclaim(connNew) {
+			closed++
+		}
 	}
-	return len(victims) > 0
+	slices.SortFunc(idle, func(a, b *countedConn) int { return cmp.Compare(a.since.Load(), b.since.Load()) })
+	for _, c := range idle {
+		if closed == n {
+			break
+		}
+		if c.tryReclaim(connIdle) {
+			closed++
+		}
+	}
+	return closed
+}
+
+// tryReclaim closes c if it is still in state from and nothing of a request
+// has reached it, and reports whether it did. The claim keeps the state
+// from changing under the check: a request that arrives after it is one
+// sent after the close began, as after any server's idle timeout.
+func (c *countedConn) tryReclaim(from int32) bool {
+	if !c.state.CompareAndSwap(from, connClosing) {
+		return false
+	}
+	if c.spoke(from) {
+		c.state.CompareAndSwap(connClosing, from)
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// spoke reports whether c's client has sent anything the server has not
+// yet seen as a request: any byte at all for a connection in state connNew
+// (which is then never silent again), bytes waiting to be read for one in
+// connIdle. When the socket cannot tell, it says yes, so that nothing is
+// closed on a guess.
+func (c *countedConn) spoke(from int32) bool {
+	rc, err := c.TCPConn.SyscallConn()
+	if err != nil {
+		return true
+	}
+	spoke := true
+	rc.Control(func(fd uintptr) {
+		if from == connNew {
+			info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+			spoke = err != nil || info.Bytes_received > 0
+			return
+		}
+		n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		spoke = err != nil || n > 0
+	})
+	if spoke && from == connNew {
+		c.heard.Store(true)
+	}
+	return spoke
 }
 
 // setConnState records an HTTP connection's state, as net/http reports it.
@@ -310,18 +405,19 @@ func countedOf(c net.Conn) *countedConn {
 	}
 }
 
-// backlogged reports whether a client waits in sock's backlog: a listening
-// socket is readable while its accept queue holds a connection.
-func backlogged(sock *net.TCPListener) bool {
+// backlog returns how many clients wait in sock's accept queue, as Linux
+// tells for a listening socket in TCP_INFO's unacked field (0 if it cannot
+// tell).
+func backlog(sock *net.TCPListener) int {
 	rc, err := sock.SyscallConn()
 	if err != nil {
-		return false
+		return 0
 	}
-	ready := false
+	n := 0
 	rc.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, 0)
-		ready = err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			n = int(info.Unacked)
+		}
 	})
-	return ready
+	return n
 }

@@ -510,7 +510,7 @@ func (v *acceptView) waitFreed(freed <-chan struct{}) bool {
 		case <-v.stop:
 			return false
 		case <-tick:
-			if backlogged(v.sock) && v.idle.closeIdle(reclaimBatch) {
+			if n := backlog(v.sock); n > 0 && v.idle.reclaim(min(n, reclaimBatch)) > 0 {
 				return true
 			}
 		}
