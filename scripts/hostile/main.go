@@ -13,6 +13,13 @@
 //	stalled     -stalled clients ask for a large response and never read it
 //	idle        2 × -max-connections connections that send nothing; skipped
 //	            when -max-connections is 0 or hipsterd does not know the key
+//	evict       issue 17's eviction scenario: [frontend] max-connections =
+//	            -max-connections (50 if 0), 4 × as many attackers that connect,
+//	            send nothing and reconnect when closed; legitimate traffic is
+//	            10 keep-alive clients each POSTing every 100 ms and a client
+//	            of one request every 300 ms, then 20 clients once the
+//	            attackers left. Also shows the keep-alive clients' redials
+//	            (connections closed under them: want 0).
 //
 // Usage, from the repository's root:
 //
@@ -79,6 +86,12 @@ func main() {
 	fmt.Printf("%-11s %9s %9s %9s %9s %9s %8s %10s %6s %s\n", "scenario", "attackers", "requests", "success", "p50", "p99", "p99/base", "peak RSS", "fds", "hipsterd log")
 	var base time.Duration
 	for _, name := range o.scenarios {
+		if name == "evict" {
+			if err := runEvict(o, backend); err != nil {
+				fmt.Printf("%-11s %s\n", name, err)
+			}
+			continue
+		}
 		p99, err := run(o, name, backend, base)
 		if err != nil {
 			fmt.Printf("%-11s %s\n", name, err)
@@ -154,60 +167,12 @@ func run(o options, name, backend string, base time.Duration) (time.Duration, er
 		return 0, fmt.Errorf("unknown scenario")
 	}
 
-	dir, err := os.MkdirTemp("", "hostile")
+	h, err := startHipsterd(o, backend, maxConns, 0)
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(dir)
-	addr, err := freeAddr()
-	if err != nil {
-		return 0, err
-	}
-	ini := fmt.Sprintf("[frontend f]\nbind = %s\nbackends = b\n[backend b]\nconnect = %s\n", addr, backend)
-	global := ""
-	if o.clientTimeout != "" {
-		global += "client-timeout = " + o.clientTimeout + "\n"
-	}
-	if maxConns > 0 {
-		global += "max-connections = " + strconv.Itoa(maxConns) + "\n"
-	}
-	if global != "" {
-		ini = "[global]\n" + global + ini
-	}
-	cfgPath := filepath.Join(dir, "hipsterd.ini")
-	if err := os.WriteFile(cfgPath, []byte(ini), 0o644); err != nil {
-		return 0, err
-	}
-	if out, err := exec.Command(o.binary, "-t", "-config", cfgPath).CombinedOutput(); err != nil {
-		if strings.Contains(string(out), "unknown key") {
-			return 0, fmt.Errorf("skipped: this hipsterd does not know a key: %s", strings.TrimSpace(string(out)))
-		}
-		return 0, fmt.Errorf("hipsterd -t: %v: %s", err, out)
-	}
-
-	logFile, err := os.Create(filepath.Join(dir, "stderr"))
-	if err != nil {
-		return 0, err
-	}
-	cmd := exec.Command(o.binary, "-config", cfgPath)
-	cmd.Stderr = logFile
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}()
-	if err := waitListening(addr, 5*time.Second); err != nil {
-		return 0, err
-	}
+	defer h.stop()
+	addr := h.addr
 
 	stop := make(chan struct{})
 	var held atomic.Int64
@@ -224,16 +189,14 @@ func run(o options, name, backend string, base time.Duration) (time.Duration, er
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	peak := &peakSampler{pid: cmd.Process.Pid}
+	peak := &peakSampler{pid: h.cmd.Process.Pid}
 	sampling := peak.start()
 	res := legitimate(addr, o.rate, o.duration)
 	close(sampling)
 	close(stop)
 	wg.Wait()
 
-	logFile.Close()
-	logText, _ := os.ReadFile(logFile.Name())
-	logNote := fmt.Sprintf("%d errors, %d warnings", strings.Count(string(logText), "level=ERROR"), strings.Count(string(logText), "level=WARN"))
+	logNote := h.logNote()
 	ratio := "-"
 	if base > 0 {
 		ratio = fmt.Sprintf("%.2f", float64(res.p99)/float64(base))
@@ -242,6 +205,94 @@ func run(o options, name, backend string, base time.Duration) (time.Duration, er
 		100*float64(res.ok)/float64(max(res.total, 1)), round(res.p50), round(res.p99), ratio,
 		float64(peak.rssKiB.Load())/1024, peak.fds.Load(), logNote)
 	return res.p99, nil
+}
+
+// hipsterd is a running hipsterd of a scenario.
+type hipsterd struct {
+	addr    string
+	cmd     *exec.Cmd
+	dir     string
+	logFile *os.File
+}
+
+// startHipsterd starts hipsterd in front of backend, with [global]
+// max-connections = maxConns and the frontend's = frontendMax, each unless
+// 0, and waits until it listens.
+func startHipsterd(o options, backend string, maxConns, frontendMax int) (*hipsterd, error) {
+	dir, err := os.MkdirTemp("", "hostile")
+	if err != nil {
+		return nil, err
+	}
+	h := &hipsterd{dir: dir}
+	fail := func(err error) (*hipsterd, error) {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return fail(err)
+	}
+	ini := fmt.Sprintf("[backend b]\nconnect = %s\n[frontend f]\nbind = %s\nbackends = b\n", backend, addr)
+	global := ""
+	if o.clientTimeout != "" {
+		global += "client-timeout = " + o.clientTimeout + "\n"
+	}
+	if maxConns > 0 {
+		global += "max-connections = " + strconv.Itoa(maxConns) + "\n"
+	}
+	if frontendMax > 0 {
+		ini += "max-connections = " + strconv.Itoa(frontendMax) + "\n"
+	}
+	if global != "" {
+		ini = "[global]\n" + global + ini
+	}
+	cfgPath := filepath.Join(dir, "hipsterd.ini")
+	if err := os.WriteFile(cfgPath, []byte(ini), 0o644); err != nil {
+		return fail(err)
+	}
+	if out, err := exec.Command(o.binary, "-t", "-config", cfgPath).CombinedOutput(); err != nil {
+		if strings.Contains(string(out), "unknown key") {
+			return fail(fmt.Errorf("skipped: this hipsterd does not know a key: %s", strings.TrimSpace(string(out))))
+		}
+		return fail(fmt.Errorf("hipsterd -t: %v: %s", err, out))
+	}
+
+	logFile, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		return fail(err)
+	}
+	cmd := exec.Command(o.binary, "-config", cfgPath)
+	cmd.Stderr = logFile
+	if err := cmd.Start(); err != nil {
+		return fail(err)
+	}
+	h.addr, h.cmd, h.logFile = addr, cmd, logFile
+	if err := waitListening(addr, 5*time.Second); err != nil {
+		h.stop()
+		return fail(err)
+	}
+	return h, nil
+}
+
+// stop ends hipsterd and removes its files.
+func (h *hipsterd) stop() {
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { h.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		h.cmd.Process.Kill()
+		<-done
+	}
+	h.logFile.Close()
+	os.RemoveAll(h.dir)
+}
+
+// logNote sums up what hipsterd logged so far.
+func (h *hipsterd) logNote() string {
+	text, _ := os.ReadFile(h.logFile.Name())
+	return fmt.Sprintf("%d errors, %d warnings", strings.Count(string(text), "level=ERROR"), strings.Count(string(text), "level=WARN"))
 }
 
 func round(d time.Duration) string { return d.Round(10 * time.Microsecond).String() }
@@ -437,5 +488,163 @@ func (p *peakSampler) sample() {
 	}
 	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid)); err == nil && int64(len(ents)) > p.fds.Load() {
 		p.fds.Store(int64(len(ents)))
+	}
+}
+
+// runEvict runs the evict scenario (see the package's comment) and prints
+// its line.
+func runEvict(o options, backend string) error {
+	limit := o.maxConns
+	if limit == 0 {
+		limit = 50
+	}
+	h, err := startHipsterd(o, backend, 0, limit)
+	if err != nil {
+		return err
+	}
+	defer h.stop()
+	url := "http://" + h.addr + "/upload"
+
+	var mu sync.Mutex
+	var lat []time.Duration
+	total, ok := 0, 0
+	record := func(start time.Time, good bool) {
+		el := time.Since(start)
+		mu.Lock()
+		defer mu.Unlock()
+		total++
+		if good {
+			ok++
+		}
+		lat = append(lat, el)
+	}
+	// The keep-alive clients connect before the attack.
+	var redials atomic.Int64
+	clients := make([]*http.Client, 10)
+	for i := range clients {
+		var d net.Dialer
+		var dials atomic.Int64
+		clients[i] = &http.Client{
+			Timeout: 5 * time.Second,
+			Transport: &http.Transport{MaxIdleConnsPerHost: 1, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if dials.Add(1) > 1 {
+					redials.Add(1)
+				}
+				return d.DialContext(ctx, network, addr)
+			}},
+		}
+		start := time.Now()
+		record(start, post(clients[i], url))
+	}
+
+	stop := make(chan struct{})
+	var held atomic.Int64
+	var attack sync.WaitGroup
+	attackers := 4 * limit
+	for range attackers {
+		attack.Go(func() { reconnectingIdle(h.addr, stop, &held) })
+	}
+	for deadline := time.Now().Add(5 * time.Second); held.Load() < int64(limit) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	peak := &peakSampler{pid: h.cmd.Process.Pid}
+	sampling := peak.start()
+	ctx, cancel := context.WithTimeout(context.Background(), o.duration)
+	var legit sync.WaitGroup
+	every := func(d time.Duration, request func() bool) {
+		legit.Go(func() {
+			t := time.NewTicker(d)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				start := time.Now()
+				record(start, request())
+			}
+		})
+	}
+	for _, c := range clients {
+		every(100*time.Millisecond, func() bool { return post(c, url) })
+	}
+	every(300*time.Millisecond, func() bool { return oneRequest(h.addr) })
+	legit.Wait()
+	cancel()
+	close(sampling)
+	close(stop)
+	attack.Wait()
+	after := 0
+	for range 20 {
+		if oneRequest(h.addr) {
+			after++
+		}
+	}
+
+	slices.Sort(lat)
+	p50, p99 := lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+	fmt.Printf("%-11s %9d %9d %8.2f%% %9s %9s %8s %6.1f MiB %6d %s; max-connections %d, keep-alive redials %d, after the attack %d/20\n",
+		"evict", attackers, total, 100*float64(ok)/float64(max(total, 1)), round(p50), round(p99), "-",
+		float64(peak.rssKiB.Load())/1024, peak.fds.Load(), h.logNote(), limit, redials.Load(), after)
+	return nil
+}
+
+// post sends a small POST on c and reports whether it was answered 200.
+func post(c *http.Client, url string) bool {
+	resp, err := c.Post(url, "text/plain", strings.NewReader("hello"))
+	if err != nil {
+		return false
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return err == nil && resp.StatusCode == http.StatusOK
+}
+
+// oneRequest sends GET / on a new connection, with Connection: close, and
+// reports whether it was answered 200 within 5 s.
+func oneRequest(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+		return false
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return false
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	return err == nil && resp.StatusCode == http.StatusOK
+}
+
+// reconnectingIdle connects and sends nothing, connecting again whenever
+// hipsterd closes the connection, until stop.
+func reconnectingIdle(addr string, stop <-chan struct{}, held *atomic.Int64) {
+	for {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err == nil {
+			held.Add(1)
+			closed := make(chan struct{})
+			go func() {
+				io.Copy(io.Discard, c)
+				close(closed)
+			}()
+			select {
+			case <-stop:
+			case <-closed:
+			}
+			c.Close()
+			held.Add(-1)
+		}
+		select {
+		case <-stop:
+			return
+		default:
+		}
 	}
 }
