@@ -10,15 +10,18 @@
 // and, in the text formats, any byte outside printable ASCII) are escaped as
 // nginx does: \x22 in the text formats, JSON escapes in JSON.
 //
-// Lines are formatted without a lock into pooled buffers and appended to a
-// buffered file, flushed at least every second, on Reopen and on Close.
+// Lines are formatted without a lock into pooled buffers and appended to the
+// file's buffer in memory, which a goroutine of its own writes out at least
+// every second, on Reopen and on Close (see File).
 package accesslog
 
 import (
-	"bufio"
+	"bytes"
+	"log/slog"
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/exchange"
@@ -26,6 +29,18 @@ import (
 
 // FlushInterval bounds how long a line may sit in memory before it is written.
 const FlushInterval = time.Second
+
+// flushAt is how many bytes of lines wake the writer before FlushInterval.
+const flushAt = 64 * 1024
+
+// maxPending bounds the bytes of lines waiting to be written: past it, while
+// the file is slow or blocked, new lines are dropped and counted as lost,
+// so that nothing that logs ever waits for the disk.
+const maxPending = 4 << 20
+
+// errorEvery is how often, at most, a failing file is reported again while
+// it keeps failing.
+const errorEvery = time.Minute
 
 // StatusClientGone is logged, as nginx does, for a request whose client went
 // away before any response was sent.
@@ -47,31 +62,59 @@ const (
 
 // File is an access log file, shared by every frontend that logs to it,
 // whatever their formats.
+//
+// A line is appended to a buffer in memory, never written by the one who
+// logs it: a goroutine of the file's own writes the buffer out, so that a
+// slow, blocked or full disk stalls no request and no tunnel reactor. A
+// write that fails loses its lines, which are counted (Lost) and reported
+// to the event log, once and then at most once every errorEvery while the
+// failure lasts; the next write goes on with the lines logged since, so
+// that the log resumes by itself once there is room again.
 type File struct {
 	path string
+	log  *slog.Logger
+	lost atomic.Uint64
 
-	mu sync.Mutex
-	f  *os.File
-	w  *bufio.Writer
+	mu      sync.Mutex // guards pending, lines and kicked
+	pending []byte     // lines not yet handed to the writer
+	lines   int        // in pending
+	kicked  bool       // the writer was woken for pending
 
+	kick chan struct{}
 	stop chan struct{}
 	done chan struct{}
+
+	fmu sync.Mutex // guards the rest; held while writing
+	f   *os.File
+	out []byte // the lines being written
+	// midLine: a write stopped within a line, which the next one ends.
+	midLine bool
+	failing bool
+	// reported is when the failure was last reported; lostSince counts
+	// the lines lost since the failure began.
+	reported  time.Time
+	lostSince uint64
 }
 
 // Open opens path for appending, creating it with FileMode if missing.
-func Open(path string) (*File, error) {
+// Failed writes are reported to slog's default logger.
+func Open(path string) (*File, error) { return OpenLogged(path, slog.Default()) }
+
+// OpenLogged is Open, reporting failed writes to log.
+func OpenLogged(path string, log *slog.Logger) (*File, error) {
 	f, err := openFile(path)
 	if err != nil {
 		return nil, err
 	}
 	lf := &File{
 		path: path,
+		log:  log,
 		f:    f,
-		w:    bufio.NewWriterSize(f, 64*1024),
+		kick: make(chan struct{}, 1),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
-	go lf.flushLoop()
+	go lf.writeLoop()
 	return lf, nil
 }
 
@@ -79,7 +122,14 @@ func openFile(path string) (*os.File, error) {
 	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, FileMode)
 }
 
-func (lf *File) flushLoop() {
+// Path is the file's path.
+func (lf *File) Path() string { return lf.path }
+
+// Lost is the number of lines that could not be written: dropped while the
+// file was too slow to take them, or lost with a write that failed.
+func (lf *File) Lost() uint64 { return lf.lost.Load() }
+
+func (lf *File) writeLoop() {
 	defer close(lf.done)
 	t := time.NewTicker(FlushInterval)
 	defer t.Stop()
@@ -88,20 +138,99 @@ func (lf *File) flushLoop() {
 		case <-lf.stop:
 			return
 		case <-t.C:
-			lf.mu.Lock()
-			lf.w.Flush()
-			lf.mu.Unlock()
+		case <-lf.kick:
+		}
+		lf.fmu.Lock()
+		lf.flush()
+		lf.fmu.Unlock()
+	}
+}
+
+// write appends a line for the writer, or counts it lost if too much waits.
+func (lf *File) write(line []byte) {
+	lf.mu.Lock()
+	if len(lf.pending)+len(line) > maxPending {
+		lf.mu.Unlock()
+		lf.lost.Add(1)
+		return
+	}
+	lf.pending = append(lf.pending, line...)
+	lf.lines++
+	wake := len(lf.pending) >= flushAt && !lf.kicked
+	lf.kicked = lf.kicked || wake
+	lf.mu.Unlock()
+	if wake {
+		select {
+		case lf.kick <- struct{}{}:
+		default:
 		}
 	}
 }
 
-func (lf *File) write(line []byte) {
-	lf.mu.Lock()
-	lf.w.Write(line)
-	lf.mu.Unlock()
+// flush writes the pending lines out, until fewer than flushAt wait. The
+// caller holds fmu.
+func (lf *File) flush() {
+	for {
+		lf.mu.Lock()
+		lf.out, lf.pending = lf.pending, lf.out[:0]
+		lines := lf.lines
+		lf.lines, lf.kicked = 0, false
+		more := false
+		lf.mu.Unlock()
+		if len(lf.out) > 0 {
+			lf.writeOut(lines)
+			lf.mu.Lock()
+			more = len(lf.pending) >= flushAt
+			lf.mu.Unlock()
+		}
+		if cap(lf.out) > 4*flushAt {
+			lf.out = nil // a burst's buffer is not kept
+		}
+		if !more {
+			return
+		}
+	}
 }
 
-// Reopen flushes the lines so far to the current file and continues in a
+// writeOut writes lf.out, which holds lines whole lines, and accounts for
+// what could not be written. The caller holds fmu.
+func (lf *File) writeOut(lines int) {
+	if lf.midLine {
+		if _, err := lf.f.Write([]byte{'\n'}); err != nil {
+			lf.failed(err, uint64(lines))
+			return
+		}
+		lf.midLine = false
+	}
+	n, err := lf.f.Write(lf.out)
+	if err == nil {
+		if lf.failing {
+			lf.failing = false
+			lf.log.Info("access log: writing again", "path", lf.path, "lost", lf.lostSince)
+		}
+		return
+	}
+	lf.midLine = n > 0 && lf.out[n-1] != '\n'
+	lf.failed(err, uint64(bytes.Count(lf.out[n:], []byte{'\n'})))
+}
+
+// failed counts the lines a write lost, and reports the failure unless it
+// did within errorEvery. The caller holds fmu.
+func (lf *File) failed(err error, lost uint64) {
+	lf.lost.Add(lost)
+	now := time.Now()
+	if !lf.failing {
+		lf.failing, lf.lostSince = true, 0
+	} else if now.Sub(lf.reported) < errorEvery {
+		lf.lostSince += lost
+		return
+	}
+	lf.lostSince += lost
+	lf.reported = now
+	lf.log.Error("access log: cannot write; its lines are lost until it can", "path", lf.path, "err", err, "lost", lf.lostSince)
+}
+
+// Reopen writes the lines so far to the current file and continues in a
 // freshly opened file at the same path, as logrotate expects after it
 // renamed the file. If the new file cannot be opened, logging continues in
 // the old one and the error is returned.
@@ -110,27 +239,23 @@ func (lf *File) Reopen() error {
 	if err != nil {
 		return err
 	}
-	lf.mu.Lock()
-	defer lf.mu.Unlock()
-	flushErr := lf.w.Flush()
+	lf.fmu.Lock()
+	defer lf.fmu.Unlock()
+	lf.flush()
 	old := lf.f
-	lf.f = f
-	lf.w.Reset(f)
-	old.Close()
-	return flushErr
+	lf.f, lf.midLine = f, false
+	return old.Close()
 }
 
-// Close flushes and closes the file. No line may be written after it.
+// Close writes the lines so far and closes the file. No line may be
+// written after it.
 func (lf *File) Close() error {
 	close(lf.stop)
 	<-lf.done
-	lf.mu.Lock()
-	defer lf.mu.Unlock()
-	err := lf.w.Flush()
-	if cerr := lf.f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	lf.fmu.Lock()
+	defer lf.fmu.Unlock()
+	lf.flush()
+	return lf.f.Close()
 }
 
 // Logger writes the lines of one frontend.

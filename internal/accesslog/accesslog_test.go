@@ -2,6 +2,8 @@ package accesslog
 
 import (
 	"bufio"
+	"bytes"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -166,5 +170,108 @@ func BenchmarkLogLine(b *testing.B) {
 				rw.log()
 			}
 		})
+	}
+}
+
+// logBuffer collects what a File reports, safely across goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A file whose writes fail (a full disk: /dev/full) loses its lines, counts
+// them, and says so once, not once per write.
+func TestFileFailingWritesCountedAndReportedOnce(t *testing.T) {
+	t.Parallel()
+	var events logBuffer
+	f, err := OpenLogged("/dev/full", slog.New(slog.NewTextHandler(&events, nil)))
+	if err != nil {
+		t.Skipf("no /dev/full: %v", err)
+	}
+	for range 3 {
+		for range 10 {
+			f.write([]byte("a line\n"))
+		}
+		if err := f.Reopen(); err != nil { // writes the lines
+			t.Fatal(err)
+		}
+	}
+	if got := f.Lost(); got != 30 {
+		t.Errorf("Lost() = %d, want 30", got)
+	}
+	log := events.String()
+	if n := strings.Count(log, "cannot write"); n != 1 {
+		t.Errorf("reported %d times, want once:\n%s", n, log)
+	}
+	if !strings.Contains(log, "path=/dev/full") || !strings.Contains(log, "no space left on device") {
+		t.Errorf("the report names neither the file nor the error:\n%s", log)
+	}
+	f.Close()
+}
+
+// A file whose writes block (a pipe nobody reads) keeps no one who logs
+// waiting: lines wait in memory up to maxPending, then are dropped and
+// counted, and all that waited is written once the pipe drains.
+func TestFileBlockedWritesNeverWait(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	// Opened read-write, so that the logger's open does not wait for a
+	// reader; nothing is read until the end.
+	r, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	f, err := OpenLogged(path, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := []byte(strings.Repeat("x", 99) + "\n")
+	n := 2 * maxPending / len(line)
+	start := time.Now()
+	for range n {
+		f.write(line)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("%d lines took %v to log into a blocked file", n, took)
+	}
+	lost := f.Lost()
+	if lost < uint64(n/4) || lost > uint64(n) {
+		t.Errorf("Lost() = %d of %d lines, want about half", lost, n)
+	}
+	// Drained, the file takes every line that was kept.
+	var read atomic.Int64
+	go func() {
+		buf := make([]byte, 64*1024)
+		for {
+			m, err := r.Read(buf)
+			read.Add(int64(bytes.Count(buf[:m], []byte{'\n'})))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	f.Close()
+	want := int64(n) - int64(lost)
+	for deadline := time.Now().Add(10 * time.Second); read.Load() < want && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := read.Load(); got != want {
+		t.Errorf("%d lines reached the pipe, want %d (%d logged, %d lost)", got, want, n, lost)
 	}
 }

@@ -110,6 +110,7 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tls
 			if !seen[fc.AccessLog] {
 				seen[fc.AccessLog] = true
 				g.logPaths = append(g.logPaths, fc.AccessLog)
+				g.layout.AccessLogs = append(g.layout.AccessLogs, lf)
 			}
 		}
 		if fc.Mode == config.ModeTCP {

@@ -344,7 +344,7 @@ func (s *Server) openLogs(cfg *config.Config) error {
 		if path == "" || s.logs[path] != nil {
 			continue
 		}
-		f, err := accesslog.Open(path)
+		f, err := accesslog.OpenLogged(path, s.log)
 		if err != nil {
 			for _, p := range opened {
 				s.logs[p].file.Close()

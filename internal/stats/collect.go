@@ -33,6 +33,7 @@ var (
 	descResends       = desc("hipsterd_backend_resends_total", "Requests sent again on a new connection after a kept-alive one closed as they went out.", "backend")
 	descBackendFlight = desc("hipsterd_backend_in_flight", "Requests and tunnels the backend serves now.", "backend")
 	descBackendQueued = desc("hipsterd_backend_queued", "Requests and tunnels waiting for a slot of the backend's max-connections.", "backend")
+	descLogLost       = desc("hipsterd_accesslog_lost_lines_total", "Access log lines that could not be written: the write failed (disk full) or the file was too slow to take them.", "path")
 	descReloads       = desc("hipsterd_reloads_total", "Reloads, by result.", "result")
 	descLastReload    = desc("hipsterd_last_reload_success_timestamp_seconds", "When the running configuration was applied.")
 	descGeneration    = desc("hipsterd_config_generation", "Configurations applied since start, the first one included.")
@@ -105,6 +106,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descResends, cs.Resends.Load(), b.Name)
 		gauge(descBackendFlight, float64(b.InFlight()), b.Name)
 		gauge(descBackendQueued, float64(b.Queued()), b.Name)
+	}
+	for _, al := range l.AccessLogs {
+		counter(descLogLost, al.Lost(), al.Path())
 	}
 	now := time.Now()
 	fromFiles := map[[2]string]bool{}

@@ -76,9 +76,16 @@ func (r *Registry) SetVersion(v string) { r.version = v }
 
 // Layout is what a configuration serves, as the status page shows it.
 type Layout struct {
-	Frontends []FrontendLayout // in file order
-	Backends  []*upstream.Backend
-	Certs     []Cert
+	Frontends  []FrontendLayout // in file order
+	Backends   []*upstream.Backend
+	Certs      []Cert
+	AccessLogs []AccessLog
+}
+
+// AccessLog is an access log file, for the lines it could not write.
+type AccessLog interface {
+	Path() string
+	Lost() uint64
 }
 
 // FrontendLayout is one frontend and the pools it forwards to.
