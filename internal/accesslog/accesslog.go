@@ -317,6 +317,19 @@ func (rw *ResponseWriter) log() {
 	rw.l.write(&req, status, rw.bytes)
 }
 
+// BadRequest is the request line logged for a request that the HTTP parser
+// refused, whose parts are unknown: HAProxy's word for it.
+const BadRequest = "<BADREQ>"
+
+// Refused writes the line of a request from remoteAddr that the HTTP
+// parser refused, answering status with a body of n bytes, before any
+// handler saw it: its request line is BadRequest - -, its host and other
+// fields unknown.
+func (l *Logger) Refused(remoteAddr string, status int, n int64) {
+	req := request{remoteAddr: remoteAddr, method: BadRequest, uri: "-", proto: "-"}
+	l.write(&req, status, n)
+}
+
 func (l *Logger) write(req *request, status int, n int64) {
 	bp := linePool.Get().(*[]byte)
 	b := (*bp)[:0]

@@ -171,6 +171,12 @@ type countedConn struct {
 	heard      atomic.Bool  // a byte came while it was new: never silent
 	list       *idleConns   // guarded by list.mu, as are prev and next
 	prev, next *countedConn
+
+	// For logging requests net/http refuses (refused.go); refused is nil
+	// for a tcp frontend's connection.
+	refused   func(top net.Conn, status int, body int64)
+	top       net.Conn    // as net/http serves it, if refusals are looked for
+	answering atomic.Bool // the next write may be a refusal
 }
 
 func (c *countedConn) Close() error {
@@ -380,11 +386,35 @@ func setConnState(c net.Conn, st http.ConnState) {
 		return
 	}
 	switch st {
+	case http.StateNew:
+		cc.watchAnswers(c)
 	case http.StateActive, http.StateHijacked:
 		cc.state.Store(connBusy)
 	case http.StateIdle:
 		cc.since.Store(time.Now().UnixNano())
 		cc.state.Store(connIdle)
+		cc.answering.Store(cc.top != nil)
+	}
+}
+
+// Read marks the connection busy as soon as a byte of a request arrives:
+// net/http reports a connection active only once it has read a whole
+// request head, which may take long.
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.TCPConn.Read(p)
+	if n > 0 && c.state.Load() != connBusy {
+		c.busy()
+	}
+	return n, err
+}
+
+// busy marks the connection busy, unless reclaim claimed it.
+func (c *countedConn) busy() {
+	for {
+		st := c.state.Load()
+		if st == connBusy || st == connClosing || c.state.CompareAndSwap(st, connBusy) {
+			return
+		}
 	}
 }
 

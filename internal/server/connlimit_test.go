@@ -339,3 +339,69 @@ func TestDefaultMaxConnections(t *testing.T) {
 		})
 	}
 }
+
+// A kept-alive connection's next request is in progress from its first
+// byte, though net/http reports the connection active only once the whole
+// head has come: it is not reclaimed meanwhile, however long the connection
+// had been idle before.
+func TestLimitSparesKeptAliveRequest(t *testing.T) {
+	t.Parallel()
+	_, addrs, _ := startLogged(t, fmt.Sprintf(`
+[frontend f]
+bind = 127.0.0.1:0
+backends = b
+max-connections = 1
+[backend b]
+connect = %s
+`, holdBackend(t)))
+	addr := addrs["f"]
+	c := keepAlive(t, addr)
+	defer c.Close()
+	time.Sleep(reclaimIdleAfter) // idle past it, not a synchronisation
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHo"); err != nil {
+		t.Fatal(err)
+	}
+	answered := waiting(t, addr)
+	if _, err := io.WriteString(c, "st: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got := readStatus(t, bufio.NewReader(c)); got != http.StatusOK {
+		t.Fatalf("the request whose head came slowly: %d, want 200", got)
+	}
+	// Idle again, it makes room in turn.
+	if got := answered(); got != http.StatusOK {
+		t.Errorf("the waiting client: %d, want 200", got)
+	}
+}
+
+// A silent connection is closed to make room once reclaimSilentAfter has
+// passed, and one that sent part of a request head is not.
+func TestLimitClosesSilentNotStarted(t *testing.T) {
+	t.Parallel()
+	_, addrs, _ := startLogged(t, fmt.Sprintf(`
+[frontend f]
+bind = 127.0.0.1:0
+backends = b
+max-connections = 2
+[backend b]
+connect = %s
+`, holdBackend(t)))
+	addr := addrs["f"]
+	started := dialRaw(t, addr)
+	defer started.Close()
+	io.WriteString(started, "GET / HTTP/1.1\r\nHo")
+	silent := dialRaw(t, addr)
+	defer silent.Close()
+	if got := exchangeOn(t, dialRaw(t, addr), 10*time.Second); got != http.StatusOK {
+		t.Fatalf("a client past the limit: %d, want 200", got)
+	}
+	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := silent.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the silent connection: %v, want closed", err)
+	}
+	io.WriteString(started, "st: x\r\n\r\n")
+	if got := readStatus(t, bufio.NewReader(started)); got != http.StatusOK {
+		t.Errorf("the connection whose head had begun: %d, want 200", got)
+	}
+}

@@ -30,6 +30,7 @@ type generation struct {
 	backends map[string]*upstream.Backend
 	handlers map[string]http.Handler      // http frontends', by name
 	tcp      map[string]*tcpfront.Handler // tcp frontends', by name
+	loggers  map[string]*accesslog.Logger // http frontends' access logs, by name
 	logPaths []string                     // the access log files it holds
 	caPEM    map[string][]byte            // each backend's ca-file as read for it
 	stats    map[string]*stats.Frontend   // each frontend's counts, with [global] stats
@@ -80,6 +81,7 @@ func (s *Server) newGeneration(cfg *config.Config, logs map[string]*logFile, tls
 		handlers: make(map[string]http.Handler, len(cfg.Frontends)),
 		caPEM:    map[string][]byte{},
 		tcp:      map[string]*tcpfront.Handler{},
+		loggers:  map[string]*accesslog.Logger{},
 		stats:    map[string]*stats.Frontend{},
 	}
 	for _, bc := range cfg.Backends {
@@ -204,7 +206,9 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		h = st.Handler(h)
 	}
 	if lf != nil {
-		h = accesslog.NewLogger(fc.Name, lf, logFormats[fc.AccessLogFormat]).Handler(h)
+		l := accesslog.NewLogger(fc.Name, lf, logFormats[fc.AccessLogFormat])
+		g.loggers[fc.Name] = l
+		h = l.Handler(h)
 	}
 	return h
 }

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hipsterd/hipsterd/internal/acceptproxy"
+	"github.com/hipsterd/hipsterd/internal/accesslog"
 	"github.com/hipsterd/hipsterd/internal/acme"
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/stats"
@@ -71,6 +72,7 @@ type route struct {
 	handler http.Handler      // an http frontend's
 	tcp     *tcpfront.Handler // a tcp frontend's
 	stats   *stats.Frontend   // nil without [global] stats
+	log     *accesslog.Logger // an http frontend's, nil without accesslog
 }
 
 // bindKey names the socket a frontend needs: binds that need the same
@@ -268,6 +270,10 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
+		// OPTIONS * asks the backend what it supports: forwarded and
+		// logged like any request, as nginx and HAProxy do, rather than
+		// answered by net/http itself.
+		DisableGeneralOptionsHandler: true,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams:          h2MaxStreams,
 			MaxReadFrameSize:              h2MaxReadFrame,
@@ -307,6 +313,7 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 	l.view = l.newView(cfg)
 	l.view.proxy = proxyPolicy(cfg)
 	l.view.idle = &l.idle
+	l.view.refused = l.refused
 	l.served = make(chan struct{})
 	var ln net.Listener = l.view
 	if cfg.HTTPS {
@@ -411,11 +418,14 @@ type acceptView struct {
 	sock       *net.TCPListener
 	fe, global *connLimit
 	idle       *idleConns // nil for a tcp frontend, whose connections are never idle
-	closed     atomic.Bool
-	stop       chan struct{} // closed when Accept must no longer wait for a slot
-	stopOnce   sync.Once
-	proxy      *acceptproxy.Policy // nil without accept-proxy
-	log        *slog.Logger
+	// refused logs and counts requests net/http refuses; nil for a tcp
+	// frontend.
+	refused  func(top net.Conn, status int, body int64)
+	closed   atomic.Bool
+	stop     chan struct{} // closed when Accept must no longer wait for a slot
+	stopOnce sync.Once
+	proxy    *acceptproxy.Policy // nil without accept-proxy
+	log      *slog.Logger
 }
 
 func (l *listener) newView(cfg config.Frontend) *acceptView {
@@ -445,7 +455,7 @@ func (v *acceptView) Accept() (net.Conn, error) {
 		v.takeGlobal()
 		// A connection accepted as the view closes is still served, by
 		// this server, which then closes it after its request.
-		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global, reclaim: v.idle}
+		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global, reclaim: v.idle, refused: v.refused}
 		if v.idle != nil {
 			v.idle.add(cc)
 		}

@@ -236,7 +236,7 @@ func (s *Server) commit(cfg *config.Config, plan socketPlan, prep *prepared) {
 		if tc := prep.tlsConfs[fc.Name]; tc != nil {
 			l.tlsConf.Store(tc)
 		}
-		l.route.Store(&route{gen: gen, handler: gen.handlers[fc.Name], tcp: gen.tcp[fc.Name], stats: gen.stats[fc.Name]})
+		l.route.Store(&route{gen: gen, handler: gen.handlers[fc.Name], tcp: gen.tcp[fc.Name], stats: gen.stats[fc.Name], log: gen.loggers[fc.Name]})
 		l.limit.setMax(int64(fc.MaxConnections))
 		switch {
 		case l.view == nil:

@@ -104,6 +104,15 @@ func (rc *RouteCounts) Done(code int, _, _ time.Duration) {
 // Accepted counts a connection accepted by the frontend.
 func (f *Frontend) Accepted() { f.accepted.Add(1) }
 
+// Refused counts a request the HTTP parser refused with code, which no
+// handler saw, as one no backend was involved in.
+func (f *Frontend) Refused(code int) {
+	if code < 100 || code >= len(f.none.codes) {
+		code = 0
+	}
+	f.none.codes[code].Add(1)
+}
+
 // Route counts the requests of one frontend to one backend: by status code,
 // their durations, and the tunnels open.
 type Route struct {
