@@ -15,8 +15,8 @@ import (
 	"time"
 )
 
-// echoBackend answers every request with "ok" once it has read its body.
-func echoBackend(t *testing.T) string {
+// okBackend answers every request with "ok" once it has read its body.
+func okBackend(t *testing.T) string {
 	return newServer(t, func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		io.WriteString(w, "ok")
@@ -161,7 +161,7 @@ backends = b
 max-connections = 10
 [backend b]
 connect = %s
-`, front, echoBackend(t)))
+`, front, okBackend(t)))
 	p := startHipsterd(t, cfg, front)
 	url := "http://" + front + "/"
 
@@ -258,7 +258,7 @@ backends = b
 max-connections = 3
 [backend b]
 connect = %s
-`, front, echoBackend(t)))
+`, front, okBackend(t)))
 	p := startHipsterd(t, cfg, front)
 	url := "http://" + front + "/"
 
