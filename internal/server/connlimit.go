@@ -167,8 +167,7 @@ type countedConn struct {
 
 	// For reclaiming (idleConns); list is nil for a tcp frontend's.
 	state      atomic.Int32
-	since      atomic.Int64 // unix nanoseconds of the last change to idle or new
-	heard      atomic.Bool  // a byte came while it was new: never silent
+	since      atomic.Int64 // unix nanoseconds of its accept, then of its last change to idle
 	list       *idleConns   // guarded by list.mu, as are prev and next
 	prev, next *countedConn
 
@@ -210,16 +209,21 @@ func (c *countedConn) TCP() *net.TCPConn { return c.TCPConn }
 //     one byte received since, as the kernel counts them (TCP_INFO). A
 //     client connects to send a request, and sends it at once: one that
 //     says nothing holds a slot for nothing. Oldest first.
-//  2. Keep-alive connections idle between requests for at least
+//  2. Stalled connections: they sent part of a first request (or a TLS
+//     handshake), completed none, and have sent nothing for
+//     reclaimStalledAfter (TCP_INFO again): a client sends its request
+//     head in one go. Oldest first.
+//  3. Keep-alive connections idle between requests for at least
 //     reclaimIdleAfter, the longest idle first: a client that just had an
 //     answer is the likeliest to send its next request at the moment of
 //     the close.
 //
-// Never one with a request in progress, nor one that has sent part of its
-// first request (bounded by read-header-timeout instead), nor a tunnel.
-// Closing is atomic with respect to requests: a connection is claimed
-// (its state moved to connClosing) before it is checked, and is closed only
-// if then nothing waits to be read on it (see countedConn.tryReclaim).
+// Never one with a request in progress, nor a kept-alive one whose next
+// request has begun to arrive (read-header-timeout bounds those), nor a
+// tunnel. Closing is atomic with respect to requests: a connection is
+// claimed (its state moved to connClosing) before it is checked, and is
+// closed only if then nothing of a request has reached it (see
+// countedConn.tryReclaim).
 
 // reclaimSilentAfter is how long a connection may stay silent after it was
 // accepted before it may be closed: a client sends its request with the
@@ -228,6 +232,10 @@ func (c *countedConn) TCP() *net.TCPConn { return c.TCPConn }
 // behind silent ones in the backlog get in at max-connections per
 // reclaimSilentAfter, so it must stay short.
 const reclaimSilentAfter = 50 * time.Millisecond
+
+// reclaimStalledAfter is how long a connection that has completed no
+// request may go without sending a byte before it may be closed.
+const reclaimStalledAfter = time.Second
 
 // reclaimIdleAfter is how long a keep-alive connection must have been idle
 // before it may be closed: a client that sends its requests in a loop is
@@ -249,10 +257,11 @@ const reclaimScan = 1024
 
 // HTTP connection states, as reclaiming sees them.
 const (
-	connBusy    int32 = iota // a request is being served, or it is a tunnel
-	connNew                  // accepted, no request yet
-	connIdle                 // kept alive between requests
-	connClosing              // claimed by reclaim, which checks and closes it
+	connBusy     int32 = iota // a request is being served, or it is a tunnel
+	connNew                   // accepted, nothing read yet
+	connStarting              // accepted, something read, no request yet
+	connIdle                  // kept alive between requests
+	connClosing               // claimed by reclaim, which checks and closes it
 )
 
 // idleConns are the open connections of an HTTP frontend's socket, oldest
@@ -295,19 +304,23 @@ func (l *idleConns) remove(c *countedConn) {
 	c.prev, c.next, c.list = nil, nil, nil
 }
 
-// reclaim closes up to n connections, silent ones first, then the longest
-// idle, looking at no more than reclaimScan, and returns how many it
-// closed.
+// reclaim closes up to n connections, silent ones first, then stalled
+// ones, then the longest idle, looking at no more than reclaimScan, and
+// returns how many it closed.
 func (l *idleConns) reclaim(n int) int {
 	now := time.Now().UnixNano()
-	var silent, idle []*countedConn
+	var silent, stalled, idle []*countedConn
 	l.mu.Lock()
 	seen := 0
 	for c := l.head; c != nil && seen < reclaimScan; c, seen = c.next, seen+1 {
 		switch c.state.Load() {
 		case connNew:
-			if !c.heard.Load() && now-c.since.Load() >= int64(reclaimSilentAfter) {
+			if now-c.since.Load() >= int64(reclaimSilentAfter) {
 				silent = append(silent, c)
+			}
+		case connStarting:
+			if now-c.since.Load() >= int64(reclaimStalledAfter) {
+				stalled = append(stalled, c)
 			}
 		case connIdle:
 			if now-c.since.Load() >= int64(reclaimIdleAfter) {
@@ -316,67 +329,70 @@ func (l *idleConns) reclaim(n int) int {
 		}
 	}
 	l.mu.Unlock()
-	closed := 0
-	for _, c := range silent {
-		if closed == n {
-			return closed
-		}
-		if c.tryReclaim(connNew) {
-			closed++
-		}
-	}
 	slices.SortFunc(idle, func(a, b *countedConn) int { return cmp.Compare(a.since.Load(), b.since.Load()) })
-	for _, c := range idle {
-		if closed == n {
-			break
-		}
-		if c.tryReclaim(connIdle) {
-			closed++
+	closed := 0
+	for _, class := range [][]*countedConn{silent, stalled, idle} {
+		for _, c := range class {
+			if closed == n {
+				return closed
+			}
+			if c.tryReclaim() {
+				closed++
+			}
 		}
 	}
 	return closed
 }
 
-// tryReclaim closes c if it is still in state from and nothing of a request
-// has reached it, and reports whether it did. The claim keeps the state
-// from changing under the check: a request that arrives after it is one
-// sent after the close began, as after any server's idle timeout.
-func (c *countedConn) tryReclaim(from int32) bool {
-	if !c.state.CompareAndSwap(from, connClosing) {
+// tryReclaim closes c if it is still in the state it was found in and
+// nothing of a request has reached it, and reports whether it did. The
+// claim keeps the state from changing under the check: a request that
+// arrives after it is one sent after the close began, as after any
+// server's idle timeout.
+func (c *countedConn) tryReclaim() bool {
+	from := c.state.Load()
+	if from != connNew && from != connStarting && from != connIdle || !c.state.CompareAndSwap(from, connClosing) {
 		return false
 	}
-	if c.spoke(from) {
-		c.state.CompareAndSwap(connClosing, from)
+	if st := c.quiet(from); st != connClosing {
+		c.state.CompareAndSwap(connClosing, st)
 		return false
 	}
 	c.Close()
 	return true
 }
 
-// spoke reports whether c's client has sent anything the server has not
-// yet seen as a request: any byte at all for a connection in state connNew
-// (which is then never silent again), bytes waiting to be read for one in
-// connIdle. When the socket cannot tell, it says yes, so that nothing is
-// closed on a guess.
-func (c *countedConn) spoke(from int32) bool {
+// quiet asks the kernel whether c's client has sent anything since it came
+// to state from, and returns connClosing if not, else the state it is in:
+// for connNew, any byte at all (it is then connStarting); for
+// connStarting, a byte within reclaimStalledAfter; for connIdle, bytes
+// waiting to be read. When the socket cannot tell, c is left as it was,
+// so that nothing is closed on a guess.
+func (c *countedConn) quiet(from int32) int32 {
 	rc, err := c.TCPConn.SyscallConn()
 	if err != nil {
-		return true
+		return from
 	}
-	spoke := true
+	st := from
 	rc.Control(func(fd uintptr) {
-		if from == connNew {
-			info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-			spoke = err != nil || info.Bytes_received > 0
+		if from == connIdle {
+			if n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && n == 0 {
+				st = connClosing
+			}
 			return
 		}
-		n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		spoke = err != nil || n > 0
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		switch {
+		case err != nil:
+		case from == connNew && info.Bytes_received > 0:
+			st = connStarting
+		case from == connNew:
+			st = connClosing
+		case time.Duration(info.Last_data_recv)*time.Millisecond >= reclaimStalledAfter:
+			st = connClosing
+		}
 	})
-	if spoke && from == connNew {
-		c.heard.Store(true)
-	}
-	return spoke
+	return st
 }
 
 // setConnState records an HTTP connection's state, as net/http reports it.
@@ -397,25 +413,21 @@ func setConnState(c net.Conn, st http.ConnState) {
 	}
 }
 
-// Read marks the connection busy as soon as a byte of a request arrives:
-// net/http reports a connection active only once it has read a whole
-// request head, which may take long.
+// Read moves the connection on as soon as a byte arrives: a new one is
+// starting its first request, an idle one its next request, which is in
+// progress from then on. net/http reports a connection active only once it
+// has read a whole request head, which may take long.
 func (c *countedConn) Read(p []byte) (int, error) {
 	n, err := c.TCPConn.Read(p)
-	if n > 0 && c.state.Load() != connBusy {
-		c.busy()
-	}
-	return n, err
-}
-
-// busy marks the connection busy, unless reclaim claimed it.
-func (c *countedConn) busy() {
-	for {
-		st := c.state.Load()
-		if st == connBusy || st == connClosing || c.state.CompareAndSwap(st, connBusy) {
-			return
+	if n > 0 {
+		switch st := c.state.Load(); st {
+		case connNew:
+			c.state.CompareAndSwap(st, connStarting)
+		case connIdle:
+			c.state.CompareAndSwap(st, connBusy)
 		}
 	}
+	return n, err
 }
 
 // countedOf finds the countedConn under the wrappers of TLS and of the

@@ -405,3 +405,35 @@ connect = %s
 		t.Errorf("the connection whose head had begun: %d, want 200", got)
 	}
 }
+
+// A connection that began its first request (or a TLS handshake) and then
+// went quiet is closed before a keep-alive connection that served one.
+func TestLimitClosesStalledBeforeIdle(t *testing.T) {
+	t.Parallel()
+	_, addrs, _ := startLogged(t, fmt.Sprintf(`
+[frontend f]
+bind = 127.0.0.1:0
+backends = b
+max-connections = 2
+[backend b]
+connect = %s
+`, holdBackend(t)))
+	addr := addrs["f"]
+	idle := keepAlive(t, addr)
+	defer idle.Close()
+	stalled := dialRaw(t, addr)
+	defer stalled.Close()
+	io.WriteString(stalled, "GET / HTTP/1.1\r\nHo")
+	time.Sleep(reclaimStalledAfter) // quiet that long, not a synchronisation
+	if got := exchangeOn(t, dialRaw(t, addr), 10*time.Second); got != http.StatusOK {
+		t.Fatalf("a client past the limit: %d, want 200", got)
+	}
+	stalled.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := stalled.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the stalled connection: %v, want closed", err)
+	}
+	idle.SetReadDeadline(time.Now().Add(refusedWait))
+	if _, err := idle.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the idle keep-alive connection: %v, want still open", err)
+	}
+}
