@@ -15,9 +15,9 @@ import (
 	"time"
 )
 
-// rawExchange sends raw on a new connection and returns the status of the
+// rawStatus sends raw on a new connection and returns the status of the
 // answer, or fails.
-func rawExchange(t *testing.T, addr, raw string) int {
+func rawStatus(t *testing.T, addr, raw string) int {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -93,7 +93,7 @@ connect = %s
 `, stats, front, logPath, format, backend(t, "b", nil)))
 			startHipsterd(t, cfg, front)
 			for _, r := range refused {
-				if got := rawExchange(t, front, r.raw); got != r.status {
+				if got := rawStatus(t, front, r.raw); got != r.status {
 					t.Errorf("%s: %d, want %d", r.name, got, r.status)
 				}
 			}
