@@ -12,8 +12,8 @@ import (
 // log nor the stats would see it. countedConn looks at the first write on a
 // connection after it is new or idle: the answer to its next request, which
 // is net/http's own if it has its fixed header, never that of an answer
-// through a handler. (When the request came with the previous one,
-// net/http does not even report the connection active.) Only on
+// through a handler. (net/http does not always report the connection active
+// first: not when the refused head was already buffered.) Only on
 // connections without TLS, where what is written is the answer itself; over
 // TLS it is not seen.
 
