@@ -2,6 +2,8 @@ package server
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testcert"
 )
 
 // refusedWait is how long a client past the limit is shown to stay
@@ -435,5 +438,61 @@ connect = %s
 	idle.SetReadDeadline(time.Now().Add(refusedWait))
 	if _, err := idle.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("the idle keep-alive connection: %v, want still open", err)
+	}
+}
+
+// Over TLS: a client that completes its handshake and then sends nothing
+// is closed to make room once it stalled reclaimStalledAfter, and an
+// HTTP/2 connection with a stream in flight is not.
+func TestLimitClosesStalledTLS(t *testing.T) {
+	t.Parallel()
+	cert, key := testcert.Files(t, t.TempDir(), "localhost")
+	s, addrs, _ := startLogged(t, fmt.Sprintf(`
+[frontend f]
+bind = 127.0.0.1:0
+backends = b
+https = true
+certfile = %s
+keyfile = %s
+max-connections = 2
+[backend b]
+connect = %s
+`, cert, key, holdBackend(t)))
+	addr := addrs["f"]
+	tc := func() *tls.Config { return &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"} }
+	h2 := &http.Client{Transport: &http.Transport{TLSClientConfig: tc(), ForceAttemptHTTP2: true}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	held := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addr+"/hold", nil)
+		resp, err := h2.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("answered %d", resp.StatusCode)
+		}
+		held <- err
+	}()
+	stalled, err := tls.Dial("tcp", addr, tc())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	waitFor(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
+	time.Sleep(reclaimStalledAfter) // quiet that long, not a synchronisation
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc()}, Timeout: 10 * time.Second}
+	resp, err := client.Get("https://" + addr + "/")
+	if err != nil {
+		t.Fatalf("a client past the limit: %v", err)
+	}
+	resp.Body.Close()
+	stalled.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := stalled.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the stalled TLS connection: %v, want closed", err)
+	}
+	select {
+	case err := <-held:
+		t.Errorf("the HTTP/2 request in flight ended: %v", err)
+	default:
 	}
 }
