@@ -38,6 +38,9 @@ const flushAt = 64 * 1024
 // so that nothing that logs ever waits for the disk.
 const maxPending = 4 << 20
 
+// keepBuffer is the largest buffer of lines kept for reuse once written.
+const keepBuffer = 1 << 20
+
 // errorEvery is how often, at most, a failing file is reported again while
 // it keeps failing.
 const errorEvery = time.Minute
@@ -183,7 +186,7 @@ func (lf *File) flush() {
 			more = len(lf.pending) >= flushAt
 			lf.mu.Unlock()
 		}
-		if cap(lf.out) > 4*flushAt {
+		if cap(lf.out) > keepBuffer {
 			lf.out = nil // a burst's buffer is not kept
 		}
 		if !more {
