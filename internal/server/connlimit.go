@@ -216,7 +216,8 @@ func (c *countedConn) TCP() *net.TCPConn { return c.TCPConn }
 //  3. Keep-alive connections idle between requests for at least
 //     reclaimIdleAfter, the longest idle first: a client that just had an
 //     answer is the likeliest to send its next request at the moment of
-//     the close.
+//     the close. Only while no connection that has completed no request
+//     is open: clients that use their connections go last.
 //
 // Never one with a request in progress, nor a kept-alive one whose next
 // request has begun to arrive (read-header-timeout bounds those), nor a
@@ -306,19 +307,24 @@ func (l *idleConns) remove(c *countedConn) {
 
 // reclaim closes up to n connections, silent ones first, then stalled
 // ones, then the longest idle, looking at no more than reclaimScan, and
-// returns how many it closed.
+// returns how many it closed. Idle ones only when no connection that has
+// completed no request is left: a young one will be silent or stalled soon
+// enough, or send its request.
 func (l *idleConns) reclaim(n int) int {
 	now := time.Now().UnixNano()
 	var silent, stalled, idle []*countedConn
+	unfinished := 0
 	l.mu.Lock()
 	seen := 0
 	for c := l.head; c != nil && seen < reclaimScan; c, seen = c.next, seen+1 {
 		switch c.state.Load() {
 		case connNew:
+			unfinished++
 			if now-c.since.Load() >= int64(reclaimSilentAfter) {
 				silent = append(silent, c)
 			}
 		case connStarting:
+			unfinished++
 			if now-c.since.Load() >= int64(reclaimStalledAfter) {
 				stalled = append(stalled, c)
 			}
@@ -329,16 +335,25 @@ func (l *idleConns) reclaim(n int) int {
 		}
 	}
 	l.mu.Unlock()
-	slices.SortFunc(idle, func(a, b *countedConn) int { return cmp.Compare(a.since.Load(), b.since.Load()) })
 	closed := 0
-	for _, class := range [][]*countedConn{silent, stalled, idle} {
-		for _, c := range class {
-			if closed == n {
-				return closed
-			}
-			if c.tryReclaim() {
-				closed++
-			}
+	for _, c := range slices.Concat(silent, stalled) {
+		if closed == n {
+			return closed
+		}
+		if c.tryReclaim() {
+			closed++
+		}
+	}
+	if unfinished > closed {
+		return closed
+	}
+	slices.SortFunc(idle, func(a, b *countedConn) int { return cmp.Compare(a.since.Load(), b.since.Load()) })
+	for _, c := range idle {
+		if closed == n {
+			break
+		}
+		if c.tryReclaim() {
+			closed++
 		}
 	}
 	return closed
