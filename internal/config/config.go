@@ -7,7 +7,7 @@
 // reload can parse a new Config, build new objects and swap them in.
 //
 // Every problem is collected, not only the first, and each names the file, the
-// section and the key, so an operator sees the whole list at once.
+// line, the section and the key, so an operator sees the whole list at once.
 package config
 
 import (
@@ -436,17 +436,24 @@ func HostName(name string) string {
 }
 
 // Error is one problem in a configuration file. Section and Key are empty when
-// the problem is with the file as a whole.
+// the problem is with the file as a whole; Line is 0 when no line is at
+// fault.
 type Error struct {
 	File    string
+	Line    int
 	Section string
 	Key     string
 	Msg     string
 }
 
+// Error reads "file:line: [section] key: msg", as haproxy -c and nginx -t
+// name the place.
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteString(":" + strconv.Itoa(e.Line))
+	}
 	if e.Section != "" {
 		b.WriteString(": [" + e.Section + "]")
 	}

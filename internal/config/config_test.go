@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/hipsterd/hipsterd/internal/testcert"
 )
@@ -229,7 +230,7 @@ func TestErrors(t *testing.T) {
 		src  string
 		want []string // each must appear in the one error line, in order
 	}{
-		{"missing bind", "[frontend f]\nbackends = b\n" + backend, []string{"test.ini: [frontend f] bind: missing"}},
+		{"missing bind", "[frontend f]\nbackends = b\n" + backend, []string{"test.ini:1: [frontend f] bind: missing"}},
 		{"bad bind", "[frontend f]\nbind = 9000\nbackends = b\n" + backend, []string{"[frontend f] bind:", "not host:port"}},
 		{"bad bind port", "[frontend f]\nbind = :http\nbackends = b\n" + backend, []string{"[frontend f] bind:", "not a number"}},
 		{"no backends nor hosts", "[frontend f]\nbind = :9000\n", []string{"[frontend f] backends:", "neither backends nor hosts"}},
@@ -241,7 +242,7 @@ func TestErrors(t *testing.T) {
 		{"unknown section", "[frontnd f]\nbind = :9000\n", []string{"[frontnd f]:", `unknown section type "frontnd"`, `did you mean "frontend"?`}},
 		{"unknown key", "[frontend f]\nbind = :9000\nbakends = b\n" + backend, []string{"[frontend f] bakends: unknown key", `did you mean "backends"?`}},
 		{"key of other section", "[frontend f]\nbind = :9000\nbackends = b\nconnect-timeout = 1s\n" + backend, []string{"[frontend f] connect-timeout: unknown key", "belongs in a [backend] section"}},
-		{"key outside section", "bind = 1\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"test.ini: bind: key outside any section"}},
+		{"key outside section", "bind = 1\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"test.ini:1: bind: key outside any section"}},
 		{"bad duration", backend + "connect-timeout = 5\n[frontend f]\nbind = :1\nbackends = b\n", []string{"[backend b] connect-timeout:", `"5" is not a duration`}},
 		{"negative duration", "[global]\nidle-timeout = -1s\n[frontend f]\nbind = :1\nbackends = b\n" + backend, []string{"[global] idle-timeout:", "negative"}},
 		{"negative tunnel-timeout", "[frontend f]\nbind = :1\nbackends = b\ntunnel-timeout = -1m\n" + backend, []string{"[frontend f] tunnel-timeout:", "negative"}},
@@ -253,9 +254,9 @@ func TestErrors(t *testing.T) {
 		{"empty stats", "[global]\nstats =\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"[global] stats: empty"}},
 		{"stats on a frontend's bind", "[frontend f]\nbind = :9100\nbackends = b\n[global]\nstats = 127.0.0.1:9100\n" + backend, []string{"[frontend f] bind:", `conflicts with [global]'s stats = "127.0.0.1:9100"`}},
 		{"bad bind host", "[frontend f]\nbind = *.example.com:9000\nbackends = b\n" + backend, []string{"[frontend f] bind:", "neither an IP address nor a host name"}},
-		{"duplicate section", "[frontend f]\nbind = :9000\nbackends = b\n[frontend f]\nbind = :9001\nbackends = b\n" + backend, []string{"[frontend f]: section defined twice"}},
-		{"duplicate backend", backend + backend + "[frontend f]\nbind = :9000\nbackends = b\n", []string{"[backend b]: section defined twice"}},
-		{"duplicate key", "[frontend f]\nbind = :9000\nbind = :9001\nbackends = b\n" + backend, []string{"[frontend f] bind: key set 2 times"}},
+		{"duplicate section", "[frontend f]\nbind = :9000\nbackends = b\n[frontend f]\nbind = :9001\nbackends = b\n" + backend, []string{"test.ini:4: [frontend f]: section defined twice (first at line 1)"}},
+		{"duplicate backend", backend + backend + "[frontend f]\nbind = :9000\nbackends = b\n", []string{"test.ini:5: [backend b]: section defined twice (first at line 2)"}},
+		{"duplicate key", "[frontend f]\nbind = :9000\nbind = :9001\nbackends = b\n" + backend, []string{"test.ini:3: [frontend f] bind: key set 2 times (lines 2 and 3); set it once"}},
 		{"host listed twice", "[frontend f]\nbind = :9000\nhosts = a.com\n[host a.com]\nbackends = b\n[host b.com A.com]\nbackends = b\n" + backend, []string{"[host b.com A.com]:", `"a.com" is already listed`}},
 		{"missing connect", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\n", []string{"[backend b] connect: missing"}},
 		{"connect with scheme", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\nconnect = ftp://x\n", []string{"[backend b] connect:", "no other scheme"}},
@@ -289,7 +290,7 @@ func TestErrors(t *testing.T) {
 		{"ca-file without https", "[frontend f]\nbind = :9000\nbackends = b\n" + backend + "ca-file = " + cert + "\n", []string{"[backend b] ca-file: set but connect is not https://"}},
 		{"unreadable ca-file", "[frontend f]\nbind = :9000\nbackends = b\n[backend b]\nconnect = https://x\nca-file = /nonexistent/ca.pem\n", []string{"[backend b] ca-file: cannot read /nonexistent/ca.pem"}},
 		{"global with name", "[global x]\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"[global x]: [global] takes no name"}},
-		{"not ini", "[frontend f\n", []string{"test.ini: not a valid INI file"}},
+		{"not ini", "[frontend f\n", []string{`test.ini:1: not a valid INI file: unclosed section header "[frontend f"`}},
 		{"bad mode", "[frontend f]\nbind = :9000\nbackends = b\nmode = udp\n" + backend, []string{"[frontend f] mode:", `"udp" is not http or tcp`}},
 		{"tcp with xff", "[frontend f]\nbind = :9000\nbackends = b\nmode = tcp\nadd-x-forwarded-for = true\n" + backend, []string{"[frontend f] add-x-forwarded-for: makes no sense on a tcp frontend"}},
 		{"tcp with http2", "[frontend f]\nbind = :9000\nbackends = b\nmode = tcp\nhttp2 = false\nhttps = true\ncertfile = " + cert + "\nkeyfile = " + key + "\n" + backend, []string{"[frontend f] http2: makes no sense on a tcp frontend"}},
@@ -690,6 +691,12 @@ func FuzzParse(f *testing.F) {
 		c, err := Parse("fuzz.ini", data)
 		if (c == nil) == (err == nil) {
 			t.Fatalf("config %v and error %v", c, err)
+		}
+		if err != nil && strings.ContainsFunc(err.Error(), func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) {
+			t.Fatalf("a control character reaches the terminal: %q", err)
+		}
+		if textProblem(data) == "" {
+			checkIndexAgrees(t, data)
 		}
 	})
 }

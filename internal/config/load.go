@@ -119,6 +119,19 @@ var knownKeys = map[string][]string{
 	},
 }
 
+// iniOptions are how the file is read; indexLines follows them.
+var iniOptions = ini.LoadOptions{
+	// Same-named sections and keys are reported, not merged.
+	AllowNonUniqueSections: true,
+	AllowShadows:           true,
+	// A header rule may be given twice alike (two Set-Cookie lines).
+	AllowDuplicateShadowValues: true,
+	// drunken-hipster's parser did not care about the case of keys.
+	InsensitiveKeys: true,
+	// Values may hold '#' (a path), as they could in drunken-hipster.
+	SpaceBeforeInlineComment: true,
+}
+
 var sectionTypes = []string{"global", "frontend", "host", "backend", "route"}
 
 // headerRuleKeys are the header rule keys, which may be repeated: one
@@ -134,7 +147,8 @@ var headerRuleKeys = []string{
 
 // Load reads and validates the file at path. Beyond what Parse checks, it
 // checks that every access log file could be opened for writing now,
-// without creating or changing one.
+// without creating or changing one, and that the machine has the address
+// of every bind.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -149,22 +163,19 @@ func Parse(name string, data []byte) (*Config, error) {
 	return parseFile(name, data, false)
 }
 
-func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
-	f, err := ini.LoadSources(ini.LoadOptions{
-		// Same-named sections and keys are reported, not merged.
-		AllowNonUniqueSections: true,
-		AllowShadows:           true,
-		// A header rule may be given twice alike (two Set-Cookie lines).
-		AllowDuplicateShadowValues: true,
-		// drunken-hipster's parser did not care about the case of keys.
-		InsensitiveKeys: true,
-		// Values may hold '#' (a path), as they could in drunken-hipster.
-		SpaceBeforeInlineComment: true,
-	}, data)
-	if err != nil {
-		return nil, Errors{{File: name, Msg: "not a valid INI file: " + err.Error()}}
+func parseFile(name string, data []byte, checkSystem bool) (*Config, error) {
+	if why := textProblem(data); why != "" {
+		return nil, Errors{{File: name, Msg: "not a text file (" + why + ")"}}
 	}
-	p := &parser{file: name, cfg: &Config{File: name}, dualStack: dualStack(), ruleLines: ruleOrder(data)}
+	lines, bad := indexLines(data)
+	if bad != nil {
+		return nil, Errors{{File: name, Line: bad.line, Msg: "not a valid INI file: " + bad.msg}}
+	}
+	f, err := ini.LoadSources(iniOptions, data)
+	if err != nil {
+		return nil, Errors{{File: name, Msg: "not a valid INI file: " + strings.TrimSpace(err.Error())}}
+	}
+	p := &parser{file: name, cfg: &Config{File: name}, dualStack: dualStack(), lines: lines, occ: map[string]int{}, ruleLines: ruleOrder(data)}
 	p.cfg.Global = Global{
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
@@ -176,9 +187,11 @@ func parseFile(name string, data []byte, checkLogs bool) (*Config, error) {
 	}
 	p.sections(f)
 	p.resolve()
-	if checkLogs {
+	p.unused()
+	if checkSystem {
 		p.checkLogs()
 		p.checkACMEStorage()
+		p.checkBinds()
 	}
 	if len(p.errs) > 0 {
 		return nil, p.errs
@@ -200,24 +213,40 @@ type parser struct {
 	ruleLines map[string][]string
 	// acmeStorageSet is whether acme-storage is set (else its default).
 	acmeStorageSet bool
+	// lines tells where sections and keys are; occ, by sectionKey, which
+	// occurrence of a section name errors are about (duplicates are
+	// reported, and the first one is used).
+	lines *lineIndex
+	occ   map[string]int
 }
 
 // setting is where a key was set, and its value.
 type setting struct{ section, value string }
 
+// warnf and errorf report a problem with key (or with the section, when
+// key is ""), on the line that sets the key, else the section's header.
 func (p *parser) warnf(section, key, format string, args ...any) {
-	p.cfg.Warnings = append(p.cfg.Warnings, (&Error{File: p.file, Section: section, Key: key, Msg: fmt.Sprintf(format, args...)}).Error())
+	p.cfg.Warnings = append(p.cfg.Warnings, (&Error{File: p.file, Line: p.line(section, key), Section: section, Key: key, Msg: fmt.Sprintf(format, args...)}).Error())
 }
 
 func (p *parser) errorf(section, key, format string, args ...any) {
-	p.errs = append(p.errs, &Error{File: p.file, Section: section, Key: key, Msg: fmt.Sprintf(format, args...)})
+	p.errorAt(p.line(section, key), section, key, format, args...)
+}
+
+func (p *parser) errorAt(line int, section, key, format string, args ...any) {
+	p.errs = append(p.errs, &Error{File: p.file, Line: line, Section: section, Key: key, Msg: fmt.Sprintf(format, args...)})
 }
 
 // sections walks the file once, checking section headers and keys and
 // filling in each section's own values.
 func (p *parser) sections(f *ini.File) {
-	seen := map[string]bool{}
+	seen := map[string]int{} // the occurrence of each section used
+	count := map[string]int{}
+	frontends := 0
 	for _, sec := range f.Sections() {
+		key := sectionKey(sec.Name())
+		p.occ[key] = count[key]
+		count[key]++
 		if sec.Name() == ini.DefaultSection {
 			for _, k := range sec.Keys() {
 				p.errorf("", k.Name(), "key outside any section")
@@ -240,12 +269,15 @@ func (p *parser) sections(f *ini.File) {
 			p.errorf(sec.Name(), "", "unknown section type %q%s (sections are global, frontend NAME, host NAME…, backend NAME, route NAME)", fields[0], didYouMean(fields[0], sectionTypes))
 			continue
 		}
-		canon := typ + " " + strings.Join(fields[1:], " ")
-		if seen[canon] {
-			p.errorf(sec.Name(), "", "section defined twice")
+		if typ == "frontend" {
+			frontends++
+		}
+		if first, ok := seen[key]; ok {
+			p.errorf(sec.Name(), "", "section defined twice (first at line %d)", p.lines.sections[key][first].header)
+			p.occ[key] = first
 			continue
 		}
-		seen[canon] = true
+		seen[key] = p.occ[key]
 		p.keys(sec, typ)
 		switch typ {
 		case "global":
@@ -278,6 +310,9 @@ func (p *parser) sections(f *ini.File) {
 			}
 			p.routeSecs = append(p.routeSecs, sec)
 		}
+	}
+	if frontends == 0 {
+		p.errorAt(0, "", "", "no [frontend] section: hipsterd would listen nowhere")
 	}
 	// Frontends, hosts and routes come after [global] and every backend is
 	// known, so that their defaults and references resolve whatever the
@@ -315,9 +350,10 @@ func (p *parser) keys(sec *ini.Section, typ string) {
 			continue
 		}
 		// A key set twice to one value was let pass before header rules
-		// kept duplicates, and still is.
+		// kept duplicates, and still is. The lines are counted from the file.
 		if n := distinct(k.ValueWithShadows()); n > 1 && !contains(headerRuleKeys, name) {
-			p.errorf(sec.Name(), name, "key set %d times; set it once", n)
+			lines := p.keyLines(sec.Name(), name)
+			p.errorAt(lines[1], sec.Name(), name, "key set %d times (lines %s); set it once", len(lines), lineList(lines))
 		}
 	}
 }
@@ -845,6 +881,90 @@ func (p *parser) conflictHint(a, b Frontend) string {
 		}
 	}
 	return " (a wildcard takes its port on every address of its family)"
+}
+
+// unused warns about [host] sections no frontend lists and backends no
+// frontend sends traffic to: left over, or a name mistyped where they were
+// meant to be listed. unusedRoutes warns about [route] sections.
+func (p *parser) unused() {
+	listed := make([]bool, len(p.cfg.Hosts))
+	used := map[string]bool{}
+	for _, fe := range p.cfg.Frontends {
+		for _, b := range fe.Backends {
+			used[b] = true
+		}
+		for _, name := range fe.Routes {
+			if r := p.cfg.Route(name); r != nil {
+				for _, b := range r.Backends {
+					used[b] = true
+				}
+			}
+		}
+		for _, name := range fe.Hosts {
+			for i := range p.cfg.Hosts {
+				if !contains(p.cfg.Hosts[i].Names, name) {
+					continue
+				}
+				listed[i] = true
+				// A tcp frontend uses a host's certificate only.
+				if fe.Mode != ModeTCP {
+					for _, b := range p.cfg.Hosts[i].Backends {
+						used[b] = true
+					}
+				}
+			}
+		}
+	}
+	for i, sec := range p.hostSecs {
+		if !listed[i] {
+			p.warnf(sec.Name(), "", "not used: no frontend lists these names in its hosts")
+		}
+	}
+	for _, b := range p.cfg.Backends {
+		if !used[b.Name] {
+			p.warnf("backend "+b.Name, "", "not used: no frontend names it in backends, nor any [host] section an http frontend lists, nor any [route] a frontend lists")
+		}
+	}
+}
+
+// checkBinds reports a bind on an address this machine does not have, as
+// start or reload would find.
+func (p *parser) checkBinds() {
+	g := p.cfg.Global
+	if g.Stats != "" {
+		if err := bindable(g.StatsListen); err != nil {
+			p.errorf("global", "stats", "%q: %v", g.Stats, err)
+		}
+	}
+	for _, fe := range p.cfg.Frontends {
+		if err := bindable(fe.Listen); err != nil {
+			p.errorf("frontend "+fe.Name, "bind", "%q: %v", fe.Bind, err)
+		}
+	}
+}
+
+// bindable reports why a cannot be bound on this machine, port aside. It
+// binds port 0 on a's address and closes it at once, taking no port
+// anyone wants: the kernel then answers as it will for the real bind
+// (all of 127.0.0.0/8 is local, net.ipv4.ip_nonlocal_bind lets an address
+// not yet up pass), which a look through the interfaces' addresses would
+// not. A wildcard always passes.
+func bindable(a Address) error {
+	if a.Host == "" {
+		return nil
+	}
+	ln, err := net.Listen(a.Network(), net.JoinHostPort(a.Host, "0"))
+	if errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("this machine has no address %s", a.Host)
+	}
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) {
+			return op.Err
+		}
+		return err
+	}
+	return ln.Close()
 }
 
 // checkLogs reports, once per file, an access log that could not be opened

@@ -85,7 +85,7 @@ func TestRouteErrors(t *testing.T) {
 		name, edit, want string
 	}{
 		{"rule without colon", "set-request-header = X-Env: prod\n=>set-request-header = X-Env prod",
-			`test.ini: [frontend web] set-request-header: "X-Env prod" has no ':'`},
+			`test.ini:7: [frontend web] set-request-header: "X-Env prod" has no ':'`},
 		{"del with value", "del-request-header = Cookie\n=>del-request-header = Cookie: x",
 			`[host example.com www.example.com] del-request-header: "Cookie: x": write only the header's name`},
 		{"hop-by-hop", "add-response-header = X-A: 1\n=>add-response-header = Connection: close",
