@@ -262,10 +262,10 @@ func TestCommandLine(t *testing.T) {
 		t.Errorf("-t on a bad config: exit %d", code)
 	}
 	for _, want := range []string{
-		bad + ": [frontend f] bind: missing",
-		bad + `: [frontend f] bakends: unknown key (did you mean "backends"?)`,
-		bad + ": [backend b] connect: missing",
-		bad + `: [backend b] connect-timeout: "x" is not a duration`,
+		bad + ":1: [frontend f] bind: missing",
+		bad + `:2: [frontend f] bakends: unknown key (did you mean "backends"?)`,
+		bad + ":3: [backend b] connect: missing",
+		bad + `:4: [backend b] connect-timeout: "x" is not a duration`,
 	} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("-t stderr lacks %q:\n%s", want, stderr)
@@ -292,8 +292,8 @@ func TestCheckAccessLogs(t *testing.T) {
 		t.Errorf("-t: exit %d, stdout %q", code, stdout)
 	}
 	for _, want := range []string{
-		bad + ": [global] accesslog: cannot write " + noDir + ": directory " + filepath.Dir(noDir) + ": no such file or directory",
-		bad + ": [frontend g] accesslog: cannot write " + underFile + ": not a directory",
+		bad + ":2: [global] accesslog: cannot write " + noDir + ": directory " + filepath.Dir(noDir) + ": no such file or directory",
+		bad + ":9: [frontend g] accesslog: cannot write " + underFile + ": not a directory",
 	} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("-t stderr lacks %q:\n%s", want, stderr)

@@ -12,7 +12,7 @@ func TestCheckWarnsOfNoHeaderTimeout(t *testing.T) {
 	if code != 0 || stdout != "configuration OK\n" {
 		t.Errorf("-t: exit %d, stdout %q: read-header-timeout = 0 is allowed", code, stdout)
 	}
-	if want := path + ": [frontend f] read-header-timeout: 0 leaves no limit"; !strings.Contains(stderr, want) {
+	if want := path + ":4: [frontend f] read-header-timeout: 0 leaves no limit"; !strings.Contains(stderr, want) {
 		t.Errorf("-t stderr %q lacks %q", stderr, want)
 	}
 }
