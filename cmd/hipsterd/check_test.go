@@ -112,8 +112,8 @@ connect = 127.0.0.1:4
 	}
 	wantLines(t, stderr,
 		"hipsterd: warning: "+path+":4: [host old.example.com]: not used: no frontend lists these names in its hosts",
-		"hipsterd: warning: "+path+":8: [backend old]: not used: neither a frontend's backends nor those of a [host] section an http frontend lists name it",
-		"hipsterd: warning: "+path+":10: [backend spare]: not used: neither a frontend's backends nor those of a [host] section an http frontend lists name it",
+		"hipsterd: warning: "+path+":8: [backend old]: not used: no frontend names it in backends, nor any [host] section an http frontend lists, nor any [route] a frontend lists",
+		"hipsterd: warning: "+path+":10: [backend spare]: not used: no frontend names it in backends, nor any [host] section an http frontend lists, nor any [route] a frontend lists",
 	)
 	if n := strings.Count(stderr, "not used"); n != 3 {
 		t.Errorf("%d warnings of unused sections, want 3:\n%s", n, stderr)

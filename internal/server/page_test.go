@@ -3,13 +3,17 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"html"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +21,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/hipsterd/hipsterd/internal/testcert"
 )
 
 // chromiumFlags are those Chromium needs to run headless here, as root and
@@ -74,18 +80,20 @@ connect = %s
 	page.call(t, "Page.enable", nil)
 	page.call(t, "Page.navigate", map[string]any{"url": "http://" + statsAddr(t, s) + "/"})
 
-	state := func() string {
+	text := func(p *cdpPage, selector string) string {
 		var res struct {
 			Result struct {
 				Value string `json:"value"`
 			} `json:"result"`
 		}
-		page.callInto(t, "Runtime.evaluate", map[string]any{
-			"expression":    `(document.querySelector('[data-frontend="web"] tr[data-backend="app"] .state') || {}).textContent || ""`,
+		p.callInto(t, "Runtime.evaluate", map[string]any{
+			"expression":    `(document.querySelector('` + selector + `') || {}).textContent || ""`,
 			"returnByValue": true,
 		}, &res)
 		return res.Result.Value
 	}
+	const appState = `[data-frontend="web"] tr[data-backend="app"] .state`
+	state := func() string { return text(page, appState) }
 	poll(t, 30*time.Second, "the page to show app UP", func() bool { return state() == "UP" })
 	// The route's row: its name and the one request it took.
 	var row struct {
@@ -102,6 +110,22 @@ connect = %s
 	}
 	sick.Store(true)
 	poll(t, 30*time.Second, "the page to show app DOWN by itself", func() bool { return state() == "DOWN" })
+	// The script works out rates between two fetches of the page: requests
+	// sent now show as a rate, and in the totals row it refreshed too.
+	for range 5 {
+		get(t, "http://"+addrs["web"]+"/", "")
+	}
+	poll(t, 30*time.Second, "a request rate and the new totals", func() bool {
+		rate := text(page, `[data-frontend="web"] tr[data-backend="other"] [data-rate]`)
+		return rate != "" && rate != "–" && rate != "0.0" && text(page, `[data-frontend="web"] tfoot .state`) == "1/2 UP"
+	})
+
+	// With scripts off, as in a text browser, the page is all there.
+	bare := b.newPage(t)
+	bare.call(t, "Page.enable", nil)
+	bare.call(t, "Emulation.setScriptExecutionDisabled", map[string]any{"value": true})
+	bare.call(t, "Page.navigate", map[string]any{"url": "http://" + statsAddr(t, s) + "/"})
+	poll(t, 30*time.Second, "the page without scripts to show app DOWN", func() bool { return text(bare, appState) == "DOWN" })
 	// The icon the page names, and that the browser asks for itself.
 	resp, err := http.Get("http://" + statsAddr(t, s) + "/favicon.ico")
 	if err != nil {
@@ -308,4 +332,166 @@ func (p *cdpPage) callInto(t *testing.T, method string, params, result any) {
 	if err := json.Unmarshal(p.b.send(t, p.session, method, params), result); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestStatusPageWithoutJavaScript reads the status page as curl or a text
+// browser gets it: every table, with its numbers and totals, is in the
+// first response.
+func TestStatusPageWithoutJavaScript(t *testing.T) {
+	t.Parallel()
+	var sick atomic.Bool
+	sick.Store(true)
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if sick.Load() {
+			http.Error(w, "not well", http.StatusInternalServerError)
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	t.Cleanup(flaky.Close)
+	cert, key := testcert.Files(t, t.TempDir(), "status.example")
+	s, addrs := start(t, fmt.Sprintf(`
+[global]
+stats = 127.0.0.1:0
+[frontend web]
+bind = 127.0.0.1:0
+backends = app
+hosts = a.example
+routes = api
+[host a.example]
+backends = app flaky
+[route api]
+path = /api
+backends = app
+[frontend secure]
+bind = 127.0.0.1:0
+https = true
+certfile = %s
+keyfile = %s
+backends = app
+[frontend db]
+bind = 127.0.0.1:0
+mode = tcp
+backends = app
+[backend app]
+connect = %s
+[backend flaky]
+connect = %s
+health-check = /health
+health-interval = 20ms
+health-fall = 1
+`, cert, key, namedBackend(t, "app"), flaky.Listener.Addr()))
+	for range 3 {
+		get(t, "http://"+addrs["web"]+"/", "")
+	}
+	get(t, "http://"+addrs["web"]+"/api/x", "")
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := client.Get("https://" + addrs["secure"] + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	client.CloseIdleConnections()
+
+	var page string
+	poll(t, 10*time.Second, "flaky to show DOWN and 5 requests counted", func() bool {
+		resp, err := http.Get("http://" + statsAddr(t, s) + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		page = string(body)
+		return resp.StatusCode == 200 && strings.Contains(page, `data-backend="flaky"><td class="name">flaky</td>`) &&
+			cellsOf(t, page, `id="backends-web"`, "flaky")[3] == "DOWN" &&
+			cellsOf(t, page, `id="frontends"`, "total")[5] == "5"
+	})
+
+	frontends := `id="frontends"`
+	for _, want := range []struct {
+		row   string
+		cells []string // from the first: frontend, mode, bind, connections, conn/s, requests
+	}{
+		{"web", []string{"web", "http", "127.0.0.1:0", "", "–", "4"}},
+		{"secure", []string{"secure", "https", "127.0.0.1:0", "", "–", "1"}},
+		{"db", []string{"db", "tcp", "127.0.0.1:0", "", "–", "–"}},
+		{"total", []string{"total", "", "", "", "–", "5"}},
+	} {
+		got := cellsOf(t, page, frontends, want.row)
+		for i, c := range want.cells {
+			if c != "" && (i >= len(got) || got[i] != c) {
+				t.Errorf("frontends table, row %s: cells %q, want %q", want.row, got, want.cells)
+				break
+			}
+		}
+	}
+	// Each backend once per frontend, with the pools that use it; a
+	// totals row, as HAProxy's Backend row.
+	web := `id="backends-web"`
+	for _, want := range []struct {
+		row   string
+		cells []string // backend, address, pools, state, last check, changed, weight, requests
+	}{
+		{"app", []string{"app", "", "backends, host a.example, route api", "UP", "–", "", "1", "4"}},
+		{"flaky", []string{"flaky", flaky.Listener.Addr().String(), "host a.example", "DOWN", "", "", "1", "0"}},
+		{"total", []string{"total", "", "", "1/2 UP", "", "", "2", "4"}},
+	} {
+		got := cellsOf(t, page, web, want.row)
+		for i, c := range want.cells {
+			if c != "" && (i >= len(got) || got[i] != c) {
+				t.Errorf("frontend web, row %s: cells %q, want %q", want.row, got, want.cells)
+				break
+			}
+		}
+	}
+	if n := strings.Count(section(t, page, web), `data-backend="app"`); n != 1 {
+		t.Errorf("app has %d rows in frontend web, want 1", n)
+	}
+	if got := cellsOf(t, page, `id="routes-web"`, "api"); got[1] != "1" {
+		t.Errorf("route api: cells %q, want 1 request", got)
+	}
+	secure := section(t, page, `<section id="frontend-secure"`)
+	// testcert's certificates last a day: within -t's warning.
+	if !strings.Contains(secure, "https on 127.0.0.1:0") || !regexp.MustCompile(`certificate status.example: <span class="soon">expires \d{4}-\d\d-\d\d, in \d+h`).MatchString(secure) {
+		t.Errorf("frontend secure is not marked https with its certificate's expiry:\n%s", secure)
+	}
+	if strings.Contains(page, "loading") {
+		t.Error("the page waits for its script")
+	}
+}
+
+// section returns the part of page from marker to the end of its table.
+func section(t *testing.T, page, marker string) string {
+	t.Helper()
+	i := strings.Index(page, marker)
+	if i < 0 {
+		t.Fatalf("no %s in the page:\n%s", marker, page)
+	}
+	rest := page[i:]
+	if j := strings.Index(rest, "</table>"); j >= 0 {
+		rest = rest[:j]
+	}
+	return rest
+}
+
+var (
+	rowRE  = regexp.MustCompile(`(?s)<tr[^>]*>(.*?)</tr>`)
+	cellRE = regexp.MustCompile(`(?s)<t[dh][^>]*>(.*?)</t[dh]>`)
+	tagRE  = regexp.MustCompile(`<[^>]*>`)
+)
+
+// cellsOf returns the text of the cells of the row whose first cell is
+// first, in the table that follows marker; nil when there is none.
+func cellsOf(t *testing.T, page, marker, first string) []string {
+	t.Helper()
+	for _, row := range rowRE.FindAllStringSubmatch(section(t, page, marker), -1) {
+		var cells []string
+		for _, c := range cellRE.FindAllStringSubmatch(row[1], -1) {
+			cells = append(cells, strings.TrimSpace(html.UnescapeString(tagRE.ReplaceAllString(c[1], ""))))
+		}
+		if len(cells) > 0 && cells[0] == first {
+			return cells
+		}
+	}
+	return make([]string, 8)
 }

@@ -159,7 +159,8 @@ func (g *generation) finishLayout() {
 	}
 	for _, fc := range g.cfg.Frontends {
 		if f := g.stats[fc.Name]; f != nil {
-			g.layoutOf(f).Bind = fc.Bind
+			fl := g.layoutOf(f)
+			fl.Bind, fl.HTTPS = fc.Bind, fc.HTTPS
 		}
 	}
 	for _, bc := range g.cfg.Backends {

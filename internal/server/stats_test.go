@@ -294,15 +294,18 @@ connect = %s
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Frontends) != 1 || len(st.Frontends[0].Pools) != 1 || len(st.Frontends[0].Pools[0].Backends) != 2 {
+	if len(st.Frontends) != 1 || len(st.Frontends[0].Backends) != 2 {
 		t.Fatalf("status.json: %+v", st)
 	}
-	b := st.Frontends[0].Pools[0].Backends[0]
+	b := st.Frontends[0].Backends[0]
 	if b.Name != "sick" || b.State != "DOWN" || !strings.Contains(b.LastCheck, "500") {
 		t.Errorf("status.json shows %+v, want sick DOWN with its check's 500", b)
 	}
-	if b := st.Frontends[0].Pools[0].Backends[1]; b.State != "UP" {
-		t.Errorf("status.json shows %+v, want UP", b)
+	if b := st.Frontends[0].Backends[1]; b.State != "UP" || len(b.Pools) != 1 || b.Pools[0] != "backends" {
+		t.Errorf("status.json shows %+v, want UP in the pool of backends", b)
+	}
+	if total := st.Frontends[0].BackendsTotal; total.Up != 1 || total.Count != 2 {
+		t.Errorf("status.json's backends_total: %+v, want 1 of 2 up", total)
 	}
 }
 

@@ -92,6 +92,7 @@ type AccessLog interface {
 type FrontendLayout struct {
 	*Frontend
 	Bind  string
+	HTTPS bool         // TLS to clients
 	Pools []PoolLayout // the frontend's backends first, then each [host]'s, then each route's
 	// Routes are the names of the frontend's routes, in its order.
 	Routes []string

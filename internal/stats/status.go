@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
 // Status is what /status.json answers, and what the status page shows.
@@ -34,28 +37,28 @@ type Status struct {
 	Connections    int64            `json:"connections_open"`
 	MaxConnections int64            `json:"max_connections"`
 	Frontends      []FrontendStatus `json:"frontends"`
+	// FrontendsTotal sums the counts of Frontends.
+	FrontendsTotal FrontendCounts `json:"frontends_total"`
 	// Certificates are those obtained from the ACME CA.
 	Certificates []ManagedCert `json:"acme_certificates,omitempty"`
 }
 
 // FrontendStatus is one frontend's side of Status.
 type FrontendStatus struct {
-	Name             string `json:"name"`
-	Mode             string `json:"mode"`
-	Bind             string `json:"bind"`
-	ConnectionsOpen  int64  `json:"connections_open"`
-	MaxConnections   int64  `json:"max_connections"` // 0: none
-	ConnectionsTotal uint64 `json:"connections_total"`
-	InFlight         int64  `json:"in_flight"`
-	BytesIn          uint64 `json:"bytes_in"`
-	BytesOut         uint64 `json:"bytes_out"`
-	// Requests and Responses count every request of the frontend;
-	// NoBackend those no backend was involved in.
-	Requests  uint64        `json:"requests"`
-	Responses Classes       `json:"responses"`
-	NoBackend uint64        `json:"no_backend"`
-	Pools     []PoolStatus  `json:"pools"`
-	Routes    []RouteStatus `json:"routes"`
+	Name  string `json:"name"`
+	Mode  string `json:"mode"`
+	Bind  string `json:"bind"`
+	HTTPS bool   `json:"https"` // TLS to clients: https, or a tcp frontend's TLS
+	// Certificates are those the frontend serves, its own and its [host]
+	// sections', with their expiry.
+	Certificates   []CertStatus `json:"certificates,omitempty"`
+	MaxConnections int64        `json:"max_connections"` // 0: none
+	FrontendCounts
+	// Backends are the frontend's backends, each once, with the pools that
+	// send it traffic; BackendsTotal sums them.
+	Backends      []BackendStatus `json:"backends"`
+	BackendsTotal BackendTotal    `json:"backends_total"`
+	Routes        []RouteStatus   `json:"routes"`
 }
 
 // RouteStatus is one [route] of a frontend: the requests it took.
@@ -65,16 +68,46 @@ type RouteStatus struct {
 	Responses Classes `json:"responses"`
 }
 
+// FrontendCounts are a frontend's counts, or their sum over frontends.
+type FrontendCounts struct {
+	ConnectionsOpen  int64  `json:"connections_open"`
+	ConnectionsTotal uint64 `json:"connections_total"`
+	InFlight         int64  `json:"in_flight"`
+	BytesIn          uint64 `json:"bytes_in"`
+	BytesOut         uint64 `json:"bytes_out"`
+	// Requests and Responses count every request of the frontend;
+	// NoBackend those no backend was involved in.
+	Requests  uint64  `json:"requests"`
+	Responses Classes `json:"responses"`
+	NoBackend uint64  `json:"no_backend"`
+}
+
+func (c *FrontendCounts) add(o FrontendCounts) {
+	c.ConnectionsOpen += o.ConnectionsOpen
+	c.ConnectionsTotal += o.ConnectionsTotal
+	c.InFlight += o.InFlight
+	c.BytesIn += o.BytesIn
+	c.BytesOut += o.BytesOut
+	c.Requests += o.Requests
+	c.NoBackend += o.NoBackend
+	c.Responses.add(o.Responses)
+}
+
+// CertStatus is a certificate a frontend serves.
+type CertStatus struct {
+	Name     string    `json:"name"` // its first DNS name, else its subject's common name
+	NotAfter time.Time `json:"not_after"`
+	ACME     bool      `json:"acme,omitempty"` // obtained from the ACME CA, not a file
+}
+
 // Classes counts responses by status class ("2xx"); "other" holds codes
 // outside 100 to 599.
 type Classes map[string]uint64
 
-// PoolStatus is one pool of a frontend: its own backends (Name ""), a
-// [host] section's, or a route's (Route set).
-type PoolStatus struct {
-	Name     string          `json:"name"`
-	Route    string          `json:"route,omitempty"`
-	Backends []BackendStatus `json:"backends"`
+func (c Classes) add(o Classes) {
+	for k, n := range o {
+		c[k] += n
+	}
 }
 
 // BackendStatus is a backend as one frontend sees it. Requests,
@@ -87,18 +120,46 @@ type BackendStatus struct {
 	LastChange time.Time `json:"last_change"`
 	LastCheck  string    `json:"last_check,omitempty"` // the last active check's result
 	Weight     int       `json:"weight"`
-	Requests   uint64    `json:"requests"`
-	Responses  Classes   `json:"responses"`
+	// Pools are the frontend's pools that use the backend: "backends" for
+	// its own backends key, "host NAME…" for a [host] section's, "route
+	// NAME" for a [route]'s.
+	Pools []string `json:"pools"`
 	// P50 and P99 are estimated from the request duration histogram since
 	// start, in seconds; absent before the first request.
-	P50             *float64 `json:"p50_seconds,omitempty"`
-	P99             *float64 `json:"p99_seconds,omitempty"`
-	ConnectFailures uint64   `json:"connect_failures"`
-	Retries         uint64   `json:"retries"`
-	Resends         uint64   `json:"resends"`
-	InFlight        int64    `json:"in_flight"`
-	Queued          int      `json:"queued"` // waiting for max-connections
-	Tunnels         int64    `json:"tunnels"`
+	P50 *float64 `json:"p50_seconds,omitempty"`
+	P99 *float64 `json:"p99_seconds,omitempty"`
+	BackendCounts
+}
+
+// BackendCounts are a backend's counts, or their sum over backends.
+type BackendCounts struct {
+	Requests        uint64  `json:"requests"`
+	Responses       Classes `json:"responses"`
+	ConnectFailures uint64  `json:"connect_failures"`
+	Retries         uint64  `json:"retries"`
+	Resends         uint64  `json:"resends"`
+	InFlight        int64   `json:"in_flight"`
+	Queued          int     `json:"queued"` // waiting for max-connections
+	Tunnels         int64   `json:"tunnels"`
+}
+
+func (c *BackendCounts) add(o BackendCounts) {
+	c.Requests += o.Requests
+	c.Responses.add(o.Responses)
+	c.ConnectFailures += o.ConnectFailures
+	c.Retries += o.Retries
+	c.Resends += o.Resends
+	c.InFlight += o.InFlight
+	c.Queued += o.Queued
+	c.Tunnels += o.Tunnels
+}
+
+// BackendTotal sums a frontend's backends, as HAProxy's Backend row does.
+type BackendTotal struct {
+	Up     int `json:"up"` // how many are UP
+	Count  int `json:"count"`
+	Weight int `json:"weight"`
+	BackendCounts
 }
 
 // Status returns a snapshot of the registry.
@@ -119,6 +180,7 @@ func (r *Registry) Status() Status {
 		Connections:    global.Open,
 		MaxConnections: global.Max,
 		Frontends:      []FrontendStatus{},
+		FrontendsTotal: FrontendCounts{Responses: Classes{}},
 		Certificates:   r.managed(),
 	}
 	r.mu.Lock()
@@ -128,63 +190,118 @@ func (r *Registry) Status() Status {
 	}
 	r.mu.Unlock()
 	for _, fl := range l.Frontends {
-		f := fl.Frontend
-		fs := FrontendStatus{
-			Name: f.name, Mode: f.mode, Bind: fl.Bind,
-			ConnectionsOpen:  conns[f.name].Open,
-			MaxConnections:   conns[f.name].Max,
+		fs := frontendStatus(fl, conns[fl.name], l.Certs, s.Certificates)
+		s.FrontendsTotal.add(fs.FrontendCounts)
+		s.Frontends = append(s.Frontends, fs)
+	}
+	return s
+}
+
+// frontendStatus is the status of the frontend of fl, with conns its
+// connections, among certs and managed the certificates of every
+// frontend, from files and from the ACME CA.
+func frontendStatus(fl FrontendLayout, conns Conns, certs []Cert, managed []ManagedCert) FrontendStatus {
+	f := fl.Frontend
+	fs := FrontendStatus{
+		Name: f.name, Mode: f.mode, Bind: fl.Bind, HTTPS: fl.HTTPS,
+		MaxConnections: conns.Max,
+		FrontendCounts: FrontendCounts{
+			ConnectionsOpen:  conns.Open,
 			ConnectionsTotal: f.accepted.Load(),
 			InFlight:         f.inflight.Load(),
 			BytesIn:          f.bytesIn.Load(),
 			BytesOut:         f.bytesOut.Load(),
 			Responses:        Classes{},
-			Pools:            []PoolStatus{},
-			Routes:           []RouteStatus{},
-		}
-		for _, name := range fl.Routes {
-			rs := RouteStatus{Name: name, Responses: Classes{}}
-			rs.Requests = f.RouteSeries(name).classes(rs.Responses)
-			fs.Routes = append(fs.Routes, rs)
-		}
-		routes := map[string]*Route{}
-		for _, rt := range fl.routes {
-			routes[rt.backend] = rt
-			n := rt.classes(fs.Responses)
-			fs.Requests += n
-			if rt.backend == NoBackend {
-				fs.NoBackend = n
-			}
-		}
-		for _, p := range fl.Pools {
-			ps := PoolStatus{Name: p.Name, Route: p.Route, Backends: []BackendStatus{}}
-			for _, b := range p.Backends {
-				h, cs := b.Health(), b.Counters()
-				bs := BackendStatus{
-					Name: b.Name, Addr: b.Addr, State: "DOWN",
-					LastChange: h.LastChange, LastCheck: h.LastCheck,
-					Weight:          b.Config().Weight,
-					Responses:       Classes{},
-					ConnectFailures: cs.ConnectFailures.Load(),
-					Retries:         cs.Retries.Load(),
-					Resends:         cs.Resends.Load(),
-					InFlight:        b.InFlight(),
-					Queued:          b.Queued(),
-				}
-				if h.Up {
-					bs.State = "UP"
-				}
-				if rt := routes[b.Name]; rt != nil {
-					bs.Requests = rt.classes(bs.Responses)
-					bs.Tunnels = rt.tunnels.Load()
-					bs.P50, bs.P99 = rt.quantiles()
-				}
-				ps.Backends = append(ps.Backends, bs)
-			}
-			fs.Pools = append(fs.Pools, ps)
-		}
-		s.Frontends = append(s.Frontends, fs)
+		},
+		Backends:      []BackendStatus{},
+		BackendsTotal: BackendTotal{BackendCounts: BackendCounts{Responses: Classes{}}},
+		Routes:        []RouteStatus{},
 	}
-	return s
+	for _, name := range fl.Routes {
+		rs := RouteStatus{Name: name, Responses: Classes{}}
+		rs.Requests = f.RouteSeries(name).classes(rs.Responses)
+		fs.Routes = append(fs.Routes, rs)
+	}
+	for _, c := range certs {
+		if c.Frontend == f.name {
+			fs.Certificates = append(fs.Certificates, CertStatus{Name: c.Name, NotAfter: c.NotAfter})
+		}
+	}
+	for _, c := range managed {
+		if !c.NotAfter.IsZero() && slices.Contains(c.Frontends, f.name) {
+			fs.Certificates = append(fs.Certificates, CertStatus{Name: c.Names[0], NotAfter: c.NotAfter, ACME: true})
+		}
+	}
+	routes := map[string]*Route{}
+	for _, rt := range fl.routes {
+		routes[rt.backend] = rt
+		n := rt.classes(fs.Responses)
+		fs.Requests += n
+		if rt.backend == NoBackend {
+			fs.NoBackend = n
+		}
+	}
+	// A backend several pools list is one row: its counts are the
+	// frontend's, whichever pool sent the request.
+	index := map[string]int{}
+	for _, p := range fl.Pools {
+		pool := "backends"
+		switch {
+		case p.Route != "":
+			pool = "route " + p.Route
+		case p.Name != "":
+			pool = "host " + p.Name
+		}
+		for _, b := range p.Backends {
+			if i, ok := index[b.Name]; ok {
+				if bs := &fs.Backends[i]; !slices.Contains(bs.Pools, pool) {
+					bs.Pools = append(bs.Pools, pool)
+				}
+				continue
+			}
+			index[b.Name] = len(fs.Backends)
+			fs.Backends = append(fs.Backends, backendStatus(b, pool, routes[b.Name]))
+		}
+	}
+	for _, b := range fs.Backends {
+		t := &fs.BackendsTotal
+		t.Count++
+		if b.State == "UP" {
+			t.Up++
+		}
+		t.Weight += b.Weight
+		t.add(b.BackendCounts)
+	}
+	return fs
+}
+
+// backendStatus is the status of b in pool, with rt the frontend's series
+// of it (nil: none yet).
+func backendStatus(b *upstream.Backend, pool string, rt *Route) BackendStatus {
+	h, cs := b.Health(), b.Counters()
+	bs := BackendStatus{
+		Name: b.Name, Addr: b.Addr, State: "DOWN",
+		LastChange: h.LastChange, LastCheck: h.LastCheck,
+		Weight: b.Config().Weight,
+		Pools:  []string{pool},
+		BackendCounts: BackendCounts{
+			Responses:       Classes{},
+			ConnectFailures: cs.ConnectFailures.Load(),
+			Retries:         cs.Retries.Load(),
+			Resends:         cs.Resends.Load(),
+			InFlight:        b.InFlight(),
+			Queued:          b.Queued(),
+		},
+	}
+	if h.Up {
+		bs.State = "UP"
+	}
+	if rt != nil {
+		bs.Requests = rt.classes(bs.Responses)
+		bs.Tunnels = rt.tunnels.Load()
+		bs.P50, bs.P99 = rt.quantiles()
+	}
+	return bs
 }
 
 // classes adds the route's responses to c by class and returns their sum.
@@ -240,9 +357,6 @@ func quantile(q float64, h *dto.Histogram) float64 {
 	return lower
 }
 
-//go:embed page.html
-var page []byte
-
 //go:embed favicon.svg
 var favicon []byte
 
@@ -251,14 +365,7 @@ var favicon []byte
 func (r *Registry) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.prom, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		h := w.Header()
-		h.Set("Content-Type", "text/html; charset=utf-8")
-		h.Set("Cache-Control", "no-cache")
-		// Everything the page needs is in it; it may fetch from here only.
-		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'")
-		w.Write(page)
-	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) { servePage(w, r.Status()) })
 	mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "image/svg+xml")
 		w.Header().Set("Cache-Control", "max-age=86400")
