@@ -162,7 +162,7 @@ func systemdWarnings(cfg *config.Config) []string {
 		if fc.AccessLog == cfg.Global.AccessLog {
 			section = "global"
 		}
-		out = append(out, (&config.Error{File: cfg.File, Section: section, Key: "accesslog",
+		out = append(out, (&config.Error{File: cfg.File, Line: cfg.Line(section, "accesslog"), Section: section, Key: "accesslog",
 			Msg: fmt.Sprintf("%s is outside %s: under the unit's ProtectSystem=strict hipsterd cannot write there (move the log, or add its directory to ReadWritePaths=)",
 				fc.AccessLog, strings.Join(dirs, " and "))}).Error())
 	}

@@ -103,6 +103,7 @@ type Config struct {
 	Hosts     []Host     // in file order
 	Backends  []Backend  // in file order
 	Routes    []Route    // in file order
+	lines     *lineIndex
 }
 
 // KeyPair is the certificate of certFile with the key of keyFile, from
@@ -373,6 +374,16 @@ const (
 	HealthHTTP            // GET Path; 2xx or 3xx passes
 	HealthTCP             // a TCP connect passes
 )
+
+// Line returns the line of the file that sets key in the section called
+// section, else the section's header; 0 when neither is in the file. It
+// places problems found after loading, as Error.Line.
+func (c *Config) Line(section, key string) int {
+	if c.lines == nil {
+		return 0
+	}
+	return lineIn(c.lines.sections[sectionKey(section)], 0, key)
+}
 
 // Backend returns the backend called name, or nil.
 func (c *Config) Backend(name string) *Backend {

@@ -232,14 +232,10 @@ func textProblem(data []byte) string {
 }
 
 // occurrence is the section occurrence that errors of the section called
-// name are about now.
+// name are about now; nil when the file has none.
 func (p *parser) occurrence(name string) *sectionLines {
-	if p.lines == nil {
-		return nil
-	}
 	key := sectionKey(name)
-	occ := p.lines.sections[key]
-	if i := p.occ[key]; i < len(occ) {
+	if occ, i := p.lines.sections[key], p.occ[key]; i < len(occ) {
 		return occ[i]
 	}
 	return nil
@@ -248,10 +244,17 @@ func (p *parser) occurrence(name string) *sectionLines {
 // line returns the line of key in the section called name (its first
 // setting), else the section's header; 0 when neither is in the file.
 func (p *parser) line(section, key string) int {
-	s := p.occurrence(section)
-	if s == nil {
+	name := sectionKey(section)
+	return lineIn(p.lines.sections[name], p.occ[name], key)
+}
+
+// lineIn returns the line of key in the n-th of occurrences (its first
+// setting), else that occurrence's header; 0 when neither is in the file.
+func lineIn(occurrences []*sectionLines, n int, key string) int {
+	if n >= len(occurrences) {
 		return 0
 	}
+	s := occurrences[n]
 	if lines := s.keys[strings.ToLower(key)]; len(lines) > 0 {
 		return lines[0]
 	}

@@ -356,3 +356,29 @@ func TestLoadChecksBindAddress(t *testing.T) {
 		t.Errorf("Parse: %v", err)
 	}
 }
+
+// TestConfigLine places problems found after loading.
+func TestConfigLine(t *testing.T) {
+	t.Parallel()
+	c, err := parse(t, "[global]\naccesslog = /tmp/a.log\n\n[Frontend  web]\nbind = :1\nbackends = b\n[backend b]\nconnect = x\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		section, key string
+		want         int
+	}{
+		{"global", "accesslog", 2},
+		{"global", "stats", 1},
+		{"frontend web", "BIND", 5},
+		{"backend b", "", 7},
+		{"backend none", "connect", 0},
+	} {
+		if got := c.Line(tc.section, tc.key); got != tc.want {
+			t.Errorf("Line(%q, %q) = %d, want %d", tc.section, tc.key, got, tc.want)
+		}
+	}
+	if got := (&Config{}).Line("global", "stats"); got != 0 {
+		t.Errorf("a Config not from a file: line %d", got)
+	}
+}

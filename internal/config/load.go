@@ -175,7 +175,7 @@ func parseFile(name string, data []byte, checkSystem bool) (*Config, error) {
 	if err != nil {
 		return nil, Errors{{File: name, Msg: "not a valid INI file: " + strings.TrimSpace(err.Error())}}
 	}
-	p := &parser{file: name, cfg: &Config{File: name}, dualStack: dualStack(), lines: lines, occ: map[string]int{}, ruleLines: ruleOrder(data)}
+	p := &parser{file: name, cfg: &Config{File: name, lines: lines}, dualStack: dualStack(), lines: lines, occ: map[string]int{}, ruleLines: ruleOrder(data)}
 	p.cfg.Global = Global{
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
