@@ -680,6 +680,7 @@ func FuzzParse(f *testing.F) {
 		"[global]\naccesslog = /tmp/x\nread-header-timeout = 1s\n[frontend f]\nbind = [::]:443\nhttps = true\nkeyfile = k\ncertfile = c\n",
 		"[backend b]\nconnect = [::1]\nconnect-timeout = 5s\nresponse-timeout = 1m\n",
 		"[frontnd f]\nbakends = x\n[frontend f]\n[frontend f]\n",
+		"; c\n[frontend f] # c\nbackends = a \\\n b\nx = \"\"\"m\n\"\"\"\n`k` = 1\n\"q\": 2\n- = 3\n",
 		"[frontend f]\nbind = :80\nredirect-https = true\nbalance = source\n[host *.a.b]\nbackends = b\nbalance = leastconn\n[backend b]\nconnect = https://x\nweight = 3\nhealth-check = /h\nhealth-rise = 1\ntls-skip-verify = yes\n",
 	} {
 		f.Add([]byte(seed))
