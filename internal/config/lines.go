@@ -207,28 +207,33 @@ func (r *lineReader) skipValue(in string) (msg string) {
 	return ""
 }
 
-// textProblem says why data is not a text file ("" when it is one): a NUL
-// byte, a control character other than tab or the CR of a CRLF, or bytes
-// that are not UTF-8. Such a file is not dumped to a terminal in errors,
-// and the names and values errors quote cannot move the cursor.
-func textProblem(data []byte) string {
+// textProblem checks that data is UTF-8 text. binary says why it is not a
+// text file at all: a NUL byte, or a control character other than tab or
+// the CR of a CRLF; such a file is not quoted to a terminal in errors, and
+// the names and values errors quote cannot move the cursor. Otherwise
+// badLine is the first line holding a byte that is not UTF-8, and bad
+// that byte: names become metric labels and log fields, which must be
+// UTF-8.
+func textProblem(data []byte) (binary string, badLine int, bad byte) {
 	line := 1
 	for i := 0; i < len(data); {
 		c, size := utf8.DecodeRune(data[i:])
 		switch {
 		case c == utf8.RuneError && size == 1:
-			return fmt.Sprintf("bytes that are not UTF-8 at line %d", line)
+			if badLine == 0 {
+				badLine, bad = line, data[i]
+			}
 		case c == 0:
-			return fmt.Sprintf("NUL byte at line %d", line)
+			return fmt.Sprintf("NUL byte at line %d", line), 0, 0
 		case c == '\n':
 			line++
 		case c == '\t' || c == '\r' && i+1 < len(data) && data[i+1] == '\n':
 		case c < 0x20 || c == 0x7f || (c >= 0x80 && c < 0xa0):
-			return fmt.Sprintf("control character %U at line %d", c, line)
+			return fmt.Sprintf("control character %U at line %d", c, line), 0, 0
 		}
 		i += size
 	}
-	return ""
+	return "", badLine, bad
 }
 
 // occurrence is the section occurrence that errors of the section called

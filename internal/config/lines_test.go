@@ -229,8 +229,10 @@ func TestNotText(t *testing.T) {
 		{"NUL", "[global]\n\n\x00\x01ELF", "test.ini: not a text file (NUL byte at line 3)"},
 		{"control", "[frontend f]\nbind = \x1b[31m:1\n", "test.ini: not a text file (control character U+001B at line 2)"},
 		{"lone CR", "[frontend f]\rbind = :1\n", "test.ini: not a text file (control character U+000D at line 1)"},
-		{"latin-1", "[frontend caf\xe9]\n", "test.ini: not a text file (bytes that are not UTF-8 at line 1)"},
-		{"UTF-16", "\xff\xfe[\x00g\x00]\x00", "test.ini: not a text file (bytes that are not UTF-8 at line 1)"},
+		{"latin-1", "# caf\xe9\n[frontend f]\n\n[frontend caf\xe9]\n", "test.ini:1: byte 0xe9 is not UTF-8: save the file as UTF-8"},
+		{"UTF-16", "\xff\xfe[\x00g\x00]\x00", "test.ini: not a text file (NUL byte at line 1)"},
+		{"C1 control", "[frontend f]\n\u009b31m\n", "test.ini: not a text file (control character U+009B at line 2)"},
+		{"binary after bad bytes", "\xe9\n\x00", "test.ini: not a text file (NUL byte at line 2)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

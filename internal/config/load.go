@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 	"gopkg.in/ini.v1"
@@ -164,8 +163,12 @@ func Parse(name string, data []byte) (*Config, error) {
 }
 
 func parseFile(name string, data []byte, checkSystem bool) (*Config, error) {
-	if why := textProblem(data); why != "" {
-		return nil, Errors{{File: name, Msg: "not a text file (" + why + ")"}}
+	binary, badLine, badByte := textProblem(data)
+	if binary != "" {
+		return nil, Errors{{File: name, Msg: "not a text file (" + binary + ")"}}
+	}
+	if badLine > 0 {
+		return nil, Errors{{File: name, Line: badLine, Msg: fmt.Sprintf("byte %#x is not UTF-8: save the file as UTF-8", badByte)}}
 	}
 	lines, bad := indexLines(data)
 	if bad != nil {
@@ -251,12 +254,6 @@ func (p *parser) sections(f *ini.File) {
 			for _, k := range sec.Keys() {
 				p.errorf("", k.Name(), "key outside any section")
 			}
-			continue
-		}
-		if !utf8.ValidString(sec.Name()) {
-			// Names become metric labels and log fields, which must be
-			// valid UTF-8.
-			p.errorf(strings.ToValidUTF8(sec.Name(), "\uFFFD"), "", "the section's name is not valid UTF-8")
 			continue
 		}
 		fields := strings.Fields(sec.Name())
