@@ -206,7 +206,7 @@ func TestQueueSize(t *testing.T) {
 		t.Errorf("queue-size: b %d, c %d; want %d (default) and 0 (no limit)", b, c, DefaultQueueSize)
 	}
 	for _, tc := range []struct{ name, src, want string }{
-		{"negative", "[frontend a]\nbind = :9000\nbackends = b\n[backend b]\nconnect = a:1\nmax-connections = 2\nqueue-size = -1\n", `test.ini: [backend b] queue-size: "-1" is not a whole number`},
+		{"negative", "[frontend a]\nbind = :9000\nbackends = b\n[backend b]\nconnect = a:1\nmax-connections = 2\nqueue-size = -1\n", `test.ini:7: [backend b] queue-size: "-1" is not a whole number`},
 		{"without max-connections", "[frontend a]\nbind = :9000\nbackends = b\n[backend b]\nconnect = a:1\nqueue-size = 10\n", `[backend b] queue-size: set but max-connections is not`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
