@@ -98,9 +98,18 @@ func (c *clientClock) extendWrite() {
 // stop is called when the handler returns. The write deadline set last
 // bounds net/http's flush of what is buffered; net/http clears it, and
 // sets its own read deadlines, before the next request.
+//
+// A body not read to its end (the backend answered before it took it
+// all, or before it asked for it with 100 Continue) is what net/http's
+// HTTP/1 server reads and drops next, up to 256 KiB, before the connection
+// may serve another request: that read gets the timeout too, if no read of
+// the body set one already.
 func (c *clientClock) stop() {
 	c.mu.Lock()
 	c.over = true
+	if c.body.c != nil && !c.bodyDone && c.read.IsZero() {
+		c.rc.SetReadDeadline(time.Now().Add(c.timeout))
+	}
 	c.mu.Unlock()
 }
 

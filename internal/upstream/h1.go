@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/exchange"
@@ -193,10 +194,9 @@ func (t *h1Transport) roundTrip(req *http.Request, s *Slot, info *exchange.Info)
 // exchange sends req on pc and reads the response header. retry reports
 // that nothing came back and the backend did not time out.
 func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request, s *Slot) (resp *http.Response, retry bool, err error) {
-	var w *bodyWriter
-	if hasBody(req) {
-		w = &bodyWriter{conn: pc, done: make(chan struct{})}
-	} else if t.timeout > 0 {
+	var w *bodyWriter // set once the head is sent
+	body := hasBody(req)
+	if !body && t.timeout > 0 {
 		// Set before the abort can come, which no later deadline may undo.
 		pc.SetReadDeadline(time.Now().Add(t.timeout))
 	}
@@ -218,10 +218,18 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 		}
 	}()
 	writeRequest(pc.bw, req)
-	if w != nil {
-		go w.run(t, pc, req)
-	} else if err := pc.bw.Flush(); err != nil {
+	// The head goes at once, body or not: the backend may answer it
+	// before the body comes (a 401, a 413, a 100 Continue), as with
+	// net/http's Transport, which flushes the head of a body not in memory.
+	if err := pc.bw.Flush(); err != nil {
 		return nil, true, err
+	}
+	if body {
+		w = &bodyWriter{conn: pc, done: make(chan struct{})}
+		if expectsContinue(req) {
+			w.cont = make(chan bool, 1)
+		}
+		go w.run(t, pc, req)
 	}
 	pc.head.left = MaxResponseHeaderBytes
 	if _, err := pc.br.Peek(1); err != nil {
@@ -253,9 +261,16 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 		if n == h1Max1xx {
 			return nil, false, errToo1xx
 		}
-		// Interim responses (103 Early Hints) reach the client through
-		// the trace ReverseProxy installs.
-		if trace != nil && trace.Got1xxResponse != nil {
+		if code == http.StatusContinue {
+			// Not passed on: the body writer's first read of the body
+			// makes net/http send the client its own 100 Continue, once,
+			// whatever the backend sends and whenever.
+			if w != nil {
+				w.proceed(true)
+			}
+		} else if trace != nil && trace.Got1xxResponse != nil {
+			// Other interim responses (103 Early Hints) reach the client
+			// through the trace ReverseProxy installs.
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
 				return nil, false, err
 			}
@@ -320,6 +335,27 @@ type upgraded struct {
 func (u *upgraded) Read([]byte) (int, error) { return 0, io.EOF }
 func (u *upgraded) Close() error             { return u.pc.Close() }
 
+// expectContinueTimeout is how long the body of a request with Expect:
+// 100-continue waits for the backend's 100 Continue before it is sent
+// anyway, as net/http's Transport does by default: some backends never
+// send one.
+const expectContinueTimeout = time.Second
+
+// errBodyNotSent is a body not sent: the backend gave its final answer to
+// a head that asked for 100 Continue.
+var errBodyNotSent = errors.New("final response before 100 Continue: body not sent")
+
+// expectsContinue reports whether req asks for 100 Continue before its
+// body.
+func expectsContinue(req *http.Request) bool {
+	for _, v := range req.Header["Expect"] {
+		if strings.EqualFold(textproto.TrimString(v), "100-continue") {
+			return true
+		}
+	}
+	return false
+}
+
 // bodyWriter sends a request body while the response is awaited.
 type bodyWriter struct {
 	conn net.Conn
@@ -327,6 +363,12 @@ type bodyWriter struct {
 	err  error         // set before done closes
 	// client tells that err is the client's (reading its body failed).
 	client bool
+	// cont, for a request with Expect: 100-continue, gets true when the
+	// backend asks for the body, false when it answered without it; nil
+	// for other requests.
+	cont chan bool
+	// asked is set once cont got its one value.
+	asked atomic.Bool
 
 	mu       sync.Mutex
 	response bool // the response header came
@@ -338,7 +380,10 @@ type bodyWriter struct {
 // the body for the response timeout, before answering: the upload would
 // otherwise stall for ever, and the wait for its answer with it.
 func (w *bodyWriter) run(t *h1Transport, pc *h1Conn, req *http.Request) {
-	client, err := writeBody(pc.bw, req, pc.Conn, t.timeout)
+	client, err := false, w.awaitContinue(req)
+	if err == nil {
+		client, err = writeBody(pc.bw, req, pc.Conn, t.timeout)
+	}
 	if err == nil {
 		err = pc.bw.Flush()
 	}
@@ -353,16 +398,50 @@ func (w *bodyWriter) run(t *h1Transport, pc *h1Conn, req *http.Request) {
 	case !client && isTimeout(err) && !w.response:
 		pc.abort()
 	}
+	// Once the answer came, it is passed on whole: a body that broke
+	// only keeps the connection from being reused.
+	abort := client && !w.response
 	w.mu.Unlock()
 	close(w.done)
-	if client {
+	if abort {
 		pc.abort()
 	}
 }
 
+// awaitContinue waits, for a request with Expect: 100-continue, until the
+// backend asks for the body, or expectContinueTimeout passes; it fails if
+// the backend answered without it, or the client left.
+func (w *bodyWriter) awaitContinue(req *http.Request) error {
+	if w.cont == nil {
+		return nil
+	}
+	timer := time.NewTimer(expectContinueTimeout)
+	defer timer.Stop()
+	select {
+	case send := <-w.cont:
+		if !send {
+			return errBodyNotSent
+		}
+	case <-timer.C:
+	case <-req.Context().Done():
+		return req.Context().Err()
+	}
+	return nil
+}
+
+// proceed tells a writer that awaits 100 Continue whether to send the
+// body; only the first word counts.
+func (w *bodyWriter) proceed(send bool) {
+	if w.cont != nil && w.asked.CompareAndSwap(false, true) {
+		w.cont <- send
+	}
+}
+
 // answered tells the writer that the response header came; the response
-// timeout no longer applies.
+// timeout no longer applies, and a body still awaiting 100 Continue is not
+// sent.
 func (w *bodyWriter) answered() {
+	w.proceed(false)
 	w.mu.Lock()
 	w.response = true
 	w.conn.SetReadDeadline(time.Time{})

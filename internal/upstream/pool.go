@@ -212,13 +212,11 @@ var errHandedOff = errors.New("connection handed off to a tunnel")
 // another. A 101 answer to an upgrade request goes to the request's Handoff.
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
-	body := req.Body
+	// The body is not closed here: it may still be on its way to the
+	// backend while the answer goes to the client. ReverseProxy hands
+	// over a body whose Close does nothing, and net/http closes the
+	// client's when the handler returns.
 	withBody := hasBody(req)
-	if withBody {
-		// Nothing may close the body before the last try: after a failed
-		// connect it is unread and goes to the next backend.
-		req.Body = noCloseBody{body}
-	}
 	info := exchange.FromContext(ctx)
 	var resp *http.Response
 	err := p.try(ctx, p.clientKey(req.RemoteAddr, req.Header), info, !withBody && replayable(req), func(b *Backend, s *Slot) (err error) {
@@ -226,9 +224,6 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp, err = b.h1.roundTrip(req, s, info)
 		return err
 	})
-	if withBody {
-		body.Close()
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -390,12 +385,6 @@ func beforeResponse(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
-
-// noCloseBody keeps the transport from closing a request body it may need
-// to send again.
-type noCloseBody struct{ io.ReadCloser }
-
-func (noCloseBody) Close() error { return nil }
 
 // forwardingHeaders are the headers that ReverseProxy removes before Rewrite
 // is called. drunken-hipster passed them on untouched, and so does hipsterd.
