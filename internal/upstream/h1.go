@@ -244,9 +244,10 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 			return nil, false, pc.headErr(err)
 		}
 		code := resp.StatusCode
-		if code < 100 {
+		if code < 100 || code > 599 {
 			// http.ReadResponse takes any three digits, and a
-			// ResponseWriter panics on a code below 100.
+			// ResponseWriter panics on a code below 100; RFC 9110 §15
+			// defines 100 to 599 only.
 			return nil, false, fmt.Errorf("malformed HTTP status code %03d", code)
 		}
 		if code >= 200 {
@@ -517,9 +518,13 @@ func writeBody(bw *bufio.Writer, req *http.Request, conn net.Conn, timeout time.
 	if err := cw.Close(); err != nil {
 		return false, err
 	}
-	if len(req.Trailer) > 0 {
-		if err := req.Trailer.Write(bw); err != nil {
-			return false, err
+	for k, vv := range req.Trailer {
+		k = http.CanonicalHeaderKey(k)
+		if dropTrailer(k) {
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
 		}
 	}
 	_, err = bw.WriteString("\r\n")
@@ -536,6 +541,24 @@ func armWrite(conn net.Conn, req *http.Request, timeout time.Duration) error {
 	conn.SetWriteDeadline(time.Now().Add(timeout))
 	return req.Context().Err()
 }
+
+// trailersDropped are the fields a request trailer may not set (RFC 9110
+// §6.5.1): a backend that merges trailers into the header would take them
+// for what routed, framed or forwarded the request, which hipsterd checked
+// or wrote in the head. Keys are canonical.
+var trailersDropped = []string{
+	"Authorization", "Cache-Control", "Connection", "Content-Encoding",
+	"Content-Length", "Content-Range", "Content-Type", "Cookie", "Expect",
+	"Forwarded", "Host", "If-Match", "If-Modified-Since", "If-None-Match",
+	"If-Range", "If-Unmodified-Since", "Keep-Alive", "Max-Forwards", "Pragma",
+	"Proxy-Authorization", "Proxy-Connection", "Range", "Te", "Trailer",
+	"Transfer-Encoding", "Upgrade", "Via", "X-Forwarded-For",
+	"X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip",
+}
+
+// dropTrailer reports whether the request trailer field k (canonical) is
+// left out.
+func dropTrailer(k string) bool { return slices.Contains(trailersDropped, k) }
 
 // replayable reports whether req may be sent again after it may have
 // reached the backend, as net/http's Transport decides.
@@ -600,10 +623,14 @@ func writeRequest(w *bufio.Writer, req *http.Request) {
 	if len(req.Trailer) > 0 && hasBody(req) && req.ContentLength < 0 {
 		names := make([]string, 0, len(req.Trailer))
 		for k := range req.Trailer {
-			names = append(names, http.CanonicalHeaderKey(k))
+			if k = http.CanonicalHeaderKey(k); !dropTrailer(k) {
+				names = append(names, k)
+			}
 		}
-		slices.Sort(names)
-		writeField(w, "Trailer", strings.Join(names, ","))
+		if len(names) > 0 {
+			slices.Sort(names)
+			writeField(w, "Trailer", strings.Join(names, ","))
+		}
 	}
 	kp := keysPool.Get().(*[]string)
 	keys := (*kp)[:0]
