@@ -67,7 +67,7 @@ func NewBackend(c config.Backend, caPEM []byte, log *slog.Logger) *Backend {
 		b.Scheme = "https"
 		b.tls = clientTLS(c, caPEM, b.log)
 	}
-	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, log: b.log, sendProxy: c.SendProxy != 0}
+	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, bodyTimeout: c.BodyTimeout, log: b.log, sendProxy: c.SendProxy != 0}
 	hc := c.Health
 	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
 	b.slots = new(slots)

@@ -45,7 +45,9 @@ type h1Transport struct {
 	// timeout bounds the wait for the response header once the request is
 	// sent; 0: none.
 	timeout time.Duration
-	log     *slog.Logger // names the backend
+	// bodyTimeout bounds each wait for bytes of a response body; 0: none.
+	bodyTimeout time.Duration
+	log         *slog.Logger // names the backend
 	// sendProxy is set for a send-proxy backend, whose connections open
 	// with a PROXY header.
 	sendProxy bool
@@ -287,21 +289,26 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 		resp.Body = &upgraded{pc: pc, slot: s}
 		return resp, false, nil
 	}
+	rb := &h1Body{ReadCloser: resp.Body, pc: pc, ctx: ctx, stop: stop, keep: !resp.Close, w: w, slot: s, left: resp.ContentLength}
 	if w != nil {
 		w.answered()
+		if rb.unread() {
+			rb.arm()
+		}
 		if ctx.Err() != nil {
 			pc.abort()
 		}
-	} else if t.timeout > 0 && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
-		// The header deadline must not cut the body short; when the body
-		// is already read (most small responses) it goes with the
-		// connection to the pool, which clears it.
-		pc.SetReadDeadline(time.Time{})
+	} else if rb.unread() {
+		// The header deadline must not cut the body short, and the body
+		// deadline starts; when the body is already read (most small
+		// responses) it goes with the connection to the pool, which
+		// clears the deadline.
+		rb.arm()
 		if ctx.Err() != nil {
-			pc.abort() // the client left as the deadline was cleared
+			pc.abort() // the client left as the deadline was moved
 		}
 	}
-	resp.Body = &h1Body{ReadCloser: resp.Body, pc: pc, stop: stop, keep: !resp.Close, w: w, slot: s}
+	resp.Body = rb
 	return resp, false, nil
 }
 
@@ -668,21 +675,71 @@ func writeField(w *bufio.Writer, k, v string) {
 type h1Body struct {
 	io.ReadCloser
 	pc   *h1Conn
+	ctx  context.Context // the request's
 	stop func() bool
 	keep bool        // the response allows reusing the connection
 	w    *bodyWriter // nil for a request without a body
 	slot *Slot
+	// left is what the Content-Length says is still to come; -1 when
+	// the body has no length.
+	left int64
+	// deadline is the read deadline the body timeout set last; zero:
+	// none.
+	deadline time.Time
 }
+
+// ErrBodyTimeout is a backend that sent no byte of a response body for its
+// body-timeout. The client's response ends cut short; the backend's health
+// does not suffer (it answered).
+var ErrBodyTimeout = errors.New("no byte of the response body within body-timeout")
 
 func (b *h1Body) Read(p []byte) (int, error) {
 	if b.pc == nil {
 		return 0, io.EOF
 	}
+	if b.pc.t.bodyTimeout > 0 && b.unread() {
+		b.arm()
+	}
 	n, err := b.ReadCloser.Read(p)
+	if b.left > 0 {
+		b.left -= int64(n)
+	}
 	if err == io.EOF {
 		b.release(true)
+	} else if err != nil && isTimeout(err) && b.ctx.Err() == nil {
+		err = fmt.Errorf("%w (%v): %w", ErrBodyTimeout, b.pc.t.bodyTimeout, err)
 	}
 	return n, err
+}
+
+// unread reports whether a read of the body may have to wait for the
+// backend: what is left of it is not all in the buffer.
+func (b *h1Body) unread() bool {
+	return b.left < 0 || int64(b.pc.br.Buffered()) < b.left
+}
+
+// arm gives the backend body-timeout for its next bytes. The deadline
+// moves only when it would move by more than an eighth of the timeout,
+// which is precision enough and spares a timer update per read of a
+// streamed body. Its caller checks that the client did not leave
+// meanwhile: that abort's deadline must not be undone.
+func (b *h1Body) arm() {
+	timeout := b.pc.t.bodyTimeout
+	if timeout <= 0 {
+		// Called at the head only: the header deadline must not cut
+		// the body (a request body's writer cleared it already).
+		if b.pc.t.timeout > 0 && b.w == nil {
+			b.pc.SetReadDeadline(time.Time{})
+		}
+		return
+	}
+	if d := time.Now().Add(timeout); d.Sub(b.deadline) > timeout/8 {
+		b.deadline = d
+		b.pc.SetReadDeadline(d)
+		if b.ctx.Err() != nil {
+			b.pc.abort()
+		}
+	}
 }
 
 func (b *h1Body) Close() error {

@@ -79,7 +79,22 @@ func NewPool(list []*Backend, balance config.Balance, xff bool, log *slog.Logger
 
 // ServeHTTP forwards r to a backend of the pool.
 func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer flushOnAbort(w)
 	p.proxy.ServeHTTP(w, r)
+}
+
+// flushOnAbort sends the client what is buffered of a response whose body
+// broke (body-timeout, a backend reset): ReverseProxy then aborts the
+// handler with http.ErrAbortHandler, and net/http would close the
+// connection without it. The client gets every byte the backend sent, in
+// a response cut short.
+func flushOnAbort(w http.ResponseWriter) {
+	if v := recover(); v != nil {
+		if v == http.ErrAbortHandler {
+			http.NewResponseController(w).Flush()
+		}
+		panic(v)
+	}
 }
 
 // pick returns the backend to try next, skipping those that are down or
