@@ -1,12 +1,12 @@
 package proxy
 
 import (
-	"errors"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
 // clientClock enforces client-timeout on one request: the client may go at
@@ -72,7 +72,7 @@ func (c *clientClock) extendRead() {
 // body, but a read after it would set one again).
 func (c *clientClock) bodyEnded(err error) {
 	c.mu.Lock()
-	if !c.bodyDone && !isTimeout(err) {
+	if !c.bodyDone && !upstream.IsTimeout(err) {
 		c.bodyDone = true
 		if !c.over && !c.read.IsZero() {
 			c.read = time.Time{}
@@ -111,11 +111,6 @@ func (c *clientClock) stop() {
 		c.rc.SetReadDeadline(time.Now().Add(c.timeout))
 	}
 	c.mu.Unlock()
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // clientBody is a request body read under a clientClock.
