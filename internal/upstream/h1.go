@@ -224,7 +224,8 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 		resp.Body = &upgraded{pc: pc, slot: s}
 		return resp, faultNone, nil
 	}
-	rb := &h1Body{ReadCloser: resp.Body, pc: pc, ctx: ctx, stop: stop, keep: !resp.Close, w: w, slot: s, left: resp.ContentLength}
+	pc.body = bodyState{ctx: ctx, left: resp.ContentLength}
+	rb := &h1Body{ReadCloser: resp.Body, pc: pc, stop: stop, keep: !resp.Close, w: w, slot: s}
 	if w != nil {
 		w.answered()
 		if rb.unread() {

@@ -20,14 +20,21 @@ func (u *upgraded) Close() error             { return u.pc.Close() }
 
 // h1Body is a response body; once read to its end, its connection goes back
 // to the pool.
+// Its state for the body timeout is kept on the connection (h1Conn.body),
+// which allocates it once for all its responses.
 type h1Body struct {
 	io.ReadCloser
 	pc   *h1Conn
-	ctx  context.Context // the request's
 	stop func() bool
 	keep bool        // the response allows reusing the connection
 	w    *bodyWriter // nil for a request without a body
 	slot *Slot
+}
+
+// bodyState is what h1Body needs of the response under way on a
+// connection.
+type bodyState struct {
+	ctx context.Context // the request's
 	// left is what the Content-Length says is still to come; -1 when
 	// the body has no length.
 	left int64
@@ -49,12 +56,12 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		b.arm()
 	}
 	n, err := b.ReadCloser.Read(p)
-	if b.left > 0 {
-		b.left -= int64(n)
+	if st := &b.pc.body; st.left > 0 {
+		st.left -= int64(n)
 	}
 	if err == io.EOF {
 		b.release(true)
-	} else if err != nil && IsTimeout(err) && b.ctx.Err() == nil {
+	} else if err != nil && IsTimeout(err) && b.pc.body.ctx.Err() == nil {
 		err = fmt.Errorf("%w (%v): %w", ErrBodyTimeout, b.pc.t.bodyTimeout, err)
 	}
 	return n, err
@@ -63,7 +70,8 @@ func (b *h1Body) Read(p []byte) (int, error) {
 // unread reports whether a read of the body may have to wait for the
 // backend: what is left of it is not all in the buffer.
 func (b *h1Body) unread() bool {
-	return b.left < 0 || int64(b.pc.br.Buffered()) < b.left
+	left := b.pc.body.left
+	return left < 0 || int64(b.pc.br.Buffered()) < left
 }
 
 // arm gives the backend body-timeout for its next bytes. The deadline
@@ -81,10 +89,11 @@ func (b *h1Body) arm() {
 		}
 		return
 	}
-	if d := time.Now().Add(timeout); d.Sub(b.deadline) > timeout/8 {
-		b.deadline = d
+	st := &b.pc.body
+	if d := time.Now().Add(timeout); d.Sub(st.deadline) > timeout/8 {
+		st.deadline = d
 		b.pc.SetReadDeadline(d)
-		if b.ctx.Err() != nil {
+		if st.ctx.Err() != nil {
 			b.pc.abort()
 		}
 	}
@@ -102,6 +111,7 @@ func (b *h1Body) Close() error {
 func (b *h1Body) release(complete bool) {
 	pc := b.pc
 	b.pc = nil
+	pc.body = bodyState{} // holds the request's context no longer
 	b.slot.Release()
 	// stop fails when the client went away: the deadline may be set.
 	if !b.stop() || !complete || !b.keep || (b.w != nil && !b.w.sent()) {

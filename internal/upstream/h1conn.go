@@ -22,6 +22,7 @@ type h1Conn struct {
 	// serves; nil for a connection of the backend's pool.
 	owner *ClientConn
 	sock  sockOps
+	body  bodyState // of the response under way
 }
 
 func (t *h1Transport) newConn(c net.Conn) *h1Conn {
