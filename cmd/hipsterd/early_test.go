@@ -8,15 +8,19 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/testcert"
 )
 
 // headBackend serves each connection with serve, given the request head it
@@ -295,5 +299,73 @@ func TestExpectContinueFinalAnswer(t *testing.T) {
 	}
 	if err := c.closed(5 * time.Second); err != nil {
 		t.Errorf("after a final answer to an Expect: 100-continue head: %v, want the connection closed", err)
+	}
+}
+
+// Over HTTP/2 a request's Expect: 100-continue is Go's HTTP/2 server's
+// own: it takes the field out of the request, and sends 100 Continue as
+// the body is first read, which hipsterd does at once. The client's body
+// goes through without its own wait (5s here), and a final answer to the
+// head is passed on.
+func TestExpectContinueHTTP2(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := testcert.Files(t, dir, "localhost")
+	refuse := headBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http.Request) {
+		io.WriteString(c, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		io.Copy(io.Discard, br)
+	})
+	// net/http's server sends 100 Continue as its handler reads the body.
+	echo := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "got %s", b)
+	})
+	front := freePort(t, "tcp", "127.0.0.1")
+	startHipsterd(t, writeConfig(t, fmt.Sprintf(`
+[frontend f]
+bind = %s
+https = true
+certfile = %s
+keyfile = %s
+hosts = refuse echo
+[host refuse]
+backends = refuse
+[host echo]
+backends = echo
+[backend refuse]
+connect = %s
+[backend echo]
+connect = %s
+`, front, cert, key, refuse, echo)), front)
+	tr := &http.Transport{
+		TLSClientConfig:       &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"},
+		ForceAttemptHTTP2:     true,
+		ExpectContinueTimeout: 5 * time.Second,
+	}
+	defer tr.CloseIdleConnections()
+	for _, tc := range []struct {
+		host string
+		code int
+		body string
+	}{{"refuse", 413, "big!"}, {"echo", 200, "got hello"}} {
+		var continued atomic.Bool
+		trace := &httptrace.ClientTrace{Got100Continue: func() { continued.Store(true) }}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), "POST", "https://"+front+"/", strings.NewReader("hello"))
+		req.Host = tc.host
+		req.Header.Set("Expect", "100-continue")
+		start := time.Now()
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != tc.code || string(b) != tc.body || !continued.Load() {
+			t.Errorf("%s: %s %d %q (100 Continue: %v), want HTTP/2 %d %q after a 100 Continue", tc.host, resp.Proto, resp.StatusCode, b, continued.Load(), tc.code, tc.body)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("%s: the answer took %v", tc.host, d)
+		}
 	}
 }
