@@ -55,11 +55,13 @@ type bodyWriter struct {
 	response bool // the response header came
 }
 
-// run sends req's body on pc, then arms the response timeout, unless the
-// response came first. A client whose body breaks aborts the exchange: the
-// backend got a truncated request. So does a backend that takes no byte of
-// the body for the response timeout, before answering: the upload would
-// otherwise stall for ever, and the wait for its answer with it.
+// run sends req's body on pc (for Expect: 100-continue, once the backend
+// asks for it), then arms the response timeout, unless the response came
+// first. A client whose body breaks before the answer came aborts the
+// exchange: the backend got a truncated request. So does a backend that
+// takes no byte of the body for the response timeout, before answering:
+// the upload would otherwise stall for ever, and the wait for its answer
+// with it.
 func (w *bodyWriter) run(t *h1Transport, pc *h1Conn, req *http.Request) {
 	client, err := false, w.awaitContinue(req)
 	if err == nil {
