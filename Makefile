@@ -28,6 +28,8 @@ build:
 test: vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo 'gofmt: files above need formatting'; exit 1; }
 	$(GO) test -race -count=1 ./...
+	@# Allocation counts mean nothing under the race detector: once more without it.
+	$(GO) test -count=1 -run '^TestAllocs' ./internal/server
 
 vet:
 	$(GO) vet ./...

@@ -26,6 +26,7 @@ import (
 const (
 	DefaultConnectTimeout    = 5 * time.Second
 	DefaultResponseTimeout   = 60 * time.Second
+	DefaultBodyTimeout       = 60 * time.Second
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultShutdownTimeout   = 30 * time.Second
@@ -337,6 +338,9 @@ type Backend struct {
 	// Zero means no limit.
 	ConnectTimeout  time.Duration
 	ResponseTimeout time.Duration
+	// BodyTimeout is the longest the backend may go without sending a
+	// byte of a response body.
+	BodyTimeout time.Duration
 	// Weight counts as listing the backend that many times.
 	Weight int
 	// MaxConnections bounds the requests and tunnels in flight to the

@@ -75,7 +75,7 @@ connect = [::1]:3
 	if !reflect.DeepEqual(c.Frontends, []Frontend{want}) {
 		t.Errorf("frontends = %+v, want %+v", c.Frontends, want)
 	}
-	wantB := Backend{Name: "backend1", Address: "127.0.0.1:8000", ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout, QueueTimeout: DefaultQueueTimeout,
+	wantB := Backend{Name: "backend1", Address: "127.0.0.1:8000", ConnectTimeout: DefaultConnectTimeout, ResponseTimeout: DefaultResponseTimeout, BodyTimeout: DefaultBodyTimeout, QueueTimeout: DefaultQueueTimeout,
 		Weight: 1, Health: HealthCheck{Kind: HealthNone, Timeout: 2 * time.Second, Interval: 2 * time.Second, Rise: 2, Fall: 3}}
 	wantB.QueueSize = DefaultQueueSize
 	if !reflect.DeepEqual(c.Backends, []Backend{wantB}) {
@@ -146,6 +146,7 @@ backends = b2
 connect = ::1
 connect-timeout = 250ms
 response-timeout = 0s
+body-timeout = 0
 
 [backend b2]
 Connect = localhost:81
@@ -185,7 +186,7 @@ Connect = localhost:81
 		t.Errorf("stats = %q, %+v", g.Stats, g.StatsListen)
 	}
 	b1, b2 := c.Backend("b1"), c.Backend("b2")
-	if b1.Address != "[::1]:80" || b1.ConnectTimeout != 250*time.Millisecond || b1.ResponseTimeout != 0 {
+	if b1.Address != "[::1]:80" || b1.ConnectTimeout != 250*time.Millisecond || b1.ResponseTimeout != 0 || b1.BodyTimeout != 0 {
 		t.Errorf("b1 = %+v", b1)
 	}
 	if b2.Address != "localhost:81" {
@@ -244,6 +245,7 @@ func TestErrors(t *testing.T) {
 		{"key of other section", "[frontend f]\nbind = :9000\nbackends = b\nconnect-timeout = 1s\n" + backend, []string{"[frontend f] connect-timeout: unknown key", "belongs in a [backend] section"}},
 		{"key outside section", "bind = 1\n[frontend f]\nbind = :9000\nbackends = b\n" + backend, []string{"test.ini:1: bind: key outside any section"}},
 		{"bad duration", backend + "connect-timeout = 5\n[frontend f]\nbind = :1\nbackends = b\n", []string{"[backend b] connect-timeout:", `"5" is not a duration`}},
+		{"bad body-timeout", backend + "body-timeout = -5s\n[frontend f]\nbind = :1\nbackends = b\n", []string{"[backend b] body-timeout:", "negative"}},
 		{"negative duration", "[global]\nidle-timeout = -1s\n[frontend f]\nbind = :1\nbackends = b\n" + backend, []string{"[global] idle-timeout:", "negative"}},
 		{"negative tunnel-timeout", "[frontend f]\nbind = :1\nbackends = b\ntunnel-timeout = -1m\n" + backend, []string{"[frontend f] tunnel-timeout:", "negative"}},
 		{"bad tunnel-timeout", "[global]\ntunnel-timeout = forever\n[frontend f]\nbind = :1\nbackends = b\n" + backend, []string{"[global] tunnel-timeout:", `"forever" is not a duration`}},
@@ -678,7 +680,7 @@ func FuzzParse(f *testing.F) {
 	for _, seed := range []string{
 		"[frontend f]\nbind = 0.0.0.0:9000\nbackends = b b\nhosts = localhost:9000\n[host localhost:9000 127.0.0.1:9000]\nbackends = b\n[backend b]\nconnect = 127.0.0.1:8000\n",
 		"[global]\naccesslog = /tmp/x\nread-header-timeout = 1s\n[frontend f]\nbind = [::]:443\nhttps = true\nkeyfile = k\ncertfile = c\n",
-		"[backend b]\nconnect = [::1]\nconnect-timeout = 5s\nresponse-timeout = 1m\n",
+		"[backend b]\nconnect = [::1]\nconnect-timeout = 5s\nresponse-timeout = 1m\nbody-timeout = 10s\n",
 		"[frontnd f]\nbakends = x\n[frontend f]\n[frontend f]\n",
 		"; c\n[frontend f] # c\nbackends = a \\\n b\nx = \"\"\"m\n\"\"\"\n`k` = 1\n\"q\": 2\n- = 3\n",
 		"[frontend f]\nbind = :80\nredirect-https = true\nbalance = source\n[host *.a.b]\nbackends = b\nbalance = leastconn\n[backend b]\nconnect = https://x\nweight = 3\nhealth-check = /h\nhealth-rise = 1\ntls-skip-verify = yes\n",

@@ -101,6 +101,7 @@ var knownKeys = map[string][]string{
 		"connect",
 		"connect-timeout",
 		"response-timeout",
+		"body-timeout",
 		"weight",
 		"ca-file",
 		"tls-server-name",
@@ -654,6 +655,7 @@ func (p *parser) backend(sec *ini.Section, name string) {
 		Name:            name,
 		ConnectTimeout:  DefaultConnectTimeout,
 		ResponseTimeout: DefaultResponseTimeout,
+		BodyTimeout:     DefaultBodyTimeout,
 		Weight:          DefaultWeight,
 		QueueTimeout:    DefaultQueueTimeout,
 		QueueSize:       DefaultQueueSize,
@@ -680,6 +682,7 @@ func (p *parser) backend(sec *ini.Section, name string) {
 	}
 	p.duration(sec, "connect-timeout", &b.ConnectTimeout)
 	p.duration(sec, "response-timeout", &b.ResponseTimeout)
+	p.duration(sec, "body-timeout", &b.BodyTimeout)
 	p.integer(sec, "weight", 1, 1000, &b.Weight)
 	p.integer(sec, "max-connections", 0, 1_000_000, &b.MaxConnections)
 	p.duration(sec, "queue-timeout", &b.QueueTimeout)

@@ -1,12 +1,12 @@
 package proxy
 
 import (
-	"errors"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
 // clientClock enforces client-timeout on one request: the client may go at
@@ -72,7 +72,7 @@ func (c *clientClock) extendRead() {
 // body, but a read after it would set one again).
 func (c *clientClock) bodyEnded(err error) {
 	c.mu.Lock()
-	if !c.bodyDone && !isTimeout(err) {
+	if !c.bodyDone && !upstream.IsTimeout(err) {
 		c.bodyDone = true
 		if !c.over && !c.read.IsZero() {
 			c.read = time.Time{}
@@ -98,15 +98,19 @@ func (c *clientClock) extendWrite() {
 // stop is called when the handler returns. The write deadline set last
 // bounds net/http's flush of what is buffered; net/http clears it, and
 // sets its own read deadlines, before the next request.
+//
+// A body not read to its end (the backend answered before it took it
+// all, or before it asked for it with 100 Continue) is what net/http's
+// HTTP/1 server reads and drops next, up to 256 KiB, before the connection
+// may serve another request: that read gets the timeout too, if no read of
+// the body set one already.
 func (c *clientClock) stop() {
 	c.mu.Lock()
 	c.over = true
+	if c.body.c != nil && !c.bodyDone && c.read.IsZero() {
+		c.rc.SetReadDeadline(time.Now().Add(c.timeout))
+	}
 	c.mu.Unlock()
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // clientBody is a request body read under a clientClock.

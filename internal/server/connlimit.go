@@ -3,19 +3,18 @@ package server
 import (
 	"cmp"
 	"crypto/tls"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
 // max-connections, as HAProxy's maxconn: at the limit, an accept loop stops
@@ -152,10 +151,7 @@ func (c *connLimit) hit(log *slog.Logger, msg string, args ...any) {
 
 // isLocalAcceptError reports whether accept failed for want of this
 // process's or the system's resources rather than because of the socket.
-func isLocalAcceptError(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
-}
+func isLocalAcceptError(err error) bool { return upstream.IsLocal(err) }
 
 // countedConn is an accepted connection holding a slot of its frontend's
 // limit and of the global one, which it gives back when it is closed.

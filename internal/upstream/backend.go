@@ -15,7 +15,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"syscall"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
@@ -67,7 +66,7 @@ func NewBackend(c config.Backend, caPEM []byte, log *slog.Logger) *Backend {
 		b.Scheme = "https"
 		b.tls = clientTLS(c, caPEM, b.log)
 	}
-	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, log: b.log, sendProxy: c.SendProxy != 0}
+	b.h1 = &h1Transport{dial: b.dial, timeout: c.ResponseTimeout, bodyTimeout: c.BodyTimeout, log: b.log, sendProxy: c.SendProxy != 0}
 	hc := c.Health
 	b.health = newHealth(c.Name, hc.Rise, hc.Fall, hc.Kind != config.HealthNone, hc.Interval, log)
 	b.slots = new(slots)
@@ -199,7 +198,7 @@ func (b *Backend) checkLoop(stop <-chan struct{}) {
 			return
 		case <-timer.C:
 		}
-		if err := b.check(client); isLocal(err) {
+		if err := b.check(client); IsLocal(err) {
 			// Out of file descriptors here says nothing of the backend.
 			b.log.Warn("health check not run", "err", err)
 		} else if err != nil {
@@ -253,13 +252,6 @@ func isConnect(err error) bool {
 	return errors.As(err, &ce)
 }
 
-// isLocal reports whether err is this process running out of a resource
-// (file descriptors, socket buffers): not the backend's fault.
-func isLocal(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
-}
-
 // StatusFor maps an error forwarding a request to the status a client gets:
 // no backend up, no room in a queue, or none reachable for lack of a local
 // resource, is 503; a request body from the client that stalled past
@@ -268,15 +260,15 @@ func isLocal(err error) bool {
 func StatusFor(err error) int {
 	var ce *ClientError
 	switch {
-	case errors.Is(err, ErrNoBackend) || errors.Is(err, ErrQueueTimeout) || errors.Is(err, ErrQueueFull) || isLocal(err):
+	case errors.Is(err, ErrNoBackend) || errors.Is(err, ErrQueueTimeout) || errors.Is(err, ErrQueueFull) || IsLocal(err):
 		return http.StatusServiceUnavailable
-	case errors.As(err, &ce) && isTimeout(ce.Err):
+	case errors.As(err, &ce) && IsTimeout(ce.Err):
 		return http.StatusRequestTimeout
 	case errors.As(err, &ce):
 		return http.StatusBadRequest
 	case isConnect(err):
 		return http.StatusBadGateway
-	case isTimeout(err):
+	case IsTimeout(err):
 		return http.StatusGatewayTimeout
 	}
 	return http.StatusBadGateway

@@ -238,3 +238,77 @@ func TestWriteRequest(t *testing.T) {
 		t.Errorf("got %q, want %q", sb.String(), want)
 	}
 }
+
+// A kept-alive connection that the backend closes once it has read the next
+// request, without answering: Pool.try sends a GET again to the same
+// backend on a new connection, counted as a resend and not against the
+// backend; a POST, which it may have acted on, fails with a 502.
+func TestLostOnReusedConnection(t *testing.T) {
+	t.Parallel()
+	for _, method := range []string{"GET", "POST"} {
+		t.Run(method, func(t *testing.T) {
+			t.Parallel()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			var accepted atomic.Int64
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					first := accepted.Add(1) == 1
+					go func() {
+						defer c.Close()
+						br := bufio.NewReader(c)
+						for n := 0; ; n++ {
+							req, err := http.ReadRequest(br)
+							if err != nil {
+								return
+							}
+							io.Copy(io.Discard, req.Body)
+							if first && n == 1 {
+								return // read, never answered
+							}
+							io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+						}
+					}()
+				}
+			}()
+			b := newBackend("b", ln.Addr().String(), 1)
+			front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
+			t.Cleanup(front.Close)
+			send := func() (int, string) {
+				var body io.Reader
+				if method == "POST" {
+					body = strings.NewReader("x")
+				}
+				req, _ := http.NewRequest(method, front.URL, body)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				return resp.StatusCode, string(b)
+			}
+			if code, body := send(); code != 200 || body != "ok" {
+				t.Fatalf("first: %d %q", code, body)
+			}
+			code, _ := send()
+			want, resends := 200, uint64(1)
+			if method == "POST" {
+				want, resends = 502, 0
+			}
+			if code != want || b.Counters().Resends.Load() != resends {
+				t.Errorf("second on the lost connection: %d with %d resends, want %d with %d", code, b.Counters().Resends.Load(), want, resends)
+			}
+			if method == "GET" && !b.Up() {
+				t.Errorf("a resent GET took the backend down")
+			}
+		})
+	}
+}

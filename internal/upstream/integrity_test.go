@@ -363,7 +363,7 @@ func TestRequestAsNetHTTPSendsIt(t *testing.T) {
 			resp.Body.Close()
 			return <-got
 		}
-		mine := sent(func(r *http.Request) (*http.Response, error) { return b.h1.roundTrip(r, b.tryTake(), nil) })
+		mine := sent(func(r *http.Request) (*http.Response, error) { return b.h1.roundTrip(r, b.tryTake()) })
 		theirs := sent(std.RoundTrip)
 		if mine != theirs {
 			t.Errorf("%s:\nhipsterd sent %q\nnet/http sent %q", tc.name, mine, theirs)

@@ -4,15 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
@@ -79,7 +78,22 @@ func NewPool(list []*Backend, balance config.Balance, xff bool, log *slog.Logger
 
 // ServeHTTP forwards r to a backend of the pool.
 func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer flushOnAbort(w)
 	p.proxy.ServeHTTP(w, r)
+}
+
+// flushOnAbort sends the client what is buffered of a response whose body
+// broke (body-timeout, a backend reset): ReverseProxy then aborts the
+// handler with http.ErrAbortHandler, and net/http would close the
+// connection without it. The client gets every byte the backend sent, in
+// a response cut short.
+func flushOnAbort(w http.ResponseWriter) {
+	if v := recover(); v != nil {
+		if v == http.ErrAbortHandler {
+			http.NewResponseController(w).Flush()
+		}
+		panic(v)
+	}
 }
 
 // pick returns the backend to try next, skipping those that are down or
@@ -99,7 +113,7 @@ func (p *Pool) pick(key uint64, tried []*Backend) *Backend {
 	l := uint64(len(p.entries))
 	var queued *Backend // the first in turn, though at max-connections
 	for i := uint64(0); i < l; i++ {
-		if b := p.entries[(n+i)%l]; b.Up() && !contains(tried, b) {
+		if b := p.entries[(n+i)%l]; b.Up() && !slices.Contains(tried, b) {
 			if !b.full() {
 				return b
 			}
@@ -118,7 +132,7 @@ func (p *Pool) leastConn(tried []*Backend, free bool) *Backend {
 	var bestLoad, bestShare int64
 	ties := uint64(0)
 	for j, b := range p.unique {
-		if !b.Up() || contains(tried, b) || free && b.full() {
+		if !b.Up() || slices.Contains(tried, b) || free && b.full() {
 			continue
 		}
 		load := b.inflight.Load()
@@ -135,7 +149,7 @@ func (p *Pool) leastConn(tried []*Backend, free bool) *Backend {
 	}
 	k := (p.next.Add(1) - 1) % ties
 	for j, b := range p.unique {
-		if b.Up() && !contains(tried, b) && !(free && b.full()) && b.inflight.Load()*bestShare == bestLoad*p.share[j] {
+		if b.Up() && !slices.Contains(tried, b) && !(free && b.full()) && b.inflight.Load()*bestShare == bestLoad*p.share[j] {
 			if k == 0 {
 				return b
 			}
@@ -144,20 +158,11 @@ func (p *Pool) leastConn(tried []*Backend, free bool) *Backend {
 	}
 	// Loads moved between the two passes; any candidate will do.
 	for _, b := range p.unique {
-		if b.Up() && !contains(tried, b) && !(free && b.full()) {
+		if b.Up() && !slices.Contains(tried, b) && !(free && b.full()) {
 			return b
 		}
 	}
 	return nil
-}
-
-func contains(list []*Backend, b *Backend) bool {
-	for _, x := range list {
-		if x == b {
-			return true
-		}
-	}
-	return false
 }
 
 // clientKey hashes the client's IP for source balancing: with
@@ -212,23 +217,17 @@ var errHandedOff = errors.New("connection handed off to a tunnel")
 // another. A 101 answer to an upgrade request goes to the request's Handoff.
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
-	body := req.Body
+	// The body is not closed here: it may still be on its way to the
+	// backend while the answer goes to the client. ReverseProxy hands
+	// over a body whose Close does nothing, and net/http closes the
+	// client's when the handler returns.
 	withBody := hasBody(req)
-	if withBody {
-		// Nothing may close the body before the last try: after a failed
-		// connect it is unread and goes to the next backend.
-		req.Body = noCloseBody{body}
-	}
-	info := exchange.FromContext(ctx)
 	var resp *http.Response
-	err := p.try(ctx, p.clientKey(req.RemoteAddr, req.Header), info, !withBody && replayable(req), func(b *Backend, s *Slot) (err error) {
+	err := p.try(ctx, p.clientKey(req.RemoteAddr, req.Header), exchange.FromContext(ctx), !withBody && replayable(req), func(b *Backend, s *Slot) (err error) {
 		req.URL.Scheme, req.URL.Host = b.Scheme, b.Addr
-		resp, err = b.h1.roundTrip(req, s, info)
+		resp, err = b.h1.roundTrip(req, s)
 		return err
 	})
-	if withBody {
-		body.Close()
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -287,18 +286,25 @@ func (p *Pool) Dial(ctx context.Context, remoteAddr string, hdr http.Header) (ne
 // on the backend; do's caller owns the slot once do succeeds, and try
 // releases it when do fails.
 //
-// The rule for trying another backend after a failure:
-//   - a failed connect (refused, unreachable, timed out, TLS handshake):
-//     nothing reached the backend, so any request, whatever its method and
-//     body, goes to the next;
+// The rule for trying again after a failure, from how it failed (fault):
+//   - a kept-alive connection lost as the request went out (the backend's
+//     idle timeout may have closed it): the request goes again to the
+//     same backend, on a new connection, if nothing of it was sent or it
+//     may be sent twice (resend: GET, HEAD, OPTIONS, TRACE or an
+//     Idempotency-Key, without a body); the backend is not to blame;
+//   - a failed connect (refused, unreachable, timed out, TLS handshake),
+//     or a connection lost before any byte of the request left: nothing
+//     reached the backend, so any request, whatever its method and body,
+//     goes to the next;
 //   - a connection lost before any byte of a response: the request may
 //     have reached the backend, so only one that may be sent twice goes to
-//     the next (resend: GET, HEAD, OPTIONS, TRACE or an Idempotency-Key,
-//     without a body);
+//     the next;
 //   - anything else (a response-timeout, a broken response, the client
 //     gone, this process out of file descriptors): none.
 //
-// Each failure the backend is to blame for counts as a passive failure.
+// Each failure the backend is to blame for counts as a passive failure;
+// each try after the first counts once, as a retry on another backend or
+// a resend on the same one.
 func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend bool, do func(*Backend, *Slot) error) error {
 	var triedBuf [4]*Backend // a few fit on the stack
 	tried := triedBuf[:0]
@@ -353,6 +359,13 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 			break
 		}
 		err = do(b, s)
+		for err != nil && ctx.Err() == nil && resendable(err, resend) {
+			b.counters.Resends.Add(1)
+			if info != nil {
+				info.Retries++
+			}
+			err = do(b, s)
+		}
 		if err == nil {
 			b.health.Answered()
 			if info != nil {
@@ -362,19 +375,15 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 		}
 		s.Release()
 		lastErr = fmt.Errorf("backend %s: %w", b.Name, err)
-		if ctx.Err() != nil || isLocal(err) {
-			break
-		}
-		var ce *ClientError
-		if errors.As(err, &ce) {
+		f := faultOf(err)
+		if ctx.Err() != nil || f == faultLocal || f == faultClient {
 			break
 		}
 		b.health.PassiveFailed(err.Error())
-		if isConnect(err) {
+		if f == faultConnect {
 			b.counters.ConnectFailures.Add(1)
-			continue
 		}
-		if !resend || isTimeout(err) || !beforeResponse(err) {
+		if !f.another(resend) {
 			break
 		}
 	}
@@ -383,19 +392,6 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 	}
 	return lastErr
 }
-
-// beforeResponse reports whether err means the connection was lost before
-// any byte of a response came.
-func beforeResponse(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
-// noCloseBody keeps the transport from closing a request body it may need
-// to send again.
-type noCloseBody struct{ io.ReadCloser }
-
-func (noCloseBody) Close() error { return nil }
 
 // forwardingHeaders are the headers that ReverseProxy removes before Rewrite
 // is called. drunken-hipster passed them on untouched, and so does hipsterd.

@@ -50,7 +50,7 @@ func (r ring) pick(backends []*Backend, key uint64, tried []*Backend) *Backend {
 	start, _ := slices.BinarySearch(r.points, key)
 	for i := 0; i < n; i++ {
 		b := backends[r.owners[(start+i)%n]]
-		if b.Up() && !contains(tried, b) {
+		if b.Up() && !slices.Contains(tried, b) {
 			return b
 		}
 	}
