@@ -164,3 +164,36 @@ health-fall = 1
 		}
 	}
 }
+
+// A request with both Content-Length and Transfer-Encoding is answered,
+// framed by Transfer-Encoding, and its connection closed after the answer
+// (RFC 9112 §6.3): bytes after it are never read as another request.
+func TestContentLengthWithTransferEncodingCloses(t *testing.T) {
+	t.Parallel()
+	bodies := make(chan string, 2)
+	backend := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		bodies <- r.URL.Path + " " + string(b)
+	})
+	front := oneFrontend(t, backend, "", "")
+	c := dialRaw(t, front)
+	io.WriteString(c, "POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"5\r\nhello\r\n0\r\n\r\n"+
+		"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, _ := c.response(t, 5*time.Second)
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("status %d, close %v: want 200 and Connection: close", resp.StatusCode, resp.Close)
+	}
+	if got := <-bodies; got != "/first hello" {
+		t.Errorf("backend got %q", got)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.br.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("after the answer: read %d bytes, err %v; want the connection closed", n, err)
+	}
+	select {
+	case got := <-bodies:
+		t.Errorf("a second request reached the backend: %q", got)
+	default:
+	}
+}

@@ -78,6 +78,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, NoBackendBody, http.StatusServiceUnavailable)
 		return
 	}
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		// A request with both Content-Length and Transfer-Encoding must
+		// have its connection closed after the answer (RFC 9112 §6.3), and
+		// net/http drops Content-Length before a handler can tell: every
+		// chunked request's connection is closed. They are rare.
+		w.Header().Set("Connection", "close")
+	}
 	r = prepare(r, &d)
 	withBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 	if withBody {
