@@ -14,7 +14,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$
 started() {
 	local name=$1 pid=$2 log=$3 line=$4
 	for _ in $(seq 100); do
-		grep -q "$line" "$log" && return 0
+		grep -qs "$line" "$log" && return 0
 		if ! kill -0 "$pid" 2>/dev/null; then
 			local code=0
 			wait "$pid" || code=$?
