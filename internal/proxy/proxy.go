@@ -48,6 +48,15 @@ type Handler struct {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		// A reverse proxy has no tunnel to open to the client's authority;
+		// forwarded, the request reached the backend naming the backend's
+		// own address, and a 2xx to it leaves client and proxy out of
+		// step. nginx answers 405 too.
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		http.Error(w, "CONNECT is not served by a reverse proxy", http.StatusMethodNotAllowed)
+		return
+	}
 	if r.URL.Opaque != "" {
 		// An absolute URI without an authority ("a:b") has no origin form
 		// to forward: its opaque part would reach the backend as the

@@ -1,7 +1,8 @@
 // Package urlpath puts a request path in the form a backend reads it, so
 // that routes match what the backend will serve, however the client dressed
 // the path: percent-encoded unreserved characters decoded (RFC 3986,
-// section 6.2.2.2) and dot-segments removed (section 5.2.4).
+// section 6.2.2.2), runs of / merged into one, and dot-segments removed
+// (section 5.2.4).
 package urlpath
 
 import (
@@ -18,7 +19,11 @@ var (
 
 // Normalize returns the escaped path p in normal form: every
 // percent-encoded unreserved character (letters, digits, - . _ ~) decoded,
-// other escapes with upper-case digits, "." and ".." segments resolved.
+// other escapes with upper-case digits, runs of / merged, "." and ".."
+// segments resolved. Slashes are merged, as nginx does for its locations,
+// because most backends (nginx, Apache, Tomcat, Go's path.Clean, Python's
+// http.server) read //admin as /admin: a route that left it unmatched
+// would let /admin's requests go where /admin's rules do not apply.
 // A path already normal is returned as it is, without allocating. A ..
 // above the root is an error, as nginx makes it, rather than dropped: such
 // a path was written to probe, not to be served.
@@ -26,7 +31,7 @@ func Normalize(p string) (string, error) {
 	if p == "" || p[0] != '/' {
 		return "", ErrNotAbsolute
 	}
-	if !strings.Contains(p, "%") && !hasDotSegment(p) {
+	if !strings.Contains(p, "%") && !strings.Contains(p, "//") && !hasDotSegment(p) {
 		return p, nil
 	}
 	if strings.Contains(p, "%") {
@@ -34,6 +39,9 @@ func Normalize(p string) (string, error) {
 		if p, err = decodeUnreserved(p); err != nil {
 			return "", err
 		}
+	}
+	if strings.Contains(p, "//") {
+		p = mergeSlashes(p)
 	}
 	if !hasDotSegment(p) {
 		return p, nil
@@ -56,6 +64,18 @@ func Match(p, prefix string) (rest string, ok bool) {
 		rest = "/"
 	}
 	return rest, true
+}
+
+func mergeSlashes(p string) string {
+	var b strings.Builder
+	b.Grow(len(p))
+	for i := 0; i < len(p); i++ {
+		if p[i] == '/' && i > 0 && p[i-1] == '/' {
+			continue
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String()
 }
 
 func hasDotSegment(p string) bool {

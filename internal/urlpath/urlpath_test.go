@@ -19,7 +19,11 @@ func TestNormalize(t *testing.T) {
 		{"/a%2F..%2Fb", "/a%2F..%2Fb"}, // an encoded / does not make a segment
 		{"/%7euser", "/~user"},
 		{"/a/..b/.c", "/a/..b/.c"},
-		{"//a", "//a"},
+		{"//a", "/a"},
+		{"/a//b///", "/a/b/"},
+		{"/api/..//admin", "/admin"},
+		{"/a//../b", "/b"},
+		{"/a%2F%2Fb", "/a%2F%2Fb"},
 		{"/a%20b", "/a%20b"},
 	}
 	for _, tt := range tests {

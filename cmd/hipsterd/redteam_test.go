@@ -1,0 +1,115 @@
+package main
+
+// End-to-end tests of what the red team found from outside: requests
+// dressed to slip past a route, methods a reverse proxy must not forward.
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const slashesConfig = `
+[frontend web]
+bind = %s
+backends = web
+routes = admin api
+
+[route admin]
+path = /admin
+backends = admin
+set-request-header = X-Admin-Checked: yes
+
+[route api]
+path = /api
+backends = api
+strip-prefix = true
+
+[backend web]
+connect = %s
+[backend admin]
+connect = %s
+[backend api]
+connect = %s
+`
+
+// TestRoutesMergeSlashes: most backends read //admin as /admin, so a route
+// for /admin must take it too, or its requests reach another backend
+// without the route's rules.
+func TestRoutesMergeSlashes(t *testing.T) {
+	t.Parallel()
+	front := freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf(slashesConfig, front,
+		echoBackend(t, "web"), echoBackend(t, "admin"), echoBackend(t, "api")))
+	startHipsterd(t, cfg, front)
+	for _, tc := range []struct{ target, backend, uri string }{
+		{"//admin/x", "admin", "//admin/x"},
+		{"///admin", "admin", "///admin"},
+		{"/api/..//admin/x", "admin", "/api/..//admin/x"},
+		{"/x//../admin/", "admin", "/x//../admin/"},
+		{"//api//v1/x?q", "api", "/v1/x?q"},
+		// An encoded slash is no separator: it stays where it was.
+		{"/%2Fadmin", "web", "/%2Fadmin"},
+	} {
+		resp, b := rawGet(t, front, tc.target, "example.com")
+		var got seen
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(b), &got) != nil || got.Name != tc.backend || got.URI != tc.uri {
+			t.Errorf("%s: %d %+v; want %s with %s", tc.target, resp.StatusCode, got, tc.backend, tc.uri)
+			continue
+		}
+		if checked := got.Header.Get("X-Admin-Checked"); (tc.backend == "admin") != (checked == "yes") {
+			t.Errorf("%s: X-Admin-Checked %q at %s", tc.target, checked, got.Name)
+		}
+	}
+}
+
+// TestConnectRefused: CONNECT through a reverse proxy is answered 405 and
+// never reaches a backend (it reached it naming the backend's own address).
+func TestConnectRefused(t *testing.T) {
+	t.Parallel()
+	var reached atomic.Int32
+	be := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		w.WriteHeader(200)
+	})
+	front := freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf(`
+[frontend web]
+bind = %s
+backends = b
+routes = api
+[route api]
+path = /api
+backends = b
+[backend b]
+connect = %s
+`, front, be))
+	startHipsterd(t, cfg, front)
+	for _, req := range []string{
+		"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+		"CONNECT /api/x HTTP/1.1\r\nHost: example.com\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", front)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, req)
+		// The answer, then nothing more: the connection is not a tunnel.
+		c.(*net.TCPConn).CloseWrite()
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if !strings.HasPrefix(string(b), "HTTP/1.1 405 ") || !strings.Contains(string(b), "\r\nAllow: ") {
+			t.Errorf("%q: got %q, want a 405 with Allow", strings.SplitN(req, "\r\n", 2)[0], b)
+		}
+	}
+	if n := reached.Load(); n != 0 {
+		t.Errorf("%d CONNECT requests reached the backend", n)
+	}
+}
