@@ -113,3 +113,67 @@ connect = %s
 		t.Errorf("%d CONNECT requests reached the backend", n)
 	}
 }
+
+// TestHostTrailingDot: "example.com." is example.com, for [host] sections
+// and for routes that name hosts; it escaped both.
+func TestHostTrailingDot(t *testing.T) {
+	t.Parallel()
+	front := freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf(`
+[frontend web]
+bind = %s
+hosts = example.com *.example.org
+backends = fb
+routes = named open
+[host example.com *.example.org]
+backends = web
+[route named]
+hosts = api.example.com
+path = /api
+backends = api
+[route open]
+path = /
+redirect = https://elsewhere.example/
+[backend fb]
+connect = %s
+[backend web]
+connect = %s
+[backend api]
+connect = %s
+`, front, echoBackend(t, "fb"), echoBackend(t, "web"), echoBackend(t, "api")))
+	startHipsterd(t, cfg, front)
+	for _, tc := range []struct{ host, target, backend string }{
+		{"api.example.com.", "/api/x", "api"},
+		{"API.Example.COM.:80", "/api/x", "api"},
+		// The absolute form's authority is the Host.
+		{"other.test", "http://api.example.com./api/x", "api"},
+	} {
+		resp, b := rawGet(t, front, tc.target, tc.host)
+		var got seen
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(b), &got) != nil || got.Name != tc.backend {
+			t.Errorf("Host %s, %s: %d %q; want %s", tc.host, tc.target, resp.StatusCode, b, tc.backend)
+		}
+	}
+	// Without routes in the way: the [host] section's backends.
+	front2 := freePort(t, "tcp", "127.0.0.1")
+	cfg2 := writeConfig(t, fmt.Sprintf(`
+[frontend web]
+bind = %s
+hosts = example.com *.example.org
+backends = fb
+[host example.com *.example.org]
+backends = web
+[backend fb]
+connect = %s
+[backend web]
+connect = %s
+`, front2, echoBackend(t, "fb"), echoBackend(t, "web")))
+	startHipsterd(t, cfg2, front2)
+	for _, host := range []string{"example.com.", "Example.COM.:80", "a.example.org."} {
+		resp, b := rawGet(t, front2, "/", host)
+		var got seen
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(b), &got) != nil || got.Name != "web" {
+			t.Errorf("Host %s: %d %q; want web", host, resp.StatusCode, b)
+		}
+	}
+}

@@ -318,8 +318,8 @@ func (s hostSet[T]) add(name string, v T) {
 // lookup returns the value for a Host header.
 //
 // The exact name (which may carry a port, as in drunken-hipster's
-// "localhost:9000") wins; then the name without its port; then a wildcard
-// name for its first label.
+// "localhost:9000") wins; then the name without its port, then without a
+// trailing dot; then a wildcard name for its first label.
 func (s hostSet[T]) lookup(host string) (T, bool) {
 	var zero T
 	if len(s.exact) == 0 {
@@ -347,6 +347,15 @@ func (s hostSet[T]) lookup(host string) (T, bool) {
 					return v, true
 				}
 			}
+		}
+	}
+	// A fully qualified name's trailing dot names the same host, as nginx
+	// reads it: without this, "example.com." escaped the host's section
+	// and the routes that name it.
+	if n, ok := strings.CutSuffix(name, "."); ok && n != "" {
+		name = n
+		if v, ok := s.exact[name]; ok {
+			return v, true
 		}
 	}
 	// A wildcard name matches one label: *.example.com matches a.example.com.
