@@ -177,3 +177,48 @@ connect = %s
 		}
 	}
 }
+
+// TestAsteriskFormOnlyForOptions: "GET *" and an h2c preface ("PRI *
+// HTTP/2.0") on an HTTP/1.1 frontend are refused with 400; net/http let
+// them through and the backend got them. OPTIONS * still goes through.
+func TestAsteriskFormOnlyForOptions(t *testing.T) {
+	t.Parallel()
+	var got atomic.Value
+	got.Store("")
+	be := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		got.Store(got.Load().(string) + r.Method + " " + r.RequestURI + "\n")
+	})
+	front := freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf(`
+[frontend web]
+bind = %s
+backends = b
+[backend b]
+connect = %s
+`, front, be))
+	startHipsterd(t, cfg, front)
+	for _, tc := range []struct {
+		req    string
+		status string
+	}{
+		{"GET * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "400"},
+		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "400"},
+		{"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "200"},
+	} {
+		c, err := net.Dial("tcp", front)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, tc.req)
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if !strings.HasPrefix(string(b), "HTTP/1.1 "+tc.status+" ") {
+			t.Errorf("%q: got %q, want %s", strings.SplitN(tc.req, "\r\n", 2)[0], b, tc.status)
+		}
+	}
+	// (A Go backend answers OPTIONS * itself, without its handler.)
+	if g := got.Load().(string); g != "" {
+		t.Errorf("the backend got %q, want nothing", g)
+	}
+}

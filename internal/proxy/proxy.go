@@ -57,6 +57,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "CONNECT is not served by a reverse proxy", http.StatusMethodNotAllowed)
 		return
 	}
+	if r.RequestURI == "*" && r.Method != http.MethodOptions {
+		// RFC 9112, section 3.2.4: the asterisk form is for OPTIONS
+		// only. net/http lets "PRI * HTTP/2.0" (a prior-knowledge h2c
+		// preface) and "GET *" through, and backends got them as
+		// requests.
+		http.Error(w, "request target * is for OPTIONS only", http.StatusBadRequest)
+		return
+	}
 	if r.URL.Opaque != "" {
 		// An absolute URI without an authority ("a:b") has no origin form
 		// to forward: its opaque part would reach the backend as the
