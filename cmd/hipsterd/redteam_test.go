@@ -222,3 +222,44 @@ connect = %s
 		t.Errorf("the backend got %q, want nothing", g)
 	}
 }
+
+// TestRoutePathAsRequestsArrive: requests are matched by their escaped
+// path, so a prefix with é or \ matched nothing and passed -t; it is now a
+// config error that names the form to write, and that form matches é
+// however the client sends it.
+func TestRoutePathAsRequestsArrive(t *testing.T) {
+	t.Parallel()
+	front := freePort(t, "tcp", "127.0.0.1")
+	conf := `
+[frontend web]
+bind = %s
+backends = web
+routes = cafe
+[route cafe]
+path = %s
+backends = cafe
+[backend web]
+connect = %s
+[backend cafe]
+connect = %s
+`
+	web, cafe := echoBackend(t, "web"), echoBackend(t, "cafe")
+	for _, tc := range []struct{ path, want string }{
+		{"/café", `"/caf%C3%A9"`},
+		{`/a\b`, `"/a%5Cb"`},
+	} {
+		bad := writeConfig(t, fmt.Sprintf(conf, front, tc.path, web, cafe))
+		code, _, stderr := runBinary(t, "-t", "-config", bad)
+		if code == 0 || !strings.Contains(stderr, bad+":7: [route cafe] path:") || !strings.Contains(stderr, "write "+tc.want) {
+			t.Errorf("path = %s: -t exit %d, %q; want an error suggesting %s", tc.path, code, stderr, tc.want)
+		}
+	}
+	startHipsterd(t, writeConfig(t, fmt.Sprintf(conf, front, "/caf%C3%A9", web, cafe)), front)
+	for _, target := range []string{"/café/x", "/caf%c3%a9/x", "/caf%C3%A9"} {
+		resp, b := rawGet(t, front, target, "example.com")
+		var got seen
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(b), &got) != nil || got.Name != "cafe" {
+			t.Errorf("%s: %d %q; want cafe", target, resp.StatusCode, b)
+		}
+	}
+}

@@ -46,7 +46,14 @@ func (p *parser) route(sec *ini.Section) {
 	case strings.ContainsAny(rc.Path, "?# \t"):
 		p.errorf(sec.Name(), "path", "%q: a path prefix has no query, fragment or space", rc.Path)
 	default:
-		if n, err := urlpath.Normalize(rc.Path); err != nil {
+		// Requests are matched by their escaped path, in which é arrives
+		// as %C3%A9 and \ as %5C, whichever way the client sent it: a
+		// prefix written otherwise would match no request.
+		esc := rc.Path
+		if u, err := url.ParseRequestURI(rc.Path); err == nil {
+			esc = u.EscapedPath()
+		}
+		if n, err := urlpath.Normalize(esc); err != nil {
 			p.errorf(sec.Name(), "path", "%q: %v", rc.Path, err)
 		} else if n != rc.Path {
 			p.errorf(sec.Name(), "path", "%q is not in normal form, which requests are matched in: write %q", rc.Path, n)
