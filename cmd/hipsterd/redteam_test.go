@@ -4,8 +4,10 @@ package main
 // dressed to slip past a route, methods a reverse proxy must not forward.
 
 import (
+	be "encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net"
 	"net/http"
@@ -261,5 +263,42 @@ connect = %s
 		if resp.StatusCode != 200 || json.Unmarshal([]byte(b), &got) != nil || got.Name != "cafe" {
 			t.Errorf("%s: %d %q; want cafe", target, resp.StatusCode, b)
 		}
+	}
+}
+
+// TestProxyHeaderCRC32C: a PROXY v2 header whose CRC32c TLV does not match
+// is refused, as HAProxy refuses it; it named the client all the same.
+func TestProxyHeaderCRC32C(t *testing.T) {
+	t.Parallel()
+	xff := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Header.Get("X-Forwarded-For"))
+	})
+	front := freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf(`
+[frontend web]
+bind = %s
+accept-proxy = true
+add-x-forwarded-for = true
+backends = b
+[backend b]
+connect = %s
+`, front, xff))
+	startHipsterd(t, cfg, front)
+	withCRC := func(damage bool) []byte {
+		addrs := []byte{203, 0, 113, 7, 192, 0, 2, 1, 0x30, 0x39, 0, 80}
+		h := v2Header(0x21, 0x11, append(addrs, 0x03, 0, 4, 0, 0, 0, 0))
+		sum := crc32.Checksum(h, crc32.MakeTable(crc32.Castagnoli))
+		if damage {
+			sum++
+		}
+		be.BigEndian.PutUint32(h[len(h)-4:], sum)
+		return h
+	}
+	req := []byte("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+	if got, _ := rawExchange(t, front, false, 0, append(withCRC(false), req...)); !strings.HasPrefix(got, "HTTP/1.1 200 ") || !strings.HasSuffix(got, "203.0.113.7") {
+		t.Errorf("a header with its CRC32c: %q, want a 200 for 203.0.113.7", got)
+	}
+	if got, _ := rawExchange(t, front, false, 0, append(withCRC(true), req...)); got != "" {
+		t.Errorf("a header whose CRC32c does not match: %q, want the connection closed", got)
 	}
 }

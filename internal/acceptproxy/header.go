@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net"
 	"net/netip"
@@ -15,8 +16,8 @@ import (
 // TCP over IPv4 or IPv6 carries a client address hipsterd uses; a header
 // for any other family (AF_UNIX, UNSPEC, a v1 UNKNOWN line) is taken as a
 // LOCAL one, as HAProxy takes it: the connection's own addresses stand.
-// What cannot describe a stream (UDP), undefined bytes and a TLV running
-// past the header are refused.
+// What cannot describe a stream (UDP), undefined bytes, a TLV running
+// past the header and a CRC32c TLV that does not match are refused.
 
 const (
 	// v1Max is the longest v1 line, CRLF included: "PROXY UNKNOWN" and two
@@ -171,7 +172,7 @@ func parseV2(b []byte) (header, error) {
 	if len(body) < n {
 		return header{}, fmt.Errorf("PROXY v2 header: %d bytes for an address block of %d", len(body), n)
 	}
-	if err := checkTLVs(body[n:]); err != nil {
+	if err := checkTLVs(b, v2Fixed+n); err != nil {
 		return header{}, err
 	}
 	switch fam {
@@ -195,18 +196,37 @@ func tcpAddr(ip netip.Addr, port []byte) *net.TCPAddr {
 	return net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, binary.BigEndian.Uint16(port)))
 }
 
-// checkTLVs checks that b is a sequence of whole TLVs: a type byte, a
-// two-byte length and that many bytes, ending where b ends.
-func checkTLVs(b []byte) error {
-	for len(b) > 0 {
-		if len(b) < 3 {
-			return fmt.Errorf("PROXY v2 header: %d bytes left over after its TLVs", len(b))
+// tlvCRC32C is the type of the TLV holding a CRC32c of the whole header.
+const tlvCRC32C = 0x03
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// checkTLVs checks that the v2 header b from offset off is a sequence of
+// whole TLVs (a type byte, a two-byte length and that many bytes) ending
+// where b ends, and that a CRC32c TLV matches the header, as HAProxy
+// checks it: a header damaged on the way must not name the client.
+func checkTLVs(b []byte, off int) error {
+	for rest := b[off:]; len(rest) > 0; {
+		if len(rest) < 3 {
+			return fmt.Errorf("PROXY v2 header: %d bytes left over after its TLVs", len(rest))
 		}
-		l := int(binary.BigEndian.Uint16(b[1:3]))
-		if 3+l > len(b) {
-			return fmt.Errorf("PROXY v2 header: TLV 0x%02x of %d bytes runs past the header", b[0], l)
+		l := int(binary.BigEndian.Uint16(rest[1:3]))
+		if 3+l > len(rest) {
+			return fmt.Errorf("PROXY v2 header: TLV 0x%02x of %d bytes runs past the header", rest[0], l)
 		}
-		b = b[3+l:]
+		if rest[0] == tlvCRC32C {
+			if l != 4 {
+				return fmt.Errorf("PROXY v2 header: CRC32c TLV of %d bytes", l)
+			}
+			// The checksum is of the header with the TLV's value zeroed.
+			at := len(b) - len(rest) + 3
+			zeroed := bytes.Clone(b)
+			clear(zeroed[at : at+4])
+			if crc32.Checksum(zeroed, castagnoli) != binary.BigEndian.Uint32(rest[3:7]) {
+				return errors.New("PROXY v2 header: its CRC32c does not match")
+			}
+		}
+		rest = rest[3+l:]
 	}
 	return nil
 }
