@@ -253,13 +253,8 @@ var keysPool = sync.Pool{New: func() any { s := make([]string, 0, 32); return &s
 // headers, then the other headers sorted by name, values trimmed and on
 // one line.
 func writeRequest(w *bufio.Writer, req *http.Request) {
+	// No CONNECT comes here: the proxy answers it 405.
 	uri := req.URL.RequestURI()
-	if req.Method == "CONNECT" && req.URL.Path == "" {
-		uri = req.URL.Host
-		if req.URL.Opaque != "" {
-			uri = req.URL.Opaque
-		}
-	}
 	w.WriteString(req.Method)
 	w.WriteByte(' ')
 	w.WriteString(uri)
