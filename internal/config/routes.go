@@ -102,6 +102,9 @@ func (p *parser) redirect(sec *ini.Section, rc *Route) {
 		p.errorf(sec.Name(), "redirect", "%q is not a URL: %v", rc.Redirect, err)
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(rc.Redirect, "#"):
 		p.errorf(sec.Name(), "redirect", "%q has a query or fragment: the request's path and query are appended to it", rc.Redirect)
+	case strings.Contains(rc.Redirect, "\\"):
+		// Browsers read "\\" as "/": "/\\evil.com" would send clients to another site.
+		p.errorf(sec.Name(), "redirect", "%q has a backslash: browsers read it as /; write %q", rc.Redirect, strings.ReplaceAll(rc.Redirect, "\\", "%5C"))
 	case u.Scheme == "" && u.Host == "" && strings.HasPrefix(rc.Redirect, "/") && !strings.HasPrefix(rc.Redirect, "//"):
 	case (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil:
 	default:

@@ -116,6 +116,8 @@ func TestRouteErrors(t *testing.T) {
 			`[route old] redirect-code: "300" is not 301, 302, 303, 307 or 308`},
 		{"redirect with query", "redirect = https://new.example.com/\n=>redirect = https://new.example.com/?a=1",
 			`has a query or fragment`},
+		{"redirect backslash", "redirect = https://new.example.com/\n=>redirect = /\\evil.com",
+			`has a backslash: browsers read it as /`},
 		{"redirect scheme", "redirect = https://new.example.com/\n=>redirect = ftp://new.example.com/",
 			`is neither an http:// or https:// URL nor a path starting with /`},
 		{"strip on redirect", "redirect-code = 301\n=>redirect-code = 301\nstrip-prefix = true",
