@@ -24,6 +24,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testpeer"
 )
 
 func TestTCPFrontendTLS(t *testing.T) {
@@ -447,7 +448,7 @@ func TestTCPReloadAndShutdown(t *testing.T) {
 func TestHAProxySendProxyV2(t *testing.T) {
 	haproxy, err := exec.LookPath("haproxy")
 	if err != nil {
-		t.Skip("haproxy not installed (apt-get install haproxy)")
+		testpeer.Missing(t, "haproxy is not installed (apt-get install haproxy)")
 	}
 	t.Parallel()
 	dir := t.TempDir()

@@ -23,6 +23,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testpeer"
 )
 
 // chromiumFlags are those Chromium needs to run headless here, as root and
@@ -41,7 +42,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	t.Parallel()
 	bin, err := exec.LookPath("chromium")
 	if err != nil {
-		t.Skip("chromium is not installed (apt-get install chromium): the status page is not tested in a browser")
+		testpeer.Missing(t, "chromium is not installed (apt-get install chromium): the status page is not tested in a browser")
 	}
 	var sick atomic.Bool
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

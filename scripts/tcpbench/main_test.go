@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/testpeer"
 )
 
 func TestMedian(t *testing.T) {
@@ -87,7 +89,7 @@ func TestHAProxyConfigAccepted(t *testing.T) {
 	t.Parallel()
 	bin, err := exec.LookPath("haproxy")
 	if err != nil {
-		t.Skip("no haproxy")
+		testpeer.Missing(t, "haproxy is not installed (apt-get install haproxy)")
 	}
 	for _, splice := range []bool{false, true} {
 		cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
