@@ -617,12 +617,21 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(ip, ip.BitLen()), nil
 }
 
+// trailingDot refuses a host name written with the root's dot: a request's
+// Host is matched without it (as nginx does), so the name would match nothing.
+func (p *parser) trailingDot(sec *ini.Section, key, name string) {
+	if h := HostName(name); strings.HasSuffix(h, ".") {
+		p.errorf(sec.Name(), key, "host name %q ends with a dot: a request's Host is matched without its trailing dot; write %q", name, strings.Replace(name, h, strings.TrimSuffix(h, "."), 1))
+	}
+}
+
 func (p *parser) host(sec *ini.Section) {
 	names := strings.Fields(strings.ToLower(sec.Name()))[1:]
 	for _, n := range names {
 		if p.cfg.HostFor(n) != nil {
 			p.errorf(sec.Name(), "", "host name %q is already listed by another [host] section", n)
 		}
+		p.trailingDot(sec, "", n)
 	}
 	h := Host{Names: names, Backends: fields(value(sec, "backends")), Balance: p.balance(sec),
 		CertFile: value(sec, "certfile"), KeyFile: value(sec, "keyfile"), Headers: p.headerRules(sec)}

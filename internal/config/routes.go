@@ -39,6 +39,7 @@ func (p *parser) route(sec *ini.Section) {
 		if rest := strings.TrimPrefix(h, "*."); rest == "" || strings.ContainsAny(rest, "*/\\?#@") {
 			p.errorf(sec.Name(), "hosts", "%q is not a host name (a wildcard is written *.example.com)", h)
 		}
+		p.trailingDot(sec, "hosts", h)
 	}
 	switch {
 	case rc.Path == "":
