@@ -45,10 +45,6 @@ const keepBuffer = 1 << 20
 // it keeps failing.
 const errorEvery = time.Minute
 
-// StatusClientGone is logged, as nginx does, for a request whose client went
-// away before any response was sent.
-const StatusClientGone = 499
-
 // FileMode is the mode of a log file hipsterd creates (less the umask):
 // readable by the log's group, as Debian's logrotate creates nginx's.
 const FileMode = 0o640
@@ -283,41 +279,23 @@ func NewLogger(name string, file *File, format Format) *Logger {
 
 var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
-// Handler wraps next so that every request it serves is logged. For the JSON
-// format it also puts an exchange.Info in the request's context (unless one
-// is there already), for the backend pool to fill in.
-func (l *Logger) Handler(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rw := &ResponseWriter{ResponseWriter: w, l: l, r: r}
-		if l.format == JSON {
-			rw.start = time.Now()
-			if rw.info = exchange.FromContext(r.Context()); rw.info == nil {
-				rw.info = &rw.ownInfo
-				r = r.WithContext(exchange.NewContext(r.Context(), rw.info))
-				rw.r = r
-			}
-		}
-		// Deferred, so that a handler that aborts with a panic (as
-		// ReverseProxy does when a response body breaks) is logged too.
-		defer rw.log()
-		next.ServeHTTP(rw, r)
-	})
-}
+// Begin does nothing: a line is written when its exchange ends
+// (exchange.Sink).
+func (l *Logger) Begin(*exchange.Exchange) {}
 
-func (rw *ResponseWriter) log() {
-	if rw.detached {
+// Tunnel does nothing: the line of a WebSocket is written when its tunnel
+// has closed, with the bytes it sent and, in JSON, its lifetime.
+func (l *Logger) Tunnel(*exchange.Exchange) {}
+
+// End writes the line of x: a request's, or a tcp connection's (see TCP).
+func (l *Logger) End(x *exchange.Exchange) {
+	if x.Request == nil {
+		l.TCP(&TCPLine{RemoteAddr: x.RemoteAddr, Backend: x.Backend, BytesIn: x.BytesIn.Load(), BytesOut: x.BytesOut,
+			Duration: time.Since(x.Start), Termination: x.Termination})
 		return
 	}
-	status := rw.status
-	if status == 0 {
-		if rw.r.Context().Err() != nil {
-			status = StatusClientGone
-		} else {
-			status = http.StatusOK
-		}
-	}
-	req := rw.request()
-	rw.l.write(&req, status, rw.bytes)
+	req := l.request(x)
+	l.write(&req, x.Status(), x.BytesOut)
 }
 
 // BadRequest is the request line logged for a request that the HTTP parser
@@ -356,70 +334,23 @@ type request struct {
 	remoteAddr, host, method, uri, proto string
 	referer, userAgent, requestID        string
 	start                                time.Time
-	info                                 *exchange.Info
+	x                                    *exchange.Exchange
 }
 
 func requestOf(r *http.Request) request {
 	return request{remoteAddr: r.RemoteAddr, host: r.Host, method: r.Method, uri: r.RequestURI, proto: r.Proto}
 }
 
-// request returns what the line of rw's request tells.
-func (rw *ResponseWriter) request() request {
-	req := requestOf(rw.r)
-	if rw.l.format != Hipster {
-		h := rw.r.Header
-		req.referer, req.userAgent = h.Get("Referer"), h.Get("User-Agent")
+// request returns what the line of x's request tells.
+func (l *Logger) request(x *exchange.Exchange) request {
+	r := x.Request
+	req := requestOf(r)
+	if l.format != Hipster {
+		req.referer, req.userAgent = r.Header.Get("Referer"), r.Header.Get("User-Agent")
 	}
-	if rw.l.format == JSON {
-		req.requestID = rw.r.Header.Get("X-Request-Id")
-		req.start, req.info = rw.start, rw.info
+	if l.format == JSON {
+		req.requestID = r.Header.Get("X-Request-Id")
+		req.start, req.x = x.Start, x
 	}
 	return req
-}
-
-// ResponseWriter records the status and the body size of a response. Unwrap
-// keeps the wrapped writer's Flush and Hijack reachable through
-// http.ResponseController.
-type ResponseWriter struct {
-	http.ResponseWriter
-	status   int
-	bytes    int64
-	l        *Logger
-	r        *http.Request
-	detached bool
-	// For the JSON format: when the request came, and what it met on the
-	// backend side (ownInfo, unless an outer handler provided one).
-	start   time.Time
-	info    *exchange.Info
-	ownInfo exchange.Info
-}
-
-func (rw *ResponseWriter) WriteHeader(code int) {
-	// 1xx responses other than 101 are interim; the final status follows.
-	if rw.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
-		rw.status = code
-	}
-	rw.ResponseWriter.WriteHeader(code)
-}
-
-func (rw *ResponseWriter) Write(p []byte) (int, error) {
-	if rw.status == 0 {
-		rw.status = http.StatusOK
-	}
-	n, err := rw.ResponseWriter.Write(p)
-	rw.bytes += int64(n)
-	return n, err
-}
-
-// Unwrap returns the wrapped writer, for http.ResponseController.
-func (rw *ResponseWriter) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
-
-// Detach leaves the line of a request whose hijacked connection outlives
-// its handler to the function it returns, called when the connection has
-// closed with the status sent on it and the bytes sent to the client. The
-// duration logged is then the tunnel's lifetime.
-func (rw *ResponseWriter) Detach() func(status int, bytesToClient int64) {
-	rw.detached = true
-	l, req := rw.l, rw.request()
-	return func(status int, n int64) { l.write(&req, status, n) }
 }

@@ -1,10 +1,8 @@
 package accesslog
 
 import (
-	"bufio"
 	"bytes"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/exchange"
 )
 
 func TestLineFormat(t *testing.T) {
@@ -46,57 +46,30 @@ func TestAppendTime(t *testing.T) {
 	}
 }
 
-// hijackable is a ResponseWriter that also flushes and hijacks.
-type hijackable struct {
-	flushed, hijacked bool
+// logged wraps next so that each of its requests is an exchange logged by l.
+func logged(l *Logger, next http.Handler) http.Handler {
+	return (&exchange.Frontend{Sinks: []exchange.Sink{l}}).Handler(next)
 }
 
-func (h *hijackable) Header() http.Header         { return http.Header{} }
-func (h *hijackable) WriteHeader(int)             {}
-func (h *hijackable) Write(p []byte) (int, error) { return len(p), nil }
-
-func (h *hijackable) Flush() { h.flushed = true }
-func (h *hijackable) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	h.hijacked = true
-	return nil, nil, nil
-}
-
-func TestResponseWriter(t *testing.T) {
-	t.Parallel()
-	inner := &hijackable{}
-	rw := &ResponseWriter{ResponseWriter: inner}
-	rc := http.NewResponseController(rw)
-	if err := rc.Flush(); err != nil || !inner.flushed {
-		t.Errorf("Flush not reachable: %v", err)
-	}
-	if _, _, err := rc.Hijack(); err != nil || !inner.hijacked {
-		t.Errorf("Hijack not reachable: %v", err)
-	}
-	rw.WriteHeader(http.StatusEarlyHints)
-	rw.WriteHeader(http.StatusNotFound)
-	rw.Write([]byte("abc"))
-	if rw.status != 404 || rw.bytes != 3 {
-		t.Errorf("status %d bytes %d, want 404 3 (1xx is interim)", rw.status, rw.bytes)
-	}
-}
-
-func TestDetach(t *testing.T) {
+func TestTunnelLine(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "access.log")
 	f, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var end func(int, int64)
-	h := NewLogger("ws", f, Hipster).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		end = w.(interface{ Detach() func(int, int64) }).Detach()
+	var x *exchange.Exchange
+	h := logged(NewLogger("ws", f, Hipster), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		x = exchange.FromContext(r.Context())
+		x.Tunnel(0)
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/chat", nil))
 	f.Reopen() // flushes
 	if data, _ := os.ReadFile(path); len(data) != 0 {
-		t.Fatalf("a detached request was logged when its handler returned: %q", data)
+		t.Fatalf("a tunnel's request was logged when its handler returned: %q", data)
 	}
-	end(http.StatusSwitchingProtocols, 1234)
+	x.BytesOut = 1234
+	x.End()
 	f.Close()
 	if data, _ := os.ReadFile(path); !strings.HasSuffix(string(data), `"GET /chat HTTP/1.1" 101 1234`+"\n") {
 		t.Errorf("line when the tunnel closed: %q", data)
@@ -116,7 +89,7 @@ func TestFileConcurrentAndReopen(t *testing.T) {
 		t.Errorf("mode %v, %v; want 0640", fi.Mode(), err)
 	}
 	l := NewLogger("f", f, Hipster)
-	h := l.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	h := logged(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	var wg sync.WaitGroup
 	const writers, each = 8, 500
 	for i := 0; i < writers; i++ {
@@ -164,10 +137,10 @@ func BenchmarkLogLine(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer f.Close()
-			rw := typicalWriter(NewLogger("bench", f, format))
+			log := typicalExchange(NewLogger("bench", f, format))
 			b.ReportAllocs()
 			for b.Loop() {
-				rw.log()
+				log()
 			}
 		})
 	}

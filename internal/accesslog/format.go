@@ -80,8 +80,8 @@ func appendJSON(b []byte, name string, now time.Time, r *request, status int, n 
 	var backend, route string
 	var header time.Duration
 	var retries int
-	if r.info != nil {
-		backend, header, retries, route = r.info.Backend, r.info.Header, r.info.Retries, r.info.Route
+	if r.x != nil {
+		backend, header, retries, route = r.x.Backend, r.x.Header, r.x.Retries, r.x.Route
 	}
 	b = append(b, `,"backend":`...)
 	b = appendJSONStringOrNull(b, backend)

@@ -2,6 +2,7 @@ package accesslog
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
@@ -59,7 +60,7 @@ func logAwkward(t *testing.T, format Format, handler http.HandlerFunc) []string 
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := NewLogger("web", f, format).Handler(handler)
+	h := logged(NewLogger("web", f, format), handler)
 	for i := range awkward {
 		h.ServeHTTP(httptest.NewRecorder(), awkwardRequest(i))
 	}
@@ -185,8 +186,8 @@ type jsonLine struct {
 
 func TestJSONAwkward(t *testing.T) {
 	t.Parallel()
-	// A stand-in for the backend pool: it fills in the exchange.Info the
-	// logger put in the context, for every other request.
+	// A stand-in for the backend pool: it fills in the request's
+	// exchange, for every other request.
 	var n int
 	lines := logAwkward(t, JSON, func(w http.ResponseWriter, r *http.Request) {
 		if n++; n%2 == 0 {
@@ -293,23 +294,25 @@ func TestClientIP(t *testing.T) {
 	}
 }
 
-func TestDetachJSONDuration(t *testing.T) {
+func TestTunnelJSONDuration(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "access.log")
 	f, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var end func(int, int64)
-	h := NewLogger("ws", f, JSON).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		end = w.(interface{ Detach() func(int, int64) }).Detach()
+	var x *exchange.Exchange
+	h := logged(NewLogger("ws", f, JSON), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		x = exchange.FromContext(r.Context())
+		x.Tunnel(0)
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/chat", nil))
 	start := time.Now()
 	for time.Since(start) < 20*time.Millisecond {
 		time.Sleep(time.Millisecond) // the tunnel's lifetime, to be measured
 	}
-	end(http.StatusSwitchingProtocols, 77)
+	x.BytesOut = 77
+	x.End()
 	f.Close()
 	data, _ := os.ReadFile(path)
 	var got jsonLine
@@ -321,14 +324,16 @@ func TestDetachJSONDuration(t *testing.T) {
 	}
 }
 
-// typicalWriter is the writer of a small GET answered by a backend.
-func typicalWriter(l *Logger) *ResponseWriter {
+// typicalExchange is a small GET answered by a backend, and its line's
+// writing.
+func typicalExchange(l *Logger) func() {
 	r := httptest.NewRequest("GET", "/small?id=42", nil)
 	r.Header.Set("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0")
 	r.Header.Set("Referer", "https://example.com/")
 	r.Header.Set("X-Request-Id", "f9d1c0de")
-	return &ResponseWriter{status: 200, bytes: 100, l: l, r: r, start: time.Now(),
-		info: &exchange.Info{Backend: "app1", Header: 800 * time.Microsecond}}
+	x := &exchange.Exchange{Context: context.Background(), Request: r, RemoteAddr: r.RemoteAddr, Start: time.Now(),
+		BytesOut: 100, Backend: "app1", Header: 800 * time.Microsecond}
+	return func() { l.End(x) }
 }
 
 // Writing a line allocates nothing, in any format.
@@ -341,8 +346,7 @@ func TestLogLineAllocs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rw := typicalWriter(NewLogger("bench", f, format))
-		if n := testing.AllocsPerRun(200, rw.log); n != 0 {
+		if n := testing.AllocsPerRun(200, typicalExchange(NewLogger("bench", f, format))); n != 0 {
 			t.Errorf("%s: %v allocations per line, want 0", formatNames[format], n)
 		}
 		f.Close()

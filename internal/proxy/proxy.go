@@ -16,14 +16,14 @@ import (
 	"github.com/hipsterd/hipsterd/internal/exchange"
 	"github.com/hipsterd/hipsterd/internal/router"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
-	"github.com/hipsterd/hipsterd/internal/upstream"
 )
 
 // NoBackendBody is the body of the 503 sent when no pool applies; it keeps
 // drunken-hipster's words, which scripts may look for.
 const NoBackendBody = "no suitable backend found for request"
 
-// Handler serves one frontend.
+// Handler serves one frontend. It runs inside an exchange.Frontend's
+// handler: the request's context is its exchange.
 type Handler struct {
 	Router *router.Router
 	// Tunnels runs WebSocket tunnels and records them, for shutdown.
@@ -33,18 +33,7 @@ type Handler struct {
 	// that long, or whose write to a peer made no progress for that long.
 	// Zero means no limit.
 	TunnelTimeout time.Duration
-	// ClientTimeout is the longest the client may go without sending a
-	// byte of its request body while it is read, and without taking a
-	// byte of the response while it is written. Past it the exchange
-	// ends: the request to the backend is cancelled, and the client gets
-	// a 408 if nothing was sent yet (upstream.StatusFor), else its
-	// connection is closed. Zero means no limit.
-	ClientTimeout time.Duration
-	// Hold, if set, is called when a tunnel outlives its request, and the
-	// function it returns when the tunnel has closed (the server keeps the
-	// configuration the tunnel started on alive in between).
-	Hold func() (release func())
-	Log  *slog.Logger
+	Log           *slog.Logger
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -81,10 +70,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad request path: "+d.BadPath.Error(), http.StatusBadRequest)
 		return
 	}
+	x := exchange.FromContext(r.Context())
 	if d.Route != nil {
-		if info := exchange.FromContext(r.Context()); info != nil {
-			info.Route, info.RouteSeries = d.Route.Name, d.Route.Series
-		}
+		x.Route, x.RouteSeries = d.Route.Name, d.Route.Series
 		if d.Route.Redirect != "" {
 			redirect(w, r, &d)
 			return
@@ -102,9 +90,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// chunked request's connection is closed. They are rare.
 		w.Header().Set("Connection", "close")
 	}
+	x.Edit = d.Edit()
 	r = prepare(r, &d)
-	withBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
-	if withBody {
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		// A backend may answer before the body is all sent (a 413, a
 		// 401): its answer goes to the client at once, while the body
 		// still goes to the backend, as in HAProxy. Without this, net/http
@@ -113,40 +101,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// (HTTP/2 is full duplex already.)
 		http.NewResponseController(w).EnableFullDuplex()
 	}
-	if h.ClientTimeout <= 0 {
-		h.forward(w, w, r, pool)
+	if IsWebSocket(r.Header) {
+		h.serveWebSocket(x, w, r, pool)
 		return
 	}
-	c, cw := newClientClock(w, h.ClientTimeout)
-	defer c.stop()
-	if withBody {
-		// A copy of the request carries the body: net/http looks at the
-		// original's to decide what to do with what is left unread.
-		r = r.WithContext(r.Context())
-		r.Body = c.wrapBody(r.Body)
+	if _, ok := r.Header["Upgrade"]; ok {
+		// Only WebSocket upgrades are tunnelled. Without the header,
+		// ReverseProxy forwards the request as a plain one (and drops the
+		// Connection: upgrade token as a hop-by-hop header).
+		r.Header.Del("Upgrade")
 	}
-	h.forward(w, cw, r, pool)
+	pool.ServeHTTP(w, r)
 }
 
 // prepare returns r as it goes to the backend: less the route's prefix
 // with strip-prefix, with the request header rules applied, and carrying
 // the response header rules. r itself is left as it came, for the access
-// log; without anything to change, it is returned as it is.
+// log; without anything to change, it is returned as it is. The response
+// rules are the exchange's Edit.
 func prepare(r *http.Request, d *router.Decision) *http.Request {
 	var routeRules []config.HeaderRule
 	strip := false
 	if d.Route != nil {
 		routeRules, strip = d.Route.Headers.Request, d.Route.StripPrefix
 	}
-	edit := d.Edit()
-	if !strip && edit == nil && len(d.Target.Request) == 0 && len(routeRules) == 0 {
+	if !strip && len(d.Target.Request) == 0 && len(routeRules) == 0 {
 		return r
 	}
-	ctx := r.Context()
-	if edit != nil {
-		ctx = upstream.WithResponseEdit(ctx, edit)
-	}
-	out := r.WithContext(ctx)
+	out := r.WithContext(r.Context())
 	if strip {
 		// What follows the prefix in the path's normal form: for a path
 		// already normal, what the client sent less the prefix.
@@ -171,22 +153,6 @@ func redirect(w http.ResponseWriter, r *http.Request, d *router.Decision) {
 	}
 	w.Header().Set("Location", d.Route.Location(d.Rest, r.URL.RawQuery))
 	w.WriteHeader(d.Route.RedirectCode)
-}
-
-// forward sends r to pool, answering on w. orig is the writer the server
-// gave, which a WebSocket tunnel takes over.
-func (h *Handler) forward(orig, w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
-	if IsWebSocket(r.Header) {
-		h.serveWebSocket(orig, w, r, pool)
-		return
-	}
-	if _, ok := r.Header["Upgrade"]; ok {
-		// Only WebSocket upgrades are tunnelled. Without the header,
-		// ReverseProxy forwards the request as a plain one (and drops the
-		// Connection: upgrade token as a hop-by-hop header).
-		r.Header.Del("Upgrade")
-	}
-	pool.ServeHTTP(w, r)
 }
 
 // IsWebSocket reports whether h asks for a WebSocket upgrade: an Upgrade

@@ -8,26 +8,18 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/hipsterd/hipsterd/internal/exchange"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
-
-// Detacher is implemented by response writers that log or count a request
-// when its handler returns (the access log's). A WebSocket handler returns
-// once its tunnel is running; Detach tells the writer so, and returns what
-// to call, with the status sent and the bytes sent to the client, when the
-// tunnel has closed.
-type Detacher interface {
-	Detach() (end func(status int, bytesToClient int64))
-}
 
 // serveWebSocket forwards an upgrade request like any other request, through
 // the pool (the same backend choice, retries, header rewriting and error
 // answers), and, if the backend switches protocols, takes over the client
 // connection and tunnels it to the backend's. A refusal passes through as
-// it is, on w; orig is the server's writer, whose connection the tunnel
-// takes over.
-func (h *Handler) serveWebSocket(orig, w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
+// it is, on w, whose connection the tunnel takes over otherwise; the
+// tunnel's end ends the exchange x.
+func (h *Handler) serveWebSocket(x *exchange.Exchange, w http.ResponseWriter, r *http.Request, pool *upstream.Pool) {
 	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
 		// A WebSocket handshake has no body (RFC 6455, section 4.1).
 		// Closing spares net/http waiting to discard one never sent.
@@ -35,15 +27,16 @@ func (h *Handler) serveWebSocket(orig, w http.ResponseWriter, r *http.Request, p
 		http.Error(w, "a WebSocket upgrade request has no body", http.StatusBadRequest)
 		return
 	}
-	handoff := func(resp *http.Response, bconn net.Conn, early []byte, slot *upstream.Slot) error {
-		return h.tunnel(orig, resp, bconn, early, slot)
+	x.Handoff = func(resp *http.Response, bconn net.Conn, early []byte, slot exchange.Releaser) error {
+		return h.tunnel(x, w, resp, bconn, early, slot)
 	}
-	pool.ServeHTTP(w, r.WithContext(upstream.WithHandoff(r.Context(), handoff)))
+	pool.ServeHTTP(w, r)
 }
 
 // tunnel takes over the client connection of w, answers it with resp's head
-// and the bytes the backend sent after it, and tunnels it to bconn.
-func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, bconn net.Conn, early []byte, slot *upstream.Slot) error {
+// and the bytes the backend sent after it, and tunnels it to bconn. From
+// then on the exchange x owns slot, and ends when the tunnel does.
+func (h *Handler) tunnel(x *exchange.Exchange, w http.ResponseWriter, resp *http.Response, bconn net.Conn, early []byte, slot exchange.Releaser) error {
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return errors.New("websocket: cannot take over the client connection: " + err.Error())
@@ -52,31 +45,14 @@ func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, bconn net.C
 	conn.SetDeadline(time.Time{})
 	keepAlive(conn)
 
-	// From here the tunnel outlives the handler: whoever logs or counts
-	// the request hears of it when the tunnel closes.
-	var logEnd func(int, int64)
-	if d, ok := w.(Detacher); ok {
-		logEnd = d.Detach()
-	}
-	var release func()
-	if h.Hold != nil {
-		release = h.Hold()
-	}
-	end := func(toClient int64) {
-		slot.Release()
-		if logEnd != nil {
-			logEnd(http.StatusSwitchingProtocols, toClient)
-		}
-		if release != nil {
-			release()
-		}
-	}
-
+	x.Keep(slot)
 	head := append(responseHead(resp), early...)
+	x.Tunnel(int64(len(head)))
 	if _, err := conn.Write(head); err != nil {
 		conn.Close()
 		bconn.Close()
-		end(0)
+		x.BytesOut = 0
+		x.End()
 		return nil
 	}
 	// Bytes the client sent after its request sit in brw.
@@ -85,12 +61,14 @@ func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, bconn net.C
 		if _, err := bconn.Write(more); err != nil {
 			conn.Close()
 			bconn.Close()
-			end(int64(len(head)))
+			x.End()
 			return nil
 		}
 	}
-	sent := int64(len(head))
-	h.Tunnels.Start(conn, bconn, tunnel.Options{Timeout: h.TunnelTimeout, HalfClosed: wsHalfClosed}, func(toClient, _ int64, _ tunnel.End) { end(sent + toClient) })
+	h.Tunnels.Start(conn, bconn, tunnel.Options{Timeout: h.TunnelTimeout, HalfClosed: wsHalfClosed}, func(toClient, _ int64, _ tunnel.End) {
+		x.BytesOut += toClient
+		x.End()
+	})
 	return nil
 }
 

@@ -143,7 +143,7 @@ func (s *Server) newTCPHandler(g *generation, fc config.Frontend, lf *accesslog.
 	g.countPool(st, router.Label{}, pool)
 	h := &tcpfront.Handler{
 		Pool:             pool,
-		Stats:            st,
+		Exchanges:        &exchange.Frontend{Sinks: sinks(st, logger(g, fc, lf))},
 		Tunnels:          &s.tunnels,
 		TLS:              tc,
 		HandshakeTimeout: fc.ReadHeaderTimeout,
@@ -151,10 +151,33 @@ func (s *Server) newTCPHandler(g *generation, fc config.Frontend, lf *accesslog.
 		AcceptProxy:      proxyPolicy(fc),
 		Log:              log,
 	}
-	if lf != nil {
-		h.AccessLog = accesslog.NewLogger(fc.Name, lf, logFormats[fc.AccessLogFormat])
-	}
 	return h
+}
+
+// logger returns the access logger of frontend fc writing to lf; nil
+// when fc has no access log.
+func logger(g *generation, fc config.Frontend, lf *accesslog.File) *accesslog.Logger {
+	if lf == nil {
+		return nil
+	}
+	l := accesslog.NewLogger(fc.Name, lf, logFormats[fc.AccessLogFormat])
+	if fc.Mode != config.ModeTCP {
+		g.loggers[fc.Name] = l
+	}
+	return l
+}
+
+// sinks are the ones of st and l that are there, for a frontend's
+// exchanges.
+func sinks(st *stats.Frontend, l *accesslog.Logger) []exchange.Sink {
+	var out []exchange.Sink
+	if st != nil {
+		out = append(out, st)
+	}
+	if l != nil {
+		out = append(out, l)
+	}
+	return out
 }
 
 // proxyPolicy is the accept-proxy policy of fc; nil without accept-proxy.
@@ -165,8 +188,8 @@ func proxyPolicy(fc config.Frontend) *acceptproxy.Policy {
 	return &acceptproxy.Policy{From: fc.AcceptProxyFrom, Timeout: fc.ReadHeaderTimeout}
 }
 
-// newHandler builds a frontend's handler of generation g: access log around
-// host routing around the proxy.
+// newHandler builds a frontend's handler of generation g: each request an
+// exchange (logged and counted as it ends), routed by the proxy.
 func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.File) http.Handler {
 	cfg := g.cfg
 	log := s.log.With("frontend", fc.Name)
@@ -191,8 +214,6 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		Router:        router.Build(cfg, &fc, counted, series),
 		Tunnels:       &s.tunnels,
 		TunnelTimeout: fc.TunnelTimeout,
-		ClientTimeout: fc.ClientTimeout,
-		Hold:          g.hold,
 		Log:           log,
 	}
 	if fc.RedirectHTTPS {
@@ -202,15 +223,8 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		// HTTP-01 before routing and before redirect-https.
 		h = g.acme.HandleHTTP(h)
 	}
-	if st != nil {
-		h = st.Handler(h)
-	}
-	if lf != nil {
-		l := accesslog.NewLogger(fc.Name, lf, logFormats[fc.AccessLogFormat])
-		g.loggers[fc.Name] = l
-		h = l.Handler(h)
-	}
-	return h
+	f := &exchange.Frontend{Sinks: sinks(st, logger(g, fc, lf)), ClientTimeout: fc.ClientTimeout, Hold: g.hold}
+	return f.Handler(h)
 }
 
 // logFormats maps the config's access log formats to the logger's.

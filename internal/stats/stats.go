@@ -5,19 +5,18 @@
 // Counting costs a few atomic adds per request and nothing else: each
 // frontend's series, and each of its backends', are resolved when the
 // configuration is built (Registry.Frontend, Frontend.Route) and found
-// through the request's exchange.Info, which the pool fills in. Labels are
+// through the request's exchange, which the pool fills in. Labels are
 // only ever put together when Prometheus scrapes.
 //
 //	reg := stats.NewRegistry(nil)
 //	f := reg.Frontend("web", "http")
 //	pool.SetSeries(func(b *upstream.Backend) exchange.Series { return f.Route(b.Name) })
-//	handler = f.Handler(handler)
+//	handler = (&exchange.Frontend{Sinks: []exchange.Sink{f}}).Handler(handler)
 //	reg.Swap(&stats.Layout{…})
 //	http.Serve(ln, reg.Handler())
 package stats
 
 import (
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -157,165 +156,53 @@ func (r *Route) Done(code int, total, header time.Duration) {
 	}
 }
 
-// routeOf is the series a request was counted in: its backend's, or the
+// routeOf is the series an exchange was counted in: its backend's, or the
 // frontend's own when no backend was involved.
-func (f *Frontend) routeOf(info *exchange.Info) *Route {
-	if r, ok := info.Series.(*Route); ok && r != nil {
+func (f *Frontend) routeOf(x *exchange.Exchange) *Route {
+	if r, ok := x.Series.(*Route); ok && r != nil {
 		return r
 	}
 	return f.none
 }
 
-// TCPOpened counts a tcp frontend's connection to the backend of info.
-func (f *Frontend) TCPOpened(info *exchange.Info) {
-	f.routeOf(info).tunnels.Add(1)
-}
-
-// TCPClosed counts the end of a connection TCPOpened counted, with the
-// bytes received from the client and sent to it.
-func (f *Frontend) TCPClosed(info *exchange.Info, in, out int64) {
-	f.routeOf(info).tunnels.Add(-1)
-	f.bytesIn.Add(uint64(in))
-	f.bytesOut.Add(uint64(out))
-}
-
-// Handler wraps next, a frontend's handler, so that every request it serves
-// is counted. It puts an exchange.Info in the request's context, unless an
-// outer handler did, for the pool to fill in.
-func (f *Frontend) Handler(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rw := &responseWriter{ResponseWriter: w, f: f, start: time.Now()}
-		rw.info = exchange.FromContext(r.Context())
-		if rw.info == nil {
-			rw.info = &rw.ownInfo
-			r = r.WithContext(exchange.NewContext(r.Context(), rw.info))
-		} else if hasBody(r) {
-			// A copy carries the counting body: net/http looks at the
-			// original's body to decide what to do with what is left.
-			r = r.WithContext(r.Context())
-		}
-		if hasBody(r) {
-			rw.body.ReadCloser = r.Body
-			r.Body = &rw.body
-		}
-		f.inflight.Add(1)
-		rw.r = r
-		// Deferred, so that a handler that aborts with a panic (as
-		// ReverseProxy does when a response body breaks) is counted too.
-		defer rw.done()
-		next.ServeHTTP(rw, r)
-	})
-}
-
-func hasBody(r *http.Request) bool { return r.Body != nil && r.Body != http.NoBody }
-
-// statusClientGone is counted, as the access log writes it, for a request
-// whose client went away before any response was sent.
-const statusClientGone = 499
-
-// responseWriter records the status and the body size of a response.
-// Unwrap keeps the wrapped writer's Flush and Hijack reachable through
-// http.ResponseController.
-type responseWriter struct {
-	http.ResponseWriter
-	f        *Frontend
-	r        *http.Request
-	start    time.Time
-	status   int
-	bytes    int64
-	detached bool
-	body     countingBody
-	info     *exchange.Info
-	ownInfo  exchange.Info
-}
-
-func (rw *responseWriter) WriteHeader(code int) {
-	// 1xx responses other than 101 are interim; the final status follows.
-	if rw.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
-		rw.status = code
-	}
-	rw.ResponseWriter.WriteHeader(code)
-}
-
-func (rw *responseWriter) Write(p []byte) (int, error) {
-	if rw.status == 0 {
-		rw.status = http.StatusOK
-	}
-	n, err := rw.ResponseWriter.Write(p)
-	rw.bytes += int64(n)
-	return n, err
-}
-
-// Unwrap returns the wrapped writer, for http.ResponseController.
-func (rw *responseWriter) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
-
-// count counts the request with the status it got.
-func (rw *responseWriter) count(status int) *Route {
-	f := rw.f
-	f.inflight.Add(-1)
-	f.bytesIn.Add(uint64(rw.body.n.Load()))
-	f.bytesOut.Add(uint64(rw.bytes))
-	route := f.routeOf(rw.info)
-	total := time.Since(rw.start)
-	route.Done(status, total, rw.info.Header)
-	if rs := rw.info.RouteSeries; rs != nil {
-		rs.Done(status, total, rw.info.Header)
-	}
-	return route
-}
-
-func (rw *responseWriter) done() {
-	if rw.detached {
+// Begin counts a request in flight, or a tcp connection's tunnel open
+// (exchange.Sink).
+func (f *Frontend) Begin(x *exchange.Exchange) {
+	if x.Request == nil {
+		f.routeOf(x).tunnels.Add(1)
 		return
 	}
-	status := rw.status
-	if status == 0 {
-		if rw.r.Context().Err() != nil {
-			status = statusClientGone
-		} else {
-			status = http.StatusOK
-		}
+	f.inflight.Add(1)
+}
+
+// Tunnel counts a WebSocket request whose tunnel outlives its handler now,
+// with its 101, and its tunnel as open until it ends.
+func (f *Frontend) Tunnel(x *exchange.Exchange) {
+	f.count(x, http.StatusSwitchingProtocols)
+	f.routeOf(x).tunnels.Add(1)
+}
+
+// End counts the end of an exchange: a request with its status, or a
+// tunnel's close, with the bytes received from the client and sent to it.
+func (f *Frontend) End(x *exchange.Exchange) {
+	switch {
+	case x.Tunneled:
+		f.routeOf(x).tunnels.Add(-1)
+	case x.Request == nil:
+		return // a tcp connection no backend took: never counted open
+	default:
+		f.count(x, x.Status())
 	}
-	rw.count(status)
+	f.bytesIn.Add(uint64(x.BytesIn.Load()))
+	f.bytesOut.Add(uint64(x.BytesOut))
 }
 
-// detacher is a writer that logs or counts a request when its handler
-// returns (proxy.Detacher).
-type detacher interface {
-	Detach() (end func(status int, bytesToClient int64))
-}
-
-// Detach counts a WebSocket request whose tunnel outlives its handler now,
-// and its tunnel as open until the function it returns is called. An outer
-// writer that detaches too (the access log's) hears of it in turn.
-func (rw *responseWriter) Detach() func(status int, bytesToClient int64) {
-	rw.detached = true
-	var outer func(int, int64)
-	if d, ok := rw.ResponseWriter.(detacher); ok {
-		outer = d.Detach()
+// count counts a request with the status it got.
+func (f *Frontend) count(x *exchange.Exchange, status int) {
+	f.inflight.Add(-1)
+	total := time.Since(x.Start)
+	f.routeOf(x).Done(status, total, x.Header)
+	if rs := x.RouteSeries; rs != nil {
+		rs.Done(status, total, x.Header)
 	}
-	route := rw.count(http.StatusSwitchingProtocols)
-	route.tunnels.Add(1)
-	f := rw.f
-	return func(status int, n int64) {
-		route.tunnels.Add(-1)
-		f.bytesOut.Add(uint64(n))
-		if outer != nil {
-			outer(status, n)
-		}
-	}
-}
-
-// countingBody counts the bytes of a request body read.
-// The body may still be read, by the transport's goroutine sending it, as
-// the handler returns: n is atomic.
-type countingBody struct {
-	io.ReadCloser
-	n atomic.Int64
-}
-
-func (b *countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
 }

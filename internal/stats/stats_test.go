@@ -46,10 +46,10 @@ func TestHandlerCounts(t *testing.T) {
 	t.Parallel()
 	f := newFrontend("web", "http")
 	app := f.Route("app")
-	h := f.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := (&exchange.Frontend{Sinks: []exchange.Sink{f}}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		info := exchange.FromContext(r.Context())
 		if info == nil {
-			t.Error("no exchange.Info in the request's context")
+			t.Error("no exchange in the request's context")
 			return
 		}
 		switch r.URL.Path {
@@ -88,7 +88,7 @@ func TestHandlerCounts(t *testing.T) {
 	if n := f.none.codes[503].Load(); n != 1 {
 		t.Errorf("no-backend 503s: %d", n)
 	}
-	if n := f.none.codes[statusClientGone].Load(); n != 1 {
+	if n := f.none.codes[exchange.StatusClientGone].Load(); n != 1 {
 		t.Errorf("no-backend 499s: %d", n)
 	}
 	if in, out := f.bytesIn.Load(), f.bytesOut.Load(); in != 5 || out != uint64(len("hello")+len("no\n")) {
@@ -99,39 +99,46 @@ func TestHandlerCounts(t *testing.T) {
 	}
 }
 
-// outerWriter detaches like the access log's writer.
-type outerWriter struct {
-	http.ResponseWriter
-	ended chan int
-}
+// endSink records the status of each exchange that ended.
+type endSink struct{ ended chan int }
 
-func (o *outerWriter) Detach() func(int, int64) {
-	return func(status int, _ int64) { o.ended <- status }
-}
+func (endSink) Begin(*exchange.Exchange)   {}
+func (endSink) Tunnel(*exchange.Exchange)  {}
+func (e endSink) End(x *exchange.Exchange) { e.ended <- x.Status() }
 
-func TestDetachChains(t *testing.T) {
+func TestTunnelCounts(t *testing.T) {
 	t.Parallel()
 	f := newFrontend("web", "http")
 	echo := f.Route("echo")
-	var end func(int, int64)
-	h := f.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		exchange.FromContext(r.Context()).Series = echo
-		end = w.(interface{ Detach() func(int, int64) }).Detach()
+	other := endSink{ended: make(chan int, 1)}
+	var x *exchange.Exchange
+	h := (&exchange.Frontend{Sinks: []exchange.Sink{f, other}}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		x = exchange.FromContext(r.Context())
+		x.Series = echo
+		x.Tunnel(10)
 	}))
-	outer := &outerWriter{ResponseWriter: httptest.NewRecorder(), ended: make(chan int, 1)}
-	h.ServeHTTP(outer, httptest.NewRequest("GET", "/", nil))
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
 	if n := echo.codes[101].Load(); n != 1 {
 		t.Errorf("101s when the tunnel opened: %d", n)
 	}
 	if n := echo.tunnels.Load(); n != 1 {
 		t.Errorf("open tunnels: %d", n)
 	}
-	end(101, 42)
+	if n := f.inflight.Load(); n != 0 {
+		t.Errorf("in flight once the tunnel opened: %d", n)
+	}
+	select {
+	case got := <-other.ended:
+		t.Fatalf("the exchange ended (%d) before its tunnel", got)
+	default:
+	}
+	x.BytesOut += 32
+	x.End()
 	if n := echo.tunnels.Load(); n != 0 {
 		t.Errorf("open tunnels after the end: %d", n)
 	}
-	if got := <-outer.ended; got != 101 {
-		t.Errorf("the outer writer heard %d", got)
+	if got := <-other.ended; got != 101 {
+		t.Errorf("the other sink heard %d", got)
 	}
 	if n := f.bytesOut.Load(); n != 42 {
 		t.Errorf("bytes out %d", n)

@@ -25,9 +25,7 @@ import (
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/acceptproxy"
-	"github.com/hipsterd/hipsterd/internal/accesslog"
 	"github.com/hipsterd/hipsterd/internal/exchange"
-	"github.com/hipsterd/hipsterd/internal/stats"
 	"github.com/hipsterd/hipsterd/internal/tunnel"
 	"github.com/hipsterd/hipsterd/internal/upstream"
 )
@@ -53,10 +51,10 @@ type Handler struct {
 	TunnelTimeout time.Duration
 	// AcceptProxy, when not nil, requires a PROXY header first.
 	AcceptProxy *acceptproxy.Policy
-	// AccessLog, when not nil, gets a line per connection when it closes.
-	AccessLog *accesslog.Logger
-	// Stats, when not nil, counts the connections and their bytes.
-	Stats *stats.Frontend
+	// Exchanges makes each connection an exchange, which its sinks (the
+	// access log, the metrics) hear of when a backend took it and when it
+	// has closed. Required.
+	Exchanges *exchange.Frontend
 	// Log gets the errors (a backend that cannot be reached); a refused
 	// client (no PROXY header, a failed TLS handshake) only at debug level.
 	// Nil means slog.Default().
@@ -103,47 +101,42 @@ func (h *Handler) Serve(c *net.TCPConn, done func()) {
 		client = tc
 	}
 
-	ctx := upstream.WithClient(context.Background(), src, dst)
-	var info *exchange.Info // the backend's series, for Stats
-	if h.Stats != nil {
-		info = new(exchange.Info)
-		ctx = exchange.NewContext(ctx, info)
-	}
-	bconn, slot, err := h.Pool.Dial(ctx, src.String(), nil)
+	x := h.Exchanges.NewTCP(upstream.WithClient(context.Background(), src, dst), src.String(), start)
+	bconn, slot, err := h.Pool.Dial(x, src.String(), nil)
 	if err != nil {
 		if !errors.Is(err, upstream.ErrNoBackend) {
 			h.log().Error("tcp: no backend could be reached", "client", src.String(), "err", err)
 		}
 		client.Close()
-		h.logLine(src, "", 0, 0, start, "no-backend")
+		x.Backend, x.Termination = "", "no-backend" // the line names none reached
+		x.End()
 		done()
 		return
 	}
+	x.Keep(slot)
 	if len(early) > 0 {
 		if _, err := bconn.Write(early); err != nil {
 			client.Close()
 			bconn.Close()
-			slot.Release()
-			h.logLine(src, slot.Backend().Name, 0, 0, start, terminations[tunnel.FailedB])
+			x.Termination = terminations[tunnel.FailedB]
+			x.End()
 			done()
 			return
 		}
 	}
 	c.SetKeepAlive(true)
 	c.SetKeepAlivePeriod(keepAlivePeriod)
-	sent := int64(len(early))
-	if h.Stats != nil {
-		h.Stats.TCPOpened(info)
-	}
+	x.BytesIn.Store(int64(len(early)))
+	x.Tunneled = true
+	x.Begin()
 	// After a half-close the other direction stays open under
 	// TunnelTimeout alone, as in HAProxy: a client may shut down its
 	// sending side and wait long for the answer.
 	h.Tunnels.Start(client, bconn, tunnel.Options{Timeout: h.TunnelTimeout}, func(toClient, toBackend int64, end tunnel.End) {
-		slot.Release()
-		if h.Stats != nil {
-			h.Stats.TCPClosed(info, sent+toBackend, toClient)
-		}
-		h.logLine(src, slot.Backend().Name, sent+toBackend, toClient, start, terminations[end])
+		x.BytesIn.Add(toBackend)
+		x.BytesOut = toClient
+		x.Termination = terminations[end]
+		x.End()
 		done()
 	})
 }
@@ -163,13 +156,6 @@ func (h *Handler) log() *slog.Logger {
 		return slog.Default()
 	}
 	return h.Log
-}
-
-func (h *Handler) logLine(src net.Addr, backend string, in, out int64, start time.Time, termination string) {
-	if h.AccessLog != nil {
-		h.AccessLog.TCP(&accesslog.TCPLine{RemoteAddr: src.String(), Backend: backend, BytesIn: in, BytesOut: out,
-			Duration: time.Since(start), Termination: termination})
-	}
 }
 
 // prefixConn is a connection whose first bytes were read already, with the

@@ -486,12 +486,12 @@ func TestSlotsAllComeBack(t *testing.T) {
 	d := NewBackend(config.Backend{Name: "d", Address: dead, Weight: 1, Health: config.HealthCheck{Rise: 2, Fall: 100}}, nil, discard)
 	p := NewPool([]*Backend{b, d}, config.LeastConn, false, discard)
 	var tunnels sync.WaitGroup
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	front := httptest.NewServer((&exchange.Frontend{}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/ws" {
 			p.ServeHTTP(w, r)
 			return
 		}
-		ctx := WithHandoff(r.Context(), func(resp *http.Response, bc net.Conn, early []byte, slot *Slot) error {
+		exchange.FromContext(r.Context()).Handoff = func(resp *http.Response, bc net.Conn, early []byte, slot exchange.Releaser) error {
 			cc, _, err := http.NewResponseController(w).Hijack()
 			if err != nil {
 				return err
@@ -509,9 +509,9 @@ func TestSlotsAllComeBack(t *testing.T) {
 				cc.Close()
 			}()
 			return nil
-		})
-		p.ServeHTTP(w, r.WithContext(exchange.NewContext(ctx, &exchange.Info{})))
-	}))
+		}
+		p.ServeHTTP(w, r)
+	})))
 	defer front.Close()
 	var wg sync.WaitGroup
 	for i := range 40 {

@@ -165,10 +165,10 @@ func (p *Pool) leastConn(tried []*Backend, free bool) *Backend {
 	return nil
 }
 
-// clientKey hashes the client's IP for source balancing: with
+// clientHash hashes the client's IP for source balancing: with
 // add-x-forwarded-for, the first address of X-Forwarded-For (the client as
 // the first proxy saw it); otherwise, and when there is none, the peer.
-func (p *Pool) clientKey(remoteAddr string, hdr http.Header) uint64 {
+func (p *Pool) clientHash(remoteAddr string, hdr http.Header) uint64 {
 	if p.balance != config.Source {
 		return 0
 	}
@@ -185,30 +185,6 @@ func (p *Pool) clientKey(remoteAddr string, hdr http.Header) uint64 {
 	return hashString(host)
 }
 
-// Handoff takes over the connection of a backend that switched protocols
-// (a WebSocket): it answers the client with resp's head, sends on early,
-// the bytes the backend sent after it, and tunnels the two connections,
-// releasing slot when the tunnel ends. On error the caller closes backend
-// and releases slot.
-type Handoff func(resp *http.Response, backend net.Conn, early []byte, slot *Slot) error
-
-type handoffKey struct{}
-
-// WithHandoff returns ctx for an upgrade request whose 101 answer h takes
-// over.
-func WithHandoff(ctx context.Context, h Handoff) context.Context {
-	return context.WithValue(ctx, handoffKey{}, h)
-}
-
-type editKey struct{}
-
-// WithResponseEdit returns ctx for a request whose response header, as the
-// backend sends it (a WebSocket's 101 included), edit changes before the
-// client sees it.
-func WithResponseEdit(ctx context.Context, edit func(http.Header)) context.Context {
-	return context.WithValue(ctx, editKey{}, edit)
-}
-
 // errHandedOff ends ReverseProxy's part in an upgrade that a Handoff took
 // over: there is nothing left for it to answer.
 var errHandedOff = errors.New("connection handed off to a tunnel")
@@ -222,8 +198,9 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	// over a body whose Close does nothing, and net/http closes the
 	// client's when the handler returns.
 	withBody := hasBody(req)
+	x := exchange.FromContext(ctx)
 	var resp *http.Response
-	err := p.try(ctx, p.clientKey(req.RemoteAddr, req.Header), exchange.FromContext(ctx), !withBody && replayable(req), func(b *Backend, s *Slot) (err error) {
+	err := p.try(ctx, p.clientHash(req.RemoteAddr, req.Header), x, !withBody && replayable(req), func(b *Backend, s *Slot) (err error) {
 		req.URL.Scheme, req.URL.Host = b.Scheme, b.Addr
 		resp, err = b.h1.roundTrip(req, s)
 		return err
@@ -231,21 +208,20 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if edit, _ := ctx.Value(editKey{}).(func(http.Header)); edit != nil {
-		edit(resp.Header)
+	if x != nil && x.Edit != nil {
+		x.Edit(resp.Header)
 	}
 	if u, ok := resp.Body.(*upgraded); ok {
-		return nil, p.handOff(ctx, resp, u)
+		return nil, passUpgraded(x, resp, u)
 	}
 	return resp, nil
 }
 
-// handOff gives the connection of a backend that switched protocols to the
-// request's Handoff.
-func (p *Pool) handOff(ctx context.Context, resp *http.Response, u *upgraded) error {
+// passUpgraded gives the connection of a backend that switched protocols
+// to the exchange's Handoff.
+func passUpgraded(x *exchange.Exchange, resp *http.Response, u *upgraded) error {
 	pc, slot := u.pc, u.slot
-	h, _ := ctx.Value(handoffKey{}).(Handoff)
-	if h == nil {
+	if x == nil || x.Handoff == nil {
 		pc.Close()
 		slot.Release()
 		return errUnasked101
@@ -254,7 +230,7 @@ func (p *Pool) handOff(ctx context.Context, resp *http.Response, u *upgraded) er
 	if n := pc.br.Buffered(); n > 0 {
 		early, _ = pc.br.Peek(n)
 	}
-	if err := h(resp, pc.Conn, early, slot); err != nil {
+	if err := x.Handoff(resp, pc.Conn, early, slot); err != nil {
 		pc.Close()
 		slot.Release()
 		return fmt.Errorf("backend %s: %w", slot.b.Name, err)
@@ -269,7 +245,7 @@ func (p *Pool) handOff(ctx context.Context, resp *http.Response, u *upgraded) er
 func (p *Pool) Dial(ctx context.Context, remoteAddr string, hdr http.Header) (net.Conn, *Slot, error) {
 	var conn net.Conn
 	var slot *Slot
-	err := p.try(ctx, p.clientKey(remoteAddr, hdr), exchange.FromContext(ctx), false, func(b *Backend, s *Slot) (err error) {
+	err := p.try(ctx, p.clientHash(remoteAddr, hdr), exchange.FromContext(ctx), false, func(b *Backend, s *Slot) (err error) {
 		conn, err = b.dial(ctx)
 		slot = s
 		return err
@@ -304,13 +280,14 @@ func (p *Pool) Dial(ctx context.Context, remoteAddr string, hdr http.Header) (ne
 //
 // Each failure the backend is to blame for counts as a passive failure;
 // each try after the first counts once, as a retry on another backend or
-// a resend on the same one.
-func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend bool, do func(*Backend, *Slot) error) error {
+// a resend on the same one. x, when not nil, records the backend tried,
+// the retries and the time to the response header.
+func (p *Pool) try(ctx context.Context, key uint64, x *exchange.Exchange, resend bool, do func(*Backend, *Slot) error) error {
 	var triedBuf [4]*Backend // a few fit on the stack
 	tried := triedBuf[:0]
 	var lastErr error
 	var start time.Time
-	if info != nil {
+	if x != nil {
 		start = time.Now()
 	}
 	// A down backend is tried by one request at a time (Health.admit),
@@ -339,13 +316,13 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 		if n := len(tried); n > 0 {
 			// Counted on the backend that failed the try before.
 			tried[n-1].counters.Retries.Add(1)
-			if info != nil {
-				info.Retries++
+			if x != nil {
+				x.Retries++
 			}
 		}
-		if info != nil {
-			info.Backend = b.Name
-			info.Series = p.seriesOf(b)
+		if x != nil {
+			x.Backend = b.Name
+			x.Series = p.seriesOf(b)
 		}
 		tried = append(tried, b)
 		s, err := b.take(ctx)
@@ -361,15 +338,15 @@ func (p *Pool) try(ctx context.Context, key uint64, info *exchange.Info, resend 
 		err = do(b, s)
 		for err != nil && ctx.Err() == nil && resendable(err, resend) {
 			b.counters.Resends.Add(1)
-			if info != nil {
-				info.Retries++
+			if x != nil {
+				x.Retries++
 			}
 			err = do(b, s)
 		}
 		if err == nil {
 			b.health.Answered()
-			if info != nil {
-				info.Header = time.Since(start)
+			if x != nil {
+				x.Header = time.Since(start)
 			}
 			return nil
 		}

@@ -203,14 +203,14 @@ func TestClientKey(t *testing.T) {
 	r := httptest.NewRequest("GET", "/", nil)
 	r.RemoteAddr = "192.0.2.9:4444"
 	r.Header.Set("X-Forwarded-For", "198.51.100.1, 10.0.0.1")
-	if plain.clientKey(r.RemoteAddr, r.Header) != hashString("192.0.2.9") {
+	if plain.clientHash(r.RemoteAddr, r.Header) != hashString("192.0.2.9") {
 		t.Error("without add-x-forwarded-for the peer is the client")
 	}
-	if xff.clientKey(r.RemoteAddr, r.Header) != hashString("198.51.100.1") {
+	if xff.clientHash(r.RemoteAddr, r.Header) != hashString("198.51.100.1") {
 		t.Error("with add-x-forwarded-for the first X-Forwarded-For address is the client")
 	}
 	r.Header.Del("X-Forwarded-For")
-	if xff.clientKey(r.RemoteAddr, r.Header) != hashString("192.0.2.9") {
+	if xff.clientHash(r.RemoteAddr, r.Header) != hashString("192.0.2.9") {
 		t.Error("with no X-Forwarded-For the peer is the client")
 	}
 }

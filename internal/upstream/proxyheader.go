@@ -10,8 +10,8 @@ import (
 	"github.com/pires/go-proxyproto"
 )
 
-// clientKey is the context key of the addresses a PROXY header names.
-type clientKey struct{}
+// clientAddrsKey is the context key of the addresses a PROXY header names.
+type clientAddrsKey struct{}
 
 type clientAddrs struct{ src, dst net.Addr }
 
@@ -19,13 +19,13 @@ type clientAddrs struct{ src, dst net.Addr }
 // a backend is made for, and the address that client connected to: what the
 // PROXY header to a send-proxy backend names.
 func WithClient(ctx context.Context, src, dst net.Addr) context.Context {
-	return context.WithValue(ctx, clientKey{}, clientAddrs{src, dst})
+	return context.WithValue(ctx, clientAddrsKey{}, clientAddrs{src, dst})
 }
 
 // withRemote adds to ctx, unless it has them, the client addresses of an
 // HTTP request: remoteAddr and the local address net/http put in ctx.
 func withRemote(ctx context.Context, remoteAddr string) context.Context {
-	if _, ok := ctx.Value(clientKey{}).(clientAddrs); ok {
+	if _, ok := ctx.Value(clientAddrsKey{}).(clientAddrs); ok {
 		return ctx
 	}
 	dst, _ := ctx.Value(http.LocalAddrContextKey).(net.Addr)
@@ -45,7 +45,7 @@ func (b *Backend) dialTCP(ctx context.Context, network, addr string) (net.Conn, 
 	if err != nil || b.cfg.SendProxy == 0 {
 		return c, err
 	}
-	ca, ok := ctx.Value(clientKey{}).(clientAddrs)
+	ca, ok := ctx.Value(clientAddrsKey{}).(clientAddrs)
 	if !ok {
 		ca = clientAddrs{c.LocalAddr(), c.RemoteAddr()}
 	}

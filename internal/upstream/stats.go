@@ -32,7 +32,7 @@ func (b *Backend) ShareCounters(old *Backend) { b.counters = old.counters }
 func (p *Pool) Backends() []*Backend { return p.unique }
 
 // SetSeries gives the pool the metrics series of each of its backends, which
-// it puts in the exchange.Info of each request with the backend picked. Call
+// it puts in the exchange of each request with the backend picked. Call
 // it before the pool serves anything.
 func (p *Pool) SetSeries(series func(*Backend) exchange.Series) {
 	p.series = make([]exchange.Series, len(p.unique))

@@ -1,0 +1,159 @@
+package exchange
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// hijackable is a ResponseWriter that also flushes and hijacks.
+type hijackable struct {
+	flushed, hijacked bool
+}
+
+func (h *hijackable) Header() http.Header         { return http.Header{} }
+func (h *hijackable) WriteHeader(int)             {}
+func (h *hijackable) Write(p []byte) (int, error) { return len(p), nil }
+func (h *hijackable) Flush()                      { h.flushed = true }
+
+func (h *hijackable) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	h.hijacked = true
+	return nil, nil, nil
+}
+
+// recorder is a sink that keeps what it was told.
+type recorder struct {
+	begun, tunnels atomic.Int32
+	ended          []*Exchange
+}
+
+func (r *recorder) Begin(*Exchange)  { r.begun.Add(1) }
+func (r *recorder) Tunnel(*Exchange) { r.tunnels.Add(1) }
+func (r *recorder) End(x *Exchange)  { r.ended = append(r.ended, x) }
+func (r *recorder) one(t *testing.T) *Exchange {
+	t.Helper()
+	if len(r.ended) != 1 || r.begun.Load() != 1 {
+		t.Fatalf("begun %d, ended %d times, want once each", r.begun.Load(), len(r.ended))
+	}
+	return r.ended[0]
+}
+
+func serve(f *Frontend, w http.ResponseWriter, r *http.Request, h http.HandlerFunc) {
+	defer func() { recover() }()
+	f.Handler(h).ServeHTTP(w, r)
+}
+
+func TestWriter(t *testing.T) {
+	t.Parallel()
+	var rec recorder
+	f := &Frontend{Sinks: []Sink{&rec}}
+	inner := &hijackable{}
+	serve(f, inner, httptest.NewRequest("GET", "/", nil), func(w http.ResponseWriter, r *http.Request) {
+		if FromContext(r.Context()) == nil {
+			t.Error("no exchange in the request's context")
+		}
+		w.WriteHeader(http.StatusEarlyHints)
+		w.WriteHeader(http.StatusNotFound)
+		w.Write([]byte("abc"))
+		rc := http.NewResponseController(w)
+		if err := rc.Flush(); err != nil || !inner.flushed {
+			t.Errorf("Flush not reachable: %v", err)
+		}
+		if _, _, err := rc.Hijack(); err != nil || !inner.hijacked {
+			t.Errorf("Hijack not reachable: %v", err)
+		}
+	})
+	x := rec.one(t)
+	if x.Status() != 404 || x.BytesOut != 3 {
+		t.Errorf("status %d bytes %d, want 404 3 (1xx is interim)", x.Status(), x.BytesOut)
+	}
+}
+
+// The one rule for a request that got no answer: 499 if its client went
+// away, else 200 (what net/http sends); a panic ends the exchange too.
+func TestStatusWithoutAnswer(t *testing.T) {
+	t.Parallel()
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, c := range []struct {
+		name  string
+		ctx   context.Context
+		panic bool
+		want  int
+	}{
+		{"silent", context.Background(), false, 200},
+		{"client gone", gone, false, StatusClientGone},
+		{"panic, client gone", gone, true, StatusClientGone},
+	} {
+		var rec recorder
+		f := &Frontend{Sinks: []Sink{&rec}}
+		serve(f, httptest.NewRecorder(), httptest.NewRequestWithContext(c.ctx, "GET", "/", nil), func(http.ResponseWriter, *http.Request) {
+			if c.panic {
+				panic(http.ErrAbortHandler)
+			}
+		})
+		if got := rec.one(t).Status(); got != c.want {
+			t.Errorf("%s: status %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+func TestBodyCounted(t *testing.T) {
+	t.Parallel()
+	var rec recorder
+	f := &Frontend{Sinks: []Sink{&rec}}
+	orig := httptest.NewRequest("POST", "/", strings.NewReader("12345"))
+	serve(f, httptest.NewRecorder(), orig, func(w http.ResponseWriter, r *http.Request) {
+		if r == orig || r.Body == orig.Body {
+			t.Error("the handler got the server's request, not the exchange's copy")
+		}
+		io.Copy(io.Discard, r.Body)
+	})
+	if n := rec.one(t).BytesIn.Load(); n != 5 {
+		t.Errorf("bytes in %d, want 5", n)
+	}
+}
+
+type slot struct{ released atomic.Int32 }
+
+func (s *slot) Release() { s.released.Add(1) }
+
+// A tunnel outlives its handler: the exchange ends when End is called,
+// once, releasing its slot and the configuration it held.
+func TestTunnelEndsOnce(t *testing.T) {
+	t.Parallel()
+	var rec recorder
+	var held, released atomic.Int32
+	f := &Frontend{Sinks: []Sink{&rec}, Hold: func() func() {
+		held.Add(1)
+		return func() { released.Add(1) }
+	}}
+	var x *Exchange
+	var s slot
+	serve(f, httptest.NewRecorder(), httptest.NewRequest("GET", "/ws", nil), func(w http.ResponseWriter, r *http.Request) {
+		x = FromContext(r.Context())
+		x.Keep(&s)
+		x.Tunnel(20)
+	})
+	if len(rec.ended) != 0 || rec.tunnels.Load() != 1 || held.Load() != 1 {
+		t.Fatalf("at the handler's return: ended %d, tunnels %d, held %d; want 0 1 1", len(rec.ended), rec.tunnels.Load(), held.Load())
+	}
+	if s.released.Load() != 0 || released.Load() != 0 {
+		t.Fatal("slot or configuration let go while the tunnel runs")
+	}
+	x.BytesOut += 100
+	x.End()
+	got := rec.one(t)
+	if got.Status() != http.StatusSwitchingProtocols || got.BytesOut != 120 || !got.Tunneled {
+		t.Errorf("tunnel record: status %d, bytes %d, tunneled %v", got.Status(), got.BytesOut, got.Tunneled)
+	}
+	if s.released.Load() != 1 || released.Load() != 1 {
+		t.Errorf("slot released %d times, configuration %d times; want once each", s.released.Load(), released.Load())
+	}
+}
