@@ -12,26 +12,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // rawListener serves each accepted connection with serve, on a goroutine.
 func rawListener(t *testing.T, serve func(c *net.TCPConn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serve(c.(*net.TCPConn))
-		}
-	}()
-	return ln.Addr().String()
+	return testutil.Serve(testutil.Listen(t), func(c net.Conn) { serve(c.(*net.TCPConn)) })
 }
 
 // until sends GETs to url, one every gap, until stderr holds substr; it

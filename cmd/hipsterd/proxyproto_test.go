@@ -25,6 +25,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/testcert"
 	"github.com/hipsterd/hipsterd/internal/testpeer"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 func TestTCPFrontendTLS(t *testing.T) {
@@ -83,42 +84,27 @@ connect = %s
 // connection that carried no upgrade ends.
 func proxyBackend(t *testing.T, headers chan<- *proxyproto.Header, closed chan<- struct{}) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return testutil.RawServer(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		h, err := proxyproto.Read(r)
+		if err != nil {
+			return
+		}
+		headers <- h
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(r)
 			if err != nil {
+				closed <- struct{}{}
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				h, err := proxyproto.Read(r)
-				if err != nil {
-					return
-				}
-				headers <- h
-				for {
-					req, err := http.ReadRequest(r)
-					if err != nil {
-						closed <- struct{}{}
-						return
-					}
-					if req.Header.Get("Upgrade") != "" {
-						break
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				}
-				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-				io.Copy(c, r)
-			}()
+			if req.Header.Get("Upgrade") != "" {
+				break
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	}()
-	return ln.Addr().String()
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		io.Copy(c, r)
+	})
 }
 
 func recvHeader(t *testing.T, headers <-chan *proxyproto.Header) *proxyproto.Header {

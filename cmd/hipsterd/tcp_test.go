@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // lineEcho is a raw TCP backend: it greets each connection with its name
@@ -24,21 +26,7 @@ import (
 // read first and sent on headers.
 func lineEcho(t *testing.T, name string, headers chan<- *proxyproto.Header) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serveLineEcho(c, name, headers)
-		}
-	}()
-	return ln.Addr().String()
+	return testutil.Serve(testutil.Listen(t), func(c net.Conn) { serveLineEcho(c, name, headers) })
 }
 
 func serveLineEcho(c net.Conn, name string, headers chan<- *proxyproto.Header) {

@@ -11,28 +11,9 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
-)
 
-// pair returns the two ends of a loopback TCP connection: the client's and
-// the server's.
-func pair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
+	"github.com/hipsterd/hipsterd/internal/testutil"
+)
 
 func TestAllowed(t *testing.T) {
 	t.Parallel()
@@ -70,7 +51,7 @@ func TestRead(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			client, server := pair(t)
+			client, server := testutil.Pair(t)
 			raw, err := tc.hdr.Format()
 			if err != nil {
 				t.Fatal(err)
@@ -95,7 +76,7 @@ func TestReadRefuses(t *testing.T) {
 	t.Parallel()
 	t.Run("no header", func(t *testing.T) {
 		t.Parallel()
-		client, server := pair(t)
+		client, server := testutil.Pair(t)
 		client.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
 		if _, _, _, err := (&Policy{Timeout: 5 * time.Second}).Read(server); err == nil {
 			t.Error("no error")
@@ -103,7 +84,7 @@ func TestReadRefuses(t *testing.T) {
 	})
 	t.Run("silent", func(t *testing.T) {
 		t.Parallel()
-		_, server := pair(t)
+		_, server := testutil.Pair(t)
 		start := time.Now()
 		_, _, _, err := (&Policy{Timeout: 100 * time.Millisecond}).Read(server)
 		if err == nil || time.Since(start) > 5*time.Second {
@@ -112,7 +93,7 @@ func TestReadRefuses(t *testing.T) {
 	})
 	t.Run("peer not allowed", func(t *testing.T) {
 		t.Parallel()
-		_, server := pair(t)
+		_, server := testutil.Pair(t)
 		p := &Policy{From: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
 		if _, _, _, err := p.Read(server); !errors.Is(err, ErrPeerNotAllowed) {
 			t.Errorf("err %v", err)
@@ -122,7 +103,7 @@ func TestReadRefuses(t *testing.T) {
 
 func TestWrapIsLazy(t *testing.T) {
 	t.Parallel()
-	client, server := pair(t)
+	client, server := testutil.Pair(t)
 	// Wrap returns at once though nothing was sent.
 	c := (&Policy{Timeout: 5 * time.Second}).Wrap(server)
 	hdr := proxyproto.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.ParseIP("203.0.113.7"), Port: 1}, &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: 2})
@@ -136,7 +117,7 @@ func TestWrapIsLazy(t *testing.T) {
 		t.Errorf("read %q, %v", buf, err)
 	}
 
-	client2, server2 := pair(t)
+	client2, server2 := testutil.Pair(t)
 	c2 := (&Policy{Timeout: 5 * time.Second}).Wrap(server2)
 	client2.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
 	if _, err := c2.Read(buf); err == nil {
@@ -195,7 +176,7 @@ func TestHeaders(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			client, server := pair(t)
+			client, server := testutil.Pair(t)
 			go client.Write(append(tc.raw, "after"...))
 			src, _, early, err := (&Policy{Timeout: 5 * time.Second}).Read(server)
 			switch {
@@ -222,7 +203,7 @@ func TestHeaderInPieces(t *testing.T) {
 		[]byte("PROXY TCP4 203.0.113.7 192.0.2.1 40000 80\r\n"),
 		v2(0x21, 0x11, []byte{203, 0, 113, 7, 192, 0, 2, 1, 0x9c, 0x40, 0, 80}),
 	} {
-		client, server := pair(t)
+		client, server := testutil.Pair(t)
 		go func() {
 			for i := 0; i < len(raw); i += 7 {
 				client.Write(raw[i:min(i+7, len(raw))])
@@ -241,13 +222,13 @@ func TestHeaderInPieces(t *testing.T) {
 		}
 	}
 
-	client, server := pair(t)
+	client, server := testutil.Pair(t)
 	client.Write([]byte("PROXY TCP4 1.2.3.4")) // never finished
 	start := time.Now()
 	if _, _, _, err := (&Policy{Timeout: 200 * time.Millisecond}).Read(server); err == nil || time.Since(start) < 150*time.Millisecond {
 		t.Errorf("unfinished header: %v after %v", err, time.Since(start))
 	}
-	client, server = pair(t)
+	client, server = testutil.Pair(t)
 	client.Write([]byte("PROXZ"))
 	start = time.Now()
 	if _, _, _, err := (&Policy{Timeout: 5 * time.Second}).Read(server); err == nil || time.Since(start) > 2*time.Second {
@@ -259,7 +240,7 @@ func TestHeaderInPieces(t *testing.T) {
 // reactor only once the bytes read with the header were read from Conn.
 func TestConnTCP(t *testing.T) {
 	t.Parallel()
-	client, server := pair(t)
+	client, server := testutil.Pair(t)
 	c := (&Policy{Timeout: 5 * time.Second}).Wrap(server)
 	client.Write([]byte("PROXY TCP4 203.0.113.7 192.0.2.1 1 2\r\nhi"))
 	if c.RemoteAddr().String() != "203.0.113.7:1" || c.LocalAddr().String() != "192.0.2.1:2" {
@@ -272,7 +253,7 @@ func TestConnTCP(t *testing.T) {
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hi" {
 		t.Fatalf("read %q, %v", buf, err)
 	}
-	if c.TCP() != server.(*net.TCPConn) {
+	if c.TCP() != server {
 		t.Error("TCP() is not the socket once they were read")
 	}
 }

@@ -22,16 +22,6 @@ func errorLines(t *testing.T, src string) []string {
 	return strings.Split(err.Error(), "\n")
 }
 
-// hasLine reports whether lines holds want.
-func hasLine(lines []string, want string) bool {
-	for _, l := range lines {
-		if l == want {
-			return true
-		}
-	}
-	return false
-}
-
 // TestErrorLines checks that errors name the line at fault, whatever
 // ini.v1 syntax lies before it: comments, continuations, values in
 // triple quotes, keys in other cases, repeated sections.
@@ -84,7 +74,7 @@ connect = 127.0.0.1:3
 		`test.ini:32: [frontnd x]: unknown section type "frontnd" (did you mean "frontend"?) (sections are global, frontend NAME, host NAME…, backend NAME, route NAME)`,
 		`test.ini:33: [frontnd x]: unknown section type "frontnd" (did you mean "frontend"?) (sections are global, frontend NAME, host NAME…, backend NAME, route NAME)`,
 	} {
-		if !hasLine(got, want) {
+		if !slices.Contains(got, want) {
 			t.Errorf("no error line\n%s\nin\n%s", want, strings.Join(got, "\n"))
 		}
 	}
@@ -110,7 +100,7 @@ connect = x
 		`test.ini:6: [frontend b] bind: "127.0.0.1:9000" conflicts with [frontend a]'s ":9000" (a wildcard takes its port on every address of its family)`,
 		`test.ini:7: [frontend b]: section defined twice (first at line 4)`,
 	} {
-		if !hasLine(got, want) {
+		if !slices.Contains(got, want) {
 			t.Errorf("no error line\n%s\nin\n%s", want, strings.Join(got, "\n"))
 		}
 	}
@@ -252,7 +242,7 @@ func TestNoFrontend(t *testing.T) {
 	t.Parallel()
 	for _, src := range []string{"", "\n# nothing\n", "[global]\n", "[global]\nstats = 127.0.0.1:8404\n[backend b]\nconnect = x\n"} {
 		got := errorLines(t, src)
-		if !hasLine(got, "test.ini: no [frontend] section: hipsterd would listen nowhere") {
+		if !slices.Contains(got, "test.ini: no [frontend] section: hipsterd would listen nowhere") {
 			t.Errorf("%q: %q", src, got)
 		}
 	}
@@ -300,12 +290,12 @@ connect = x
 		"test.ini:23: [backend spare]: not used: no frontend names it in backends, nor any [host] section an http frontend lists, nor any [route] a frontend lists",
 	}
 	for _, w := range want {
-		if !hasLine(c.Warnings, w) {
+		if !slices.Contains(c.Warnings, w) {
 			t.Errorf("no warning\n%s\nin\n%s", w, strings.Join(c.Warnings, "\n"))
 		}
 	}
 	for _, w := range c.Warnings {
-		if strings.Contains(w, "]: not used") && !hasLine(want, w) {
+		if strings.Contains(w, "]: not used") && !slices.Contains(want, w) {
 			t.Errorf("unexpected warning %s", w)
 		}
 	}

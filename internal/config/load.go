@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -331,12 +332,12 @@ func (p *parser) sections(f *ini.File) {
 func (p *parser) keys(sec *ini.Section, typ string) {
 	for _, k := range sec.Keys() {
 		name := k.Name()
-		if !contains(knownKeys[typ], name) {
+		if !slices.Contains(knownKeys[typ], name) {
 			// A key of another section is misplaced rather than misspelt,
 			// however close it is to one of this section's.
 			hint := ""
 			for _, other := range sectionTypes {
-				if other != typ && contains(knownKeys[other], name) {
+				if other != typ && slices.Contains(knownKeys[other], name) {
 					hint = fmt.Sprintf(" (%s belongs in a [%s] section)", name, other)
 					break
 				}
@@ -349,7 +350,7 @@ func (p *parser) keys(sec *ini.Section, typ string) {
 		}
 		// A key set twice to one value was let pass before header rules
 		// kept duplicates, and still is. The lines are counted from the file.
-		if n := distinct(k.ValueWithShadows()); n > 1 && !contains(headerRuleKeys, name) {
+		if n := distinct(k.ValueWithShadows()); n > 1 && !slices.Contains(headerRuleKeys, name) {
 			lines := p.keyLines(sec.Name(), name)
 			p.errorAt(lines[1], sec.Name(), name, "key set %d times (lines %s); set it once", len(lines), lineList(lines))
 		}
@@ -911,7 +912,7 @@ func (p *parser) unused() {
 		}
 		for _, name := range fe.Hosts {
 			for i := range p.cfg.Hosts {
-				if !contains(p.cfg.Hosts[i].Names, name) {
+				if !slices.Contains(p.cfg.Hosts[i].Names, name) {
 					continue
 				}
 				listed[i] = true
@@ -1244,15 +1245,6 @@ func distinct(list []string) int {
 		seen[s] = true
 	}
 	return len(seen)
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // didYouMean returns ` (did you mean "x"?)` for the candidate nearest to s,

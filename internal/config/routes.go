@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -186,7 +187,7 @@ func (p *parser) headerRules(sec *ini.Section) HeaderRules {
 		rule.Name = textproto.CanonicalMIMEHeaderKey(rule.Name)
 		response := side == "response-header"
 		switch {
-		case contains(unsettable, rule.Name):
+		case slices.Contains(unsettable, rule.Name):
 			p.errorf(sec.Name(), kv.key, "%s is a hop-by-hop or framing header, which hipsterd sets itself", rule.Name)
 			continue
 		case rule.Name == "Host" && response:
@@ -217,7 +218,7 @@ func (p *parser) ruleValues(sec *ini.Section) []keyValue {
 	var byKey []keyValue
 	total := 0
 	for _, k := range sec.Keys() {
-		if contains(headerRuleKeys, k.Name()) {
+		if slices.Contains(headerRuleKeys, k.Name()) {
 			vs := k.ValueWithShadows()
 			values[k.Name()] = vs
 			for _, v := range vs {
@@ -262,7 +263,7 @@ func ruleOrder(data []byte) map[string][]string {
 		if i < 0 {
 			continue
 		}
-		if key := strings.ToLower(strings.TrimSpace(line[:i])); contains(headerRuleKeys, key) {
+		if key := strings.ToLower(strings.TrimSpace(line[:i])); slices.Contains(headerRuleKeys, key) {
 			out[section] = append(out[section], key)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -357,7 +358,7 @@ func (c *clock) bodyEnded(err error) {
 		return
 	}
 	c.mu.Lock()
-	if !c.bodyDone && !isTimeout(err) {
+	if !c.bodyDone && !errors.Is(err, os.ErrDeadlineExceeded) {
 		c.bodyDone = true
 		if !c.over && !c.read.IsZero() {
 			c.read = time.Time{}
@@ -402,10 +403,4 @@ func (c *clock) stop(hasBody bool) {
 		http.NewResponseController(c.w).SetReadDeadline(time.Now().Add(c.timeout))
 	}
 	c.mu.Unlock()
-}
-
-// isTimeout reports whether err is a deadline's.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -159,12 +159,12 @@ type countedConn struct {
 	*net.TCPConn
 	fe, global *connLimit
 	released   atomic.Bool
-	reclaim    *idleConns // the list it is on, for an HTTP frontend's
+	reclaim    *httpConns // the list it is on, for an HTTP frontend's
 
-	// For reclaiming (idleConns); list is nil for a tcp frontend's.
+	// For reclaiming (httpConns); list is nil for a tcp frontend's.
 	state      atomic.Int32
 	since      atomic.Int64 // unix nanoseconds of its accept, then of its last change to idle
-	list       *idleConns   // guarded by list.mu, as are prev and next
+	list       *httpConns   // guarded by list.mu, as are prev and next
 	prev, next *countedConn
 
 	// For logging requests net/http refuses (refused.go); refused is nil
@@ -261,14 +261,14 @@ const (
 	connClosing               // claimed by reclaim, which checks and closes it
 )
 
-// idleConns are the open connections of an HTTP frontend's socket, oldest
+// httpConns are the open connections of an HTTP frontend's socket, oldest
 // first, for reclaiming at a limit.
-type idleConns struct {
+type httpConns struct {
 	mu         sync.Mutex
 	head, tail *countedConn
 }
 
-func (l *idleConns) add(c *countedConn) {
+func (l *httpConns) add(c *countedConn) {
 	c.state.Store(connNew)
 	c.since.Store(time.Now().UnixNano())
 	l.mu.Lock()
@@ -282,7 +282,7 @@ func (l *idleConns) add(c *countedConn) {
 	l.mu.Unlock()
 }
 
-func (l *idleConns) remove(c *countedConn) {
+func (l *httpConns) remove(c *countedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if c.list != l {
@@ -306,7 +306,7 @@ func (l *idleConns) remove(c *countedConn) {
 // returns how many it closed. Idle ones only when no connection that has
 // completed no request is left: a young one will be silent or stalled soon
 // enough, or send its request.
-func (l *idleConns) reclaim(n int) int {
+func (l *httpConns) reclaim(n int) int {
 	now := time.Now().UnixNano()
 	var silent, stalled, idle []*countedConn
 	unfinished := 0

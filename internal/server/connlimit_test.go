@@ -19,6 +19,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // refusedWait is how long a client past the limit is shown to stay
@@ -136,7 +137,7 @@ connect = %s
 	addr := addrs["f"]
 	first := busy(t, addr)
 	second := busy(t, addr)
-	waitFor(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
+	testutil.Eventually(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
 	// Clients past the limit wait, however many try.
 	third := waiting(t, addr)
 	fourth := waiting(t, addr)
@@ -180,13 +181,13 @@ connect = %s
 	// One on each: waiting accept loops hold no slot of their own.
 	busy(t, addrs["a"])
 	onC := busy(t, addrs["c"])
-	waitFor(t, "2 open connections counted", func() bool { return s.limitOf("").Open == 2 })
+	testutil.Eventually(t, "2 open connections counted", func() bool { return s.limitOf("").Open == 2 })
 	answered := waiting(t, addrs["a"])
 	onC.Close()
 	if got := answered(); got != http.StatusOK {
 		t.Fatalf("the waiting client got %d once a connection closed, want 200", got)
 	}
-	waitFor(t, "2 open connections counted", func() bool { return s.limitOf("").Open == 2 })
+	testutil.Eventually(t, "2 open connections counted", func() bool { return s.limitOf("").Open == 2 })
 }
 
 func TestWebSocketHoldsItsSlot(t *testing.T) {
@@ -206,7 +207,7 @@ connect = %s
 	}
 	defer ws.Close()
 	// The 101 is written before the tunnel is registered.
-	waitFor(t, "the tunnel to open", func() bool { return s.OpenTunnels() == 1 })
+	testutil.Eventually(t, "the tunnel to open", func() bool { return s.OpenTunnels() == 1 })
 	// The tunnel took the connection from net/http, and still counts.
 	answered := waiting(t, addrs["ws"])
 	ws.Close()
@@ -215,13 +216,13 @@ connect = %s
 	if got := answered(); got != http.StatusBadRequest {
 		t.Fatalf("the waiting client got %d once the tunnel closed, want the backend's 400", got)
 	}
-	waitFor(t, "the tunnel to close", func() bool { return s.OpenTunnels() == 0 })
+	testutil.Eventually(t, "the tunnel to close", func() bool { return s.OpenTunnels() == 0 })
 }
 
 func TestTCPFrontendMaxConnections(t *testing.T) {
 	t.Parallel()
 	// An echo backend.
-	backendAddr := rawServer(t, func(c net.Conn) {
+	backendAddr := testutil.RawServer(t, func(c net.Conn) {
 		io.Copy(c, c)
 	})
 	s, addrs, _ := startLogged(t, fmt.Sprintf(`
@@ -271,7 +272,7 @@ func TestReloadChangesMaxConnections(t *testing.T) {
 	}
 	s, addrs, _ := startLogged(t, src(1))
 	busy(t, addrs["f"])
-	waitFor(t, "1 open connection counted", func() bool { return s.limitOf("f").Open == 1 })
+	testutil.Eventually(t, "1 open connection counted", func() bool { return s.limitOf("f").Open == 1 })
 	answered := waiting(t, addrs["f"])
 	cfg, err := config.Parse("test.ini", []byte(src(2)))
 	if err != nil {
@@ -305,7 +306,7 @@ connect = %s
 	idle := keepAlive(t, addr)
 	held := busy(t, addr)
 	defer held.Close()
-	waitFor(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
+	testutil.Eventually(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
 	c := dialRaw(t, addr)
 	if got := exchangeOn(t, c, 10*time.Second); got != http.StatusOK {
 		t.Fatalf("a client past the limit, with an idle connection open: %d, want 200", got)
@@ -478,7 +479,7 @@ connect = %s
 		t.Fatal(err)
 	}
 	defer stalled.Close()
-	waitFor(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
+	testutil.Eventually(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
 	time.Sleep(reclaimStalledAfter) // quiet that long, not a synchronisation
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc()}, Timeout: 10 * time.Second}
 	resp, err := client.Get("https://" + addr + "/")

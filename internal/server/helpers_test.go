@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // start runs a server for the INI text src and returns it with the address
@@ -139,23 +140,11 @@ func echoServer(t *testing.T) (addr string, closed chan error) {
 	return srv.Listener.Addr().String(), closed
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // readLog waits until the access log at path has n lines and returns them.
 func readLog(t *testing.T, path string, n int) []string {
 	t.Helper()
 	var lines []string
-	waitFor(t, fmt.Sprintf("%d lines in %s", n, filepath.Base(path)), func() bool {
+	testutil.Eventually(t, fmt.Sprintf("%d lines in %s", n, filepath.Base(path)), func() bool {
 		data, _ := os.ReadFile(path)
 		lines = strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
 		if len(data) == 0 {
@@ -164,28 +153,4 @@ func readLog(t *testing.T, path string, n int) []string {
 		return len(lines) >= n
 	})
 	return lines
-}
-
-// rawServer is a raw TCP server on loopback that serves each connection
-// with serve on a goroutine of its own, then closes it.
-func rawServer(t *testing.T, serve func(c net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }

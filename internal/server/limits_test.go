@@ -20,6 +20,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // logBuffer keeps what the server logs, and sends it to the test's log too.
@@ -151,7 +152,7 @@ func TestClientTimeoutSlowBody(t *testing.T) {
 		t.Fatal("the backend's request was not cut")
 	}
 	b := s.backend("b")
-	waitFor(t, "the backend's slot released", func() bool { return b.InFlight() == 0 })
+	testutil.Eventually(t, "the backend's slot released", func() bool { return b.InFlight() == 0 })
 	if !b.Up() || strings.Contains(logs.String(), "level=ERROR") {
 		t.Errorf("the client's stall was held against the backend (up %v):\n%s", b.Up(), logs)
 	}
@@ -229,10 +230,10 @@ func TestClientTimeoutStalledReader(t *testing.T) {
 		t.Errorf("cut after %v, before client-timeout", d)
 	}
 	b := s.backend("b")
-	waitFor(t, "the backend's slot released", func() bool { return b.InFlight() == 0 })
+	testutil.Eventually(t, "the backend's slot released", func() bool { return b.InFlight() == 0 })
 	// hipsterd closed the client's connection (the kernel may still hold
 	// bytes for it, sent as the client reads).
-	waitFor(t, "the client's connection closed", func() bool { return s.openConns() == 0 })
+	testutil.Eventually(t, "the client's connection closed", func() bool { return s.openConns() == 0 })
 	line := readLog(t, logPath, 1)[0]
 	var n int64
 	if _, err := fmt.Sscanf(line[strings.Index(line, `" `)+2:], "200 %d", &n); err != nil || n <= 0 {
@@ -319,7 +320,7 @@ func TestBadBodyIsTheClientsFault(t *testing.T) {
 				}
 			}
 			b := s.backend("b")
-			waitFor(t, "the backend's slots released", func() bool { return b.InFlight() == 0 })
+			testutil.Eventually(t, "the backend's slots released", func() bool { return b.InFlight() == 0 })
 			if !b.Up() {
 				t.Errorf("bad bodies took the backend down (health-fall = 1)")
 			}
@@ -442,7 +443,7 @@ func TestHTTP2StreamsPastTheLimitAreRefused(t *testing.T) {
 	for i := uint32(0); i < h2MaxStreams; i++ {
 		send(h2Get(2*i + 1))
 	}
-	waitFor(t, "every allowed stream at the backend", func() bool { return arrived.Load() == h2MaxStreams })
+	testutil.Eventually(t, "every allowed stream at the backend", func() bool { return arrived.Load() == h2MaxStreams })
 	over := uint32(2*h2MaxStreams + 1)
 	send(h2Get(over))
 	for {
@@ -514,7 +515,7 @@ func TestClientTimeoutHTTP2SlowBody(t *testing.T) {
 		t.Fatal("the backend's request was not cut")
 	}
 	b := s.backend("b")
-	waitFor(t, "the backend's slot released", func() bool { return b.InFlight() == 0 })
+	testutil.Eventually(t, "the backend's slot released", func() bool { return b.InFlight() == 0 })
 	if !b.Up() {
 		t.Error("the client's stall took the backend down")
 	}
@@ -557,7 +558,7 @@ func TestClientTimeoutHTTP2StalledReader(t *testing.T) {
 	case <-time.After(clientTimeout + 10*time.Second):
 		t.Fatal("the backend's response was not cut")
 	}
-	waitFor(t, "the backend's slot released", func() bool { return s.backend("b").InFlight() == 0 })
+	testutil.Eventually(t, "the backend's slot released", func() bool { return s.backend("b").InFlight() == 0 })
 	if _, err := io.Copy(io.Discard, resp.Body); err == nil {
 		t.Error("the stream ended cleanly; want it reset")
 	}

@@ -50,9 +50,9 @@ type listener struct {
 	// limit is the socket's max-connections, its frontend's; global is the
 	// server's, over every socket. Connections count until they close,
 	// across reloads.
-	limit  connLimit
-	global *connLimit
-	idle   idleConns // its HTTP connections, for reclaiming at a limit
+	limit     connLimit
+	global    *connLimit
+	httpConns httpConns // its HTTP connections, for reclaiming at a limit
 
 	route   atomic.Pointer[route]
 	tlsConf atomic.Pointer[tls.Config]
@@ -312,7 +312,7 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 	}
 	l.view = l.newView(cfg)
 	l.view.proxy = proxyPolicy(cfg)
-	l.view.idle = &l.idle
+	l.view.httpConns = &l.httpConns
 	l.view.refused = l.refused
 	l.served = make(chan struct{})
 	var ln net.Listener = l.view
@@ -417,7 +417,7 @@ func (l *listener) stopAccepting() {
 type acceptView struct {
 	sock       *net.TCPListener
 	fe, global *connLimit
-	idle       *idleConns // nil for a tcp frontend, whose connections are never idle
+	httpConns  *httpConns // nil for a tcp frontend, whose connections are never reclaimed
 	// refused logs and counts requests net/http refuses; nil for a tcp
 	// frontend.
 	refused  func(top net.Conn, status int, body int64)
@@ -455,9 +455,9 @@ func (v *acceptView) Accept() (net.Conn, error) {
 		v.takeGlobal()
 		// A connection accepted as the view closes is still served, by
 		// this server, which then closes it after its request.
-		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global, reclaim: v.idle, refused: v.refused}
-		if v.idle != nil {
-			v.idle.add(cc)
+		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global, reclaim: v.httpConns, refused: v.refused}
+		if v.httpConns != nil {
+			v.httpConns.add(cc)
 		}
 		if v.proxy == nil {
 			return cc, nil
@@ -508,7 +508,7 @@ func (v *acceptView) waitSlot() bool {
 // connection of its own to make room for it.
 func (v *acceptView) waitFreed(freed <-chan struct{}) bool {
 	var tick <-chan time.Time
-	if v.idle != nil {
+	if v.httpConns != nil {
 		t := time.NewTicker(reclaimEvery)
 		defer t.Stop()
 		tick = t.C
@@ -520,7 +520,7 @@ func (v *acceptView) waitFreed(freed <-chan struct{}) bool {
 		case <-v.stop:
 			return false
 		case <-tick:
-			if n := backlog(v.sock); n > 0 && v.idle.reclaim(min(n, reclaimBatch)) > 0 {
+			if n := backlog(v.sock); n > 0 && v.httpConns.reclaim(min(n, reclaimBatch)) > 0 {
 				return true
 			}
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // WebSocket tunnels hold a slot of max-connections for as long as they
@@ -40,7 +41,7 @@ queue-timeout = 200ms
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the tunnel's slot", func() bool { return s.backend("b").InFlight() == 1 })
+	testutil.Eventually(t, "the tunnel's slot", func() bool { return s.backend("b").InFlight() == 1 })
 	if code, _ := get(t, "http://"+addrs["f"]+"/plain", ""); code != http.StatusServiceUnavailable {
 		t.Errorf("a request past max-connections while a tunnel is open: %d, want 503", code)
 	}
@@ -57,13 +58,13 @@ queue-timeout = 200ms
 		t.Fatalf("echo: %q %v", msg, err)
 	}
 	c.Close()
-	waitFor(t, "the tunnel's slot back", func() bool { return s.backend("b").InFlight() == 0 })
+	testutil.Eventually(t, "the tunnel's slot back", func() bool { return s.backend("b").InFlight() == 0 })
 	c, _, err = websocket.DefaultDialer.Dial("ws://"+addrs["f"]+"/echo", nil)
 	if err != nil {
 		t.Fatalf("a tunnel once the slot came back: %v", err)
 	}
 	c.Close()
-	waitFor(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
+	testutil.Eventually(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
 }
 
 // A backend answers a POST early and closes while the client is still
@@ -72,7 +73,7 @@ queue-timeout = 200ms
 func TestRedteamEarlyAnswerBodyNotSmuggled(t *testing.T) {
 	t.Parallel()
 	var smuggled, requests atomic.Int64
-	backendAddr := rawServer(t, func(c net.Conn) {
+	backendAddr := testutil.RawServer(t, func(c net.Conn) {
 		br := bufio.NewReader(c)
 		for {
 			req, err := http.ReadRequest(br)
@@ -135,7 +136,7 @@ connect = %s
 			want = 2
 		}
 	}
-	waitFor(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
+	testutil.Eventually(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
 	if n := smuggled.Load(); n != 0 {
 		t.Errorf("the backend got %d requests hidden in a body", n)
 	}
@@ -149,7 +150,7 @@ connect = %s
 // or open.
 func TestRedteamEarlyAnswerSlowUpload(t *testing.T) {
 	t.Parallel()
-	backendAddr := rawServer(t, func(c net.Conn) {
+	backendAddr := testutil.RawServer(t, func(c net.Conn) {
 		br := bufio.NewReader(c)
 		req, err := http.ReadRequest(br)
 		if err != nil {
@@ -190,15 +191,15 @@ connect = %s
 		t.Errorf("got %d %q", resp.StatusCode, got)
 	}
 	c.Close()
-	waitFor(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
-	waitFor(t, "every client connection closed", func() bool { return s.openConns() == 0 })
+	testutil.Eventually(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
+	testutil.Eventually(t, "every client connection closed", func() bool { return s.openConns() == 0 })
 }
 
 // A client that sent part of its body and waits: the backend's early
 // answer reaches it at once, not at client-timeout.
 func TestRedteamEarlyAnswerToAPausedUpload(t *testing.T) {
 	t.Parallel()
-	backendAddr := rawServer(t, func(c net.Conn) {
+	backendAddr := testutil.RawServer(t, func(c net.Conn) {
 		req, err := http.ReadRequest(bufio.NewReader(c))
 		if err != nil {
 			return
@@ -235,7 +236,7 @@ connect = %s
 			t.Errorf("body of %d: the early answer came after %v", size, d)
 		}
 	}
-	waitFor(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
+	testutil.Eventually(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
 }
 
 // Many HTTP/2 streams on one client connection, uploading at once, some
@@ -305,5 +306,5 @@ func TestRedteamHTTP2ConcurrentUploads(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	waitFor(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
+	testutil.Eventually(t, "every slot back", func() bool { return s.backend("b").InFlight() == 0 })
 }

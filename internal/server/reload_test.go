@@ -22,6 +22,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // freePort returns a port that was free on every IPv4 address a moment ago,
@@ -135,14 +136,14 @@ func TestBindMovesWithoutRefusing(t *testing.T) {
 			t.Errorf("reload %d: frontend f on %s, want %s", i, got, bind)
 		}
 		from := ok.Load()
-		waitFor(t, "requests after the reload", func() bool { return ok.Load() >= from+100 })
+		testutil.Eventually(t, "requests after the reload", func() bool { return ok.Load() >= from+100 })
 		// Every third reload lets the old socket close first; the others
 		// come while it still accepts, and take it back.
 		if i%3 == 0 {
-			waitFor(t, "the old socket to close", func() bool { return s.movingSockets() == 0 })
+			testutil.Eventually(t, "the old socket to close", func() bool { return s.movingSockets() == 0 })
 		}
 	}
-	waitFor(t, "the old wildcard socket to close", func() bool { return s.movingSockets() == 0 })
+	testutil.Eventually(t, "the old wildcard socket to close", func() bool { return s.movingSockets() == 0 })
 	if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.2:%d", port)); err == nil {
 		c.Close()
 		t.Errorf("127.0.0.2:%d still accepts after the bind moved to %s", port, specific)

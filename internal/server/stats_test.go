@@ -22,6 +22,7 @@ import (
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/stats"
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // scrape fetches /metrics from the stats listener of s and parses it with
@@ -210,7 +211,7 @@ connect = %s
 	wantSeries(t, fams, "hipsterd_tunnels_open", map[string]float64{"backend=app,frontend=web": 0, "backend=dead,frontend=web": 0, "backend=echo,frontend=web": 1})
 	wantSeries(t, fams, "hipsterd_connections_open", map[string]float64{"frontend=web": 1}) // the WebSocket's
 	c.Close()
-	waitFor(t, "the tunnel to be counted closed", func() bool {
+	testutil.Eventually(t, "the tunnel to be counted closed", func() bool {
 		return series(scrape(t, s), "hipsterd_tunnels_open")["backend=echo,frontend=web"] == 0
 	})
 	lines := readLog(t, logPath, 10)
@@ -271,7 +272,7 @@ health-fall = 2
 [backend ok]
 connect = %s
 `, sick.Listener.Addr(), namedBackend(t, "ok")))
-	waitFor(t, "hipsterd_backend_up 0 for the failing backend", func() bool {
+	testutil.Eventually(t, "hipsterd_backend_up 0 for the failing backend", func() bool {
 		return series(scrape(t, s), "hipsterd_backend_up")["backend=sick"] == 0
 	})
 	fams := scrape(t, s)
@@ -397,7 +398,7 @@ func TestHealthzDuringShutdown(t *testing.T) {
 		s.Shutdown(t.Context())
 		close(stopped)
 	}()
-	waitFor(t, "/healthz to answer 503 while the last request finishes", func() bool {
+	testutil.Eventually(t, "/healthz to answer 503 while the last request finishes", func() bool {
 		resp, err := http.Get(healthz)
 		if err != nil {
 			return false
@@ -417,7 +418,7 @@ func TestHealthzDuringShutdown(t *testing.T) {
 
 func TestTCPFrontendMetrics(t *testing.T) {
 	t.Parallel()
-	backendAddr := rawServer(t, func(c net.Conn) {
+	backendAddr := testutil.RawServer(t, func(c net.Conn) {
 		io.Copy(c, c)
 	})
 	s, addrs := start(t, fmt.Sprintf("[global]\nstats = 127.0.0.1:0\nmax-connections = 100\n[frontend raw]\nbind = 127.0.0.1:0\nmode = tcp\nmax-connections = 10\nbackends = echo\n[backend echo]\nconnect = %s\n", backendAddr))
@@ -439,7 +440,7 @@ func TestTCPFrontendMetrics(t *testing.T) {
 	wantSeries(t, fams, "hipsterd_global_connections_max", map[string]float64{"": 100})
 	wantSeries(t, fams, "hipsterd_global_connections_open", map[string]float64{"": 1})
 	c.Close()
-	waitFor(t, "the connection to be counted closed", func() bool {
+	testutil.Eventually(t, "the connection to be counted closed", func() bool {
 		return series(scrape(t, s), "hipsterd_connections_open")["frontend=raw"] == 0
 	})
 	fams = scrape(t, s)
@@ -524,7 +525,7 @@ func TestQueuedRequestsShown(t *testing.T) {
 			done <- resp.StatusCode
 		}()
 	}
-	waitFor(t, "one request in flight and one queued", func() bool {
+	testutil.Eventually(t, "one request in flight and one queued", func() bool {
 		fams := scrape(t, s)
 		return series(fams, "hipsterd_backend_in_flight")["backend=slow"] == 1 && series(fams, "hipsterd_backend_queued")["backend=slow"] == 1
 	})

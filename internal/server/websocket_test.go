@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 func wsFrontend(t *testing.T, extra string) (s *Server, addr string, closed chan error, logPath string) {
@@ -77,7 +78,7 @@ func TestWebSocketEcho(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("backend did not see the client's close")
 	}
-	waitFor(t, "the tunnel to close", func() bool { return s.OpenTunnels() == 0 })
+	testutil.Eventually(t, "the tunnel to close", func() bool { return s.OpenTunnels() == 0 })
 	line := readLog(t, logPath, 1)[0]
 	if !strings.Contains(line, `"GET /echo HTTP/1.1" 101 `) {
 		t.Errorf("access log line %q, want a 101 for GET /echo", line)
@@ -101,7 +102,7 @@ func TestWebSocketBackendCloses(t *testing.T) {
 	if _, err := c.NetConn().Read(make([]byte, 1)); err == nil {
 		t.Error("connection still open after the backend closed")
 	}
-	waitFor(t, "the tunnel to close", func() bool { return s.OpenTunnels() == 0 })
+	testutil.Eventually(t, "the tunnel to close", func() bool { return s.OpenTunnels() == 0 })
 }
 
 // A client that sends its request and first frame in one write, and uses
@@ -266,7 +267,7 @@ func TestWebSocketTunnelTimeout(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the backend's side stayed open")
 	}
-	waitFor(t, "the tunnel to close", func() bool { return s.OpenTunnels() == 0 })
+	testutil.Eventually(t, "the tunnel to close", func() bool { return s.OpenTunnels() == 0 })
 	if line := readLog(t, logPath, 1)[0]; !strings.Contains(line, `"GET /echo HTTP/1.1" 101 `) {
 		t.Errorf("log line %q, want the tunnel's 101", line)
 	}
@@ -326,7 +327,7 @@ func TestWebSocket101WithoutUpgrade(t *testing.T) {
 // head and then holds the connection open until the other side closes it.
 func switchingBackend(t *testing.T, head string) string {
 	t.Helper()
-	return rawServer(t, func(c net.Conn) {
+	return testutil.RawServer(t, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
 			return

@@ -13,27 +13,8 @@ import (
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
-
-// pair returns the two ends of a loopback TCP connection.
-func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
 
 // counts are the bytes a tunnel copied to each side, and how it ended.
 type counts struct {
@@ -51,8 +32,8 @@ func tunnelFor(t *testing.T, r *Registry, timeout time.Duration) (client, backen
 
 func tunnelWith(t *testing.T, r *Registry, o Options) (client, backend *net.TCPConn, done <-chan counts) {
 	t.Helper()
-	client, proxyA := pair(t)
-	proxyB, backend := pair(t)
+	client, proxyA := testutil.Pair(t)
+	proxyB, backend := testutil.Pair(t)
 	ch := make(chan counts, 1)
 	r.Start(proxyA, proxyB, o, func(toA, toB int64, end End) { ch <- counts{toA, toB, end} })
 	return client, backend, ch
@@ -67,7 +48,7 @@ func tlsTunnelFor(t *testing.T, r *Registry, timeout time.Duration) (client *tls
 	if err != nil {
 		t.Fatal(err)
 	}
-	rawClient, rawProxyA := pair(t)
+	rawClient, rawProxyA := testutil.Pair(t)
 	client = tls.Client(rawClient, &tls.Config{RootCAs: testcert.Pool(t, certFile), ServerName: "localhost"})
 	proxyA := tls.Server(rawProxyA, &tls.Config{Certificates: []tls.Certificate{cert}})
 	deadline := time.Now().Add(10 * time.Second)
@@ -83,7 +64,7 @@ func tlsTunnelFor(t *testing.T, r *Registry, timeout time.Duration) (client *tls
 	}
 	client.SetDeadline(time.Time{})
 	proxyA.SetDeadline(time.Time{})
-	proxyB, backend := pair(t)
+	proxyB, backend := testutil.Pair(t)
 	ch := make(chan counts, 1)
 	r.Start(proxyA, proxyB, Options{Timeout: timeout}, func(toA, toB int64, end End) { ch <- counts{toA, toB, end} })
 	return client, backend, ch

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // closeCounter is a connection that counts its closes, as the server's
@@ -32,8 +34,8 @@ func TestWrappedConnUsesReactorAndItsClose(t *testing.T) {
 		t.Skip("the reactor is Linux's")
 	}
 	var r Registry
-	client, proxyA := pair(t)
-	proxyB, backend := pair(t)
+	client, proxyA := testutil.Pair(t)
+	proxyB, backend := testutil.Pair(t)
 	var closes atomic.Int32
 	done := make(chan struct{})
 	r.Start(closeCounter{proxyA, &closes}, proxyB, Options{}, func(int64, int64, End) { close(done) })

@@ -12,9 +12,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // frontOf serves a one-backend pool in front of handler and counts the
@@ -144,7 +144,7 @@ func TestH1RetriesStaleConnection(t *testing.T) {
 		if resp, body := do(t, method, front.URL, nil); resp.StatusCode != 200 || body != method[:2] {
 			t.Fatalf("%s #%d: %d %q", method, i, resp.StatusCode, body)
 		}
-		waitFor(t, "the connection closed and out of the pool", func() bool {
+		testutil.Eventually(t, "the connection closed and out of the pool", func() bool {
 			b.h1.mu.Lock()
 			defer b.h1.mu.Unlock()
 			return len(b.h1.idle) == 0 && closed.Load() == int64(i+1)
@@ -155,17 +155,6 @@ func TestH1RetriesStaleConnection(t *testing.T) {
 	}
 	if n := b.InFlight(); n != 0 {
 		t.Errorf("%d requests in flight after every response was read", n)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

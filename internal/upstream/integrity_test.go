@@ -21,6 +21,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/exchange"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // logBuffer collects a logger's lines for a test to look at.
@@ -50,25 +51,7 @@ func (l *logBuffer) count(substr string) int {
 // rawBackend serves each connection with serve, which reads requests from
 // br and writes answers to c as it likes.
 func rawBackend(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c, bufio.NewReader(c))
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return testutil.RawServer(t, func(c net.Conn) { serve(c, bufio.NewReader(c)) })
 }
 
 // answer writes a well-formed response whose body is the request's path.
@@ -150,7 +133,7 @@ func TestStrayBytesNeverReachAnotherClient(t *testing.T) {
 				<-strayed
 				// Once the stray bytes are in, the pool has noticed them on
 				// the idle connection and dropped it, with no request sent.
-				waitFor(t, "the idle connection with stray bytes dropped", func() bool {
+				testutil.Eventually(t, "the idle connection with stray bytes dropped", func() bool {
 					b.h1.mu.Lock()
 					defer b.h1.mu.Unlock()
 					return len(b.h1.idle) == 0
@@ -562,5 +545,5 @@ func TestSlotsAllComeBack(t *testing.T) {
 	wg.Wait()
 	front.CloseClientConnections()
 	tunnels.Wait()
-	waitFor(t, "every slot back", func() bool { return b.InFlight() == 0 && d.InFlight() == 0 })
+	testutil.Eventually(t, "every slot back", func() bool { return b.InFlight() == 0 && d.InFlight() == 0 })
 }

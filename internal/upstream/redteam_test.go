@@ -26,6 +26,7 @@ import (
 
 	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // hostile is a raw backend and a proxy in front of it.
@@ -71,7 +72,7 @@ func newHostile(t *testing.T, cfg func(*config.Backend), serve func(c net.Conn, 
 // settled waits until nothing is in flight or queued on the backend.
 func (h *hostile) settled(t *testing.T) {
 	t.Helper()
-	waitFor(t, "no request in flight or queued", func() bool { return h.b.InFlight() == 0 && h.b.Queued() == 0 })
+	testutil.Eventually(t, "no request in flight or queued", func() bool { return h.b.InFlight() == 0 && h.b.Queued() == 0 })
 }
 
 // raw sends msg to the proxy on a new connection and returns the response
@@ -424,7 +425,7 @@ func TestRedteamClientLeaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	io.WriteString(up, "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n"+strings.Repeat("u", 5000))
-	waitFor(t, "the upload reaching the backend", func() bool { return h.requests.Load() == 1 })
+	testutil.Eventually(t, "the upload reaching the backend", func() bool { return h.requests.Load() == 1 })
 	up.Close()
 	select {
 	case <-ended:
@@ -514,7 +515,7 @@ func TestRedteamQueuedClientsLeave(t *testing.T) {
 		resp.Body.Close()
 		first <- resp.StatusCode
 	}()
-	waitFor(t, "the first request at the backend", func() bool { return h.requests.Load() == 1 })
+	testutil.Eventually(t, "the first request at the backend", func() bool { return h.requests.Load() == 1 })
 	const n = 5
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -528,10 +529,10 @@ func TestRedteamQueuedClientsLeave(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, "the queue filling", func() bool { return h.b.Queued() == n })
+	testutil.Eventually(t, "the queue filling", func() bool { return h.b.Queued() == n })
 	cancel()
 	wg.Wait()
-	waitFor(t, "the queue emptying", func() bool { return h.b.Queued() == 0 })
+	testutil.Eventually(t, "the queue emptying", func() bool { return h.b.Queued() == 0 })
 	close(release)
 	if code := <-first; code != 200 {
 		t.Errorf("first request: %d", code)
@@ -617,7 +618,7 @@ func TestRedteamTLSStrayBytes(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		<-strayed
-		waitFor(t, "the idle connection with stray bytes dropped", func() bool { return idleConns(b) == 0 })
+		testutil.Eventually(t, "the idle connection with stray bytes dropped", func() bool { return idleConns(b) == 0 })
 		for _, client := range []*http.Client{other, evil} {
 			path := fmt.Sprintf("/mine%d-%p", i, client)
 			resp, err := client.Get(front.URL + path)
@@ -634,7 +635,7 @@ func TestRedteamTLSStrayBytes(t *testing.T) {
 	if n := logs.count("Unsolicited response received on idle HTTP channel"); n != 5 {
 		t.Errorf("%d warnings about stray bytes, want 5", n)
 	}
-	waitFor(t, "every slot back", func() bool { return b.InFlight() == 0 })
+	testutil.Eventually(t, "every slot back", func() bool { return b.InFlight() == 0 })
 }
 
 // A TLS backend that closes its connections once idle (its keep-alive
@@ -662,7 +663,7 @@ func TestRedteamTLSIdleClose(t *testing.T) {
 		if want := fmt.Sprintf("/p%d", i); resp.StatusCode != 200 || string(got) != want {
 			t.Fatalf("POST %d: %d %q, want 200 %q", i, resp.StatusCode, got, want)
 		}
-		waitFor(t, "the closed idle connection dropped", func() bool { return idleConns(b) == 0 })
+		testutil.Eventually(t, "the closed idle connection dropped", func() bool { return idleConns(b) == 0 })
 	}
 }
 
@@ -816,7 +817,7 @@ func TestRedteamNoGoroutineLeft(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	waitFor(t, "every connection closed", func() bool { return openFDs() <= fdsBefore })
+	testutil.Eventually(t, "every connection closed", func() bool { return openFDs() <= fdsBefore })
 }
 
 // openFDs counts this process's open file descriptors; 0 where /proc
@@ -899,7 +900,7 @@ func TestRedteamTLSConnectionReused(t *testing.T) {
 		if _, got := do(t, "GET", front.URL+path, nil); got != path {
 			t.Fatalf("asked for %s, got %q", path, got)
 		}
-		waitFor(t, "the connection back in the pool", func() bool { return idleConns(b) == 1 })
+		testutil.Eventually(t, "the connection back in the pool", func() bool { return idleConns(b) == 1 })
 	}
 	if n := conns.Load(); n != 1 {
 		t.Errorf("%d connections for 20 sequential requests, want 1", n)
@@ -968,7 +969,7 @@ func TestRedteamSendProxyStrayBytes(t *testing.T) {
 	if n := conns.Load(); n != 4 {
 		t.Errorf("%d backend connections, want 4 (one, then one after each stray)", n)
 	}
-	waitFor(t, "every slot back", func() bool { return b.InFlight() == 0 })
+	testutil.Eventually(t, "every slot back", func() bool { return b.InFlight() == 0 })
 }
 
 // A backend that takes no byte while a large request head is written: the
@@ -1025,5 +1026,5 @@ func TestRedteamBackendStopsReadingHead(t *testing.T) {
 			t.Errorf("%s: status %d, want 504", method, resp.StatusCode)
 		}
 	}
-	waitFor(t, "every slot back", func() bool { return b.InFlight() == 0 })
+	testutil.Eventually(t, "every slot back", func() bool { return b.InFlight() == 0 })
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 func limitedBackend(name, addr string, max int, queueTimeout time.Duration) *Backend {
@@ -63,7 +64,7 @@ func TestMaxConnectionsQueues(t *testing.T) {
 			codes <- resp.StatusCode
 		}()
 	}
-	waitFor(t, "two requests at the backend, four in its queue", func() bool {
+	testutil.Eventually(t, "two requests at the backend, four in its queue", func() bool {
 		return load.now.Load() == 2 && b.Queued() == n-2
 	})
 	close(release)
@@ -95,7 +96,7 @@ func TestQueueTimeoutAndLeavers(t *testing.T) {
 	defer close(release) // before the servers wait for their handlers
 
 	go http.Get(front.URL) // holds the only slot
-	waitFor(t, "the slot taken", func() bool { return b.InFlight() == 1 })
+	testutil.Eventually(t, "the slot taken", func() bool { return b.InFlight() == 1 })
 	start := time.Now()
 	resp, err := http.Get(front.URL)
 	if err != nil {
@@ -130,7 +131,7 @@ func TestQueueTimeoutAndLeavers(t *testing.T) {
 		_, err := long.take(ctx)
 		done <- err
 	}()
-	waitFor(t, "one waiting", func() bool { return long.Queued() == 1 })
+	testutil.Eventually(t, "one waiting", func() bool { return long.Queued() == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("leaver got %v", err)
@@ -220,7 +221,7 @@ func TestQueueSize(t *testing.T) {
 	for range 4 {
 		go func() { code, _ := get(); codes <- code }()
 	}
-	waitFor(t, "one request at each backend, one in each queue", func() bool {
+	testutil.Eventually(t, "one request at each backend, one in each queue", func() bool {
 		return load.now.Load() == 2 && bs[0].Queued() == 1 && bs[1].Queued() == 1
 	})
 	start := time.Now()
@@ -261,7 +262,7 @@ func TestInheritKeepsSlotsAndQueue(t *testing.T) {
 		s, _ := old.take(context.Background())
 		got <- s
 	}()
-	waitFor(t, "one queued on the old backend", func() bool { return old.Queued() == 1 })
+	testutil.Eventually(t, "one queued on the old backend", func() bool { return old.Queued() == 1 })
 	old.health.PassiveFailed("refused")
 
 	cfg.Weight = 5
@@ -299,7 +300,7 @@ func TestInheritKeepsSlotsAndQueue(t *testing.T) {
 		s, _ := lower.take(context.Background())
 		got <- s
 	}()
-	waitFor(t, "one queued under the lower limit", func() bool { return lower.Queued() == 1 })
+	testutil.Eventually(t, "one queued under the lower limit", func() bool { return lower.Queued() == 1 })
 	held[0].Release()
 	if lower.InFlight() != 1 || lower.Queued() != 1 {
 		t.Errorf("at the lower limit: in flight %d, queued %d; want 1, 1", lower.InFlight(), lower.Queued())
