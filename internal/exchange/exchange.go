@@ -70,10 +70,10 @@ type Frontend struct {
 	// byte of its request body while it is read, and without taking a
 	// byte of the response while it is written; zero means no limit.
 	ClientTimeout time.Duration
-	// Hold, if set, is called when an exchange outlives its handler (a
-	// tunnel), and the function it returns when the exchange ends: the
-	// server keeps the configuration the tunnel started on alive.
-	Hold func() (release func())
+	// Release, if set, is called as each request's exchange ends (for a
+	// WebSocket, when its tunnel has closed): the server holds the
+	// configuration a request started on until then, and lets it go here.
+	Release func()
 }
 
 // Exchange is one request or tcp connection. It is the request's context
@@ -123,13 +123,12 @@ type Exchange struct {
 	Handoff Handoff
 	Edit    func(http.Header)
 
-	in      http.Request // the request as the handler gets it
-	status  int
-	slot    Releaser
-	release func()
-	w       writer
-	body    body
-	clock   clock
+	in     http.Request // the request as the handler gets it
+	status int
+	slot   Releaser
+	w      writer
+	body   body
+	clock  clock
 }
 
 type key struct{}
@@ -223,21 +222,18 @@ func (x *Exchange) Keep(slot Releaser) { x.slot = slot }
 
 // Tunnel makes a request's exchange a tunnel, which outlives its handler:
 // the sinks hear of it now (its 101 and the bytes of head counted as
-// sent), and End ends it.
+// sent), and End ends it, letting its configuration go only then.
 func (x *Exchange) Tunnel(head int64) {
 	x.Tunneled = true
 	x.status = http.StatusSwitchingProtocols
 	x.BytesOut = head
-	if x.f.Hold != nil {
-		x.release = x.f.Hold()
-	}
 	for _, s := range x.f.Sinks {
 		s.Tunnel(x)
 	}
 }
 
 // End ends the exchange: its slot is released, the sinks get its record
-// and the configuration it held is let go. Call it once; a request's
+// and a request's configuration is let go (Frontend.Release). Call it once; a request's
 // handler does, unless it became a tunnel.
 func (x *Exchange) End() {
 	if x.slot != nil {
@@ -246,8 +242,8 @@ func (x *Exchange) End() {
 	for _, s := range x.f.Sinks {
 		s.End(x)
 	}
-	if x.release != nil {
-		x.release()
+	if x.Request != nil && x.f.Release != nil {
+		x.f.Release()
 	}
 }
 

@@ -78,6 +78,7 @@ func TestWriter(t *testing.T) {
 // The one rule for a request that got no answer: 499 if its client went
 // away, else 200 (what net/http sends); a panic ends the exchange too.
 func TestStatusWithoutAnswer(t *testing.T) {
+	var released atomic.Int32
 	t.Parallel()
 	gone, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -92,7 +93,7 @@ func TestStatusWithoutAnswer(t *testing.T) {
 		{"panic, client gone", gone, true, StatusClientGone},
 	} {
 		var rec recorder
-		f := &Frontend{Sinks: []Sink{&rec}}
+		f := &Frontend{Sinks: []Sink{&rec}, Release: func() { released.Add(1) }}
 		serve(f, httptest.NewRecorder(), httptest.NewRequestWithContext(c.ctx, "GET", "/", nil), func(http.ResponseWriter, *http.Request) {
 			if c.panic {
 				panic(http.ErrAbortHandler)
@@ -101,6 +102,9 @@ func TestStatusWithoutAnswer(t *testing.T) {
 		if got := rec.one(t).Status(); got != c.want {
 			t.Errorf("%s: status %d, want %d", c.name, got, c.want)
 		}
+	}
+	if n := released.Load(); n != 3 {
+		t.Errorf("the configuration let go %d times for 3 requests", n)
 	}
 }
 
@@ -129,11 +133,8 @@ func (s *slot) Release() { s.released.Add(1) }
 func TestTunnelEndsOnce(t *testing.T) {
 	t.Parallel()
 	var rec recorder
-	var held, released atomic.Int32
-	f := &Frontend{Sinks: []Sink{&rec}, Hold: func() func() {
-		held.Add(1)
-		return func() { released.Add(1) }
-	}}
+	var released atomic.Int32
+	f := &Frontend{Sinks: []Sink{&rec}, Release: func() { released.Add(1) }}
 	var x *Exchange
 	var s slot
 	serve(f, httptest.NewRecorder(), httptest.NewRequest("GET", "/ws", nil), func(w http.ResponseWriter, r *http.Request) {
@@ -141,8 +142,8 @@ func TestTunnelEndsOnce(t *testing.T) {
 		x.Keep(&s)
 		x.Tunnel(20)
 	})
-	if len(rec.ended) != 0 || rec.tunnels.Load() != 1 || held.Load() != 1 {
-		t.Fatalf("at the handler's return: ended %d, tunnels %d, held %d; want 0 1 1", len(rec.ended), rec.tunnels.Load(), held.Load())
+	if len(rec.ended) != 0 || rec.tunnels.Load() != 1 {
+		t.Fatalf("at the handler's return: ended %d, tunnels %d; want 0 1", len(rec.ended), rec.tunnels.Load())
 	}
 	if s.released.Load() != 0 || released.Load() != 0 {
 		t.Fatal("slot or configuration let go while the tunnel runs")

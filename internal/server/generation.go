@@ -52,13 +52,6 @@ func (g *generation) leave() {
 	}
 }
 
-// hold keeps the generation alive, for a tunnel that outlives its request,
-// until the function it returns is called.
-func (g *generation) hold() (release func()) {
-	g.enter()
-	return g.leave
-}
-
 // retire marks the generation as no longer current; it is released as soon
 // as nothing runs on it.
 func (g *generation) retire() {
@@ -223,7 +216,7 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		// HTTP-01 before routing and before redirect-https.
 		h = g.acme.HandleHTTP(h)
 	}
-	f := &exchange.Frontend{Sinks: sinks(st, logger(g, fc, lf)), ClientTimeout: fc.ClientTimeout, Hold: g.hold}
+	f := &exchange.Frontend{Sinks: sinks(st, logger(g, fc, lf)), ClientTimeout: fc.ClientTimeout, Release: g.leave}
 	return f.Handler(h)
 }
 

@@ -195,10 +195,11 @@ func procAddress(s string) (config.Address, bool) {
 	return a, err == nil
 }
 
+// ServeHTTP hands r to the current generation's handler, which makes it an
+// exchange: the exchange leaves the generation as it ends (for a WebSocket,
+// when its tunnel has closed).
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rt := l.enter()
-	defer rt.gen.leave()
-	rt.handler.ServeHTTP(w, r)
+	l.enter().handler.ServeHTTP(w, r)
 }
 
 // enter returns the current route with its generation entered; the caller
