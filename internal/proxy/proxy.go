@@ -4,7 +4,6 @@
 package proxy
 
 import (
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -33,7 +32,6 @@ type Handler struct {
 	// that long, or whose write to a peer made no progress for that long.
 	// Zero means no limit.
 	TunnelTimeout time.Duration
-	Log           *slog.Logger
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

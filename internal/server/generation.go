@@ -207,7 +207,6 @@ func (s *Server) newHandler(g *generation, fc config.Frontend, lf *accesslog.Fil
 		Router:        router.Build(cfg, &fc, counted, series),
 		Tunnels:       &s.tunnels,
 		TunnelTimeout: fc.TunnelTimeout,
-		Log:           log,
 	}
 	if fc.RedirectHTTPS {
 		h = proxy.RedirectHTTPS(fc.RedirectHTTPSPort)
