@@ -482,7 +482,7 @@ backend db
 	server hipsterd %s send-proxy-v2
 `, hWeb, hDB, web, db)), 0o644)
 	hp := exec.Command(haproxy, "-db", "-f", hcfg)
-	hout := &syncBuffer{}
+	hout := &testutil.Buffer{}
 	hp.Stdout, hp.Stderr = hout, hout
 	if err := hp.Start(); err != nil {
 		t.Fatal(err)

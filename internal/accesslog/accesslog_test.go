@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/exchange"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 func TestLineFormat(t *testing.T) {
@@ -146,29 +147,11 @@ func BenchmarkLogLine(b *testing.B) {
 	}
 }
 
-// logBuffer collects what a File reports, safely across goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A file whose writes fail (a full disk: /dev/full) loses its lines, counts
 // them, and says so once, not once per write.
 func TestFileFailingWritesCountedAndReportedOnce(t *testing.T) {
 	t.Parallel()
-	var events logBuffer
+	var events testutil.Buffer
 	f, err := OpenLogged("/dev/full", slog.New(slog.NewTextHandler(&events, nil)))
 	if err != nil {
 		t.Skipf("no /dev/full: %v", err)

@@ -9,32 +9,14 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/acme/acmetest"
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
-
-// logBuffer is a slog destination safe to read while written.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // serve answers HTTP-01 through m on a loopback listener, and returns its
 // address.
@@ -53,24 +35,10 @@ func serve(t *testing.T, m *Manager) string {
 // serveTLS serves m's certificates on a loopback listener.
 func serveTLS(t *testing.T, m *Manager) string {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{GetCertificate: m.GetCertificate})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				c.(*tls.Conn).Handshake()
-				c.Close()
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return testutil.Serve(tls.NewListener(testutil.Listen(t), &tls.Config{GetCertificate: m.GetCertificate}), func(c net.Conn) {
+		c.(*tls.Conn).Handshake()
+		c.Close()
+	})
 }
 
 // handshake returns the serial of the certificate served for name.
@@ -90,7 +58,7 @@ func handshake(addr, name string, roots *x509.CertPool) (string, error) {
 func TestRenewalWithoutFailedHandshakes(t *testing.T) {
 	t.Parallel()
 	const name = "renew.hipsterd.test"
-	var logs logBuffer
+	var logs testutil.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -165,7 +133,7 @@ func TestRenewalWithoutFailedHandshakes(t *testing.T) {
 func TestUnreachableCA(t *testing.T) {
 	t.Parallel()
 	const name = "down.hipsterd.test"
-	var logs logBuffer
+	var logs testutil.Buffer
 	m, err := New(Options{
 		ACME:     config.ACME{CA: "https://127.0.0.1:" + strconv.Itoa(acmetest.FreePort(t)) + "/dir", Storage: t.TempDir()},
 		HTTPAddr: "127.0.0.1:" + strconv.Itoa(acmetest.FreePort(t)),

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // maxAllocsPerRequest is what one proxied small keep-alive request may
@@ -40,22 +41,9 @@ func TestAllocsPerRequest(t *testing.T) {
 // allocsPerRequest checks the allocations of a request to a frontend under
 // the [global] section global.
 func allocsPerRequest(t *testing.T, global string) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	response := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + strings.Repeat("x", 100))
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go rawBackend(c, response)
-		}
-	}()
-	cfg, err := config.Parse("allocs.ini", []byte(global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+ln.Addr().String()+"\n"))
+	addr := testutil.Serve(testutil.Listen(t), func(c net.Conn) { rawBackend(c, response) })
+	cfg, err := config.Parse("allocs.ini", []byte(global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+addr+"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

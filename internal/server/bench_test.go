@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // BenchmarkProxyRequest is a full proxied request through loopback: client,
@@ -69,22 +70,9 @@ func withAndWithoutLog(b *testing.B, backendAddr string, bench func(b *testing.B
 // backend that allocate nothing, so the allocations counted are the
 // proxy's own.
 func BenchmarkProxyOnly(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
 	response := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + strings.Repeat("x", 100))
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go rawBackend(c, response)
-		}
-	}()
-	withAndWithoutLog(b, ln.Addr().String(), benchmarkRaw)
+	addr := testutil.Serve(testutil.Listen(b), func(c net.Conn) { rawBackend(c, response) })
+	withAndWithoutLog(b, addr, benchmarkRaw)
 }
 
 // benchmarkRaw measures requests from raw-socket clients to the frontend at

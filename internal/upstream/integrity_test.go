@@ -24,30 +24,6 @@ import (
 	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
-// logBuffer collects a logger's lines for a test to look at.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuffer) count(substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.buf.String(), substr)
-}
-
 // rawBackend serves each connection with serve, which reads requests from
 // br and writes answers to c as it likes.
 func rawBackend(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
@@ -112,7 +88,7 @@ func TestStrayBytesNeverReachAnotherClient(t *testing.T) {
 					strayed <- struct{}{}
 				}
 			})
-			logs := &logBuffer{}
+			logs := &testutil.Buffer{}
 			b := NewBackend(config.Backend{Name: "liar", Address: addr, Weight: 1, ResponseTimeout: 5 * time.Second,
 				Health: config.HealthCheck{Rise: 2, Fall: 3}}, nil, slog.New(slog.NewTextHandler(logs, nil)))
 			front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
@@ -153,13 +129,13 @@ func TestStrayBytesNeverReachAnotherClient(t *testing.T) {
 			}
 			// The last connection may still be on its way back to the pool.
 			deadline := time.Now().Add(5 * time.Second)
-			for logs.count("Unsolicited response received on idle HTTP channel") < rounds && time.Now().Before(deadline) {
+			for strings.Count(logs.String(), "Unsolicited response received on idle HTTP channel") < rounds && time.Now().Before(deadline) {
 				time.Sleep(time.Millisecond)
 			}
-			if n := logs.count("Unsolicited response received on idle HTTP channel"); n != rounds {
+			if n := strings.Count(logs.String(), "Unsolicited response received on idle HTTP channel"); n != rounds {
 				t.Errorf("%d warnings about stray bytes, want %d:\n%s", n, rounds, logs.String())
 			}
-			if n := logs.count("backend=liar"); n < rounds {
+			if n := strings.Count(logs.String(), "backend=liar"); n < rounds {
 				t.Errorf("warnings do not name the backend:\n%s", logs.String())
 			}
 			if n := b.InFlight(); n != 0 {
@@ -189,7 +165,7 @@ func TestIdleConnectionCheckedBeforeUse(t *testing.T) {
 		{"stray bytes", injected, false, false, true},
 		{"closed", "", true, false, false},
 	} {
-		logs := &logBuffer{}
+		logs := &testutil.Buffer{}
 		tr := &h1Transport{log: slog.New(slog.NewTextHandler(logs, nil))}
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -212,7 +188,7 @@ func TestIdleConnectionCheckedBeforeUse(t *testing.T) {
 		if got := pc.fit(); got != tc.fit {
 			t.Errorf("%s: fit %v, want %v", tc.name, got, tc.fit)
 		}
-		if got := logs.count("Unsolicited") > 0; got != tc.warning {
+		if got := strings.Count(logs.String(), "Unsolicited") > 0; got != tc.warning {
 			t.Errorf("%s: warned %v, want %v", tc.name, got, tc.warning)
 		}
 		c.Close()
@@ -241,7 +217,7 @@ func TestResponseHeaderLimit(t *testing.T) {
 			}
 		}
 	})
-	logs := &logBuffer{}
+	logs := &testutil.Buffer{}
 	b := NewBackend(config.Backend{Name: "endless", Address: addr, Weight: 1, ResponseTimeout: time.Minute,
 		Health: config.HealthCheck{Rise: 2, Fall: 3}}, nil, discard)
 	front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, slog.New(slog.NewTextHandler(logs, nil))))
@@ -274,7 +250,7 @@ func TestResponseHeaderLimit(t *testing.T) {
 			t.Errorf("%s: 60 KiB header: %d, want 200", method, resp.StatusCode)
 		}
 	}
-	if n := logs.count("backend endless: response header larger than 65536 bytes"); n != 2 {
+	if n := strings.Count(logs.String(), "backend endless: response header larger than 65536 bytes"); n != 2 {
 		t.Errorf("log names neither backend nor cause (%d lines):\n%s", n, logs.String())
 	}
 }

@@ -35,7 +35,7 @@ type hostile struct {
 	front    *httptest.Server
 	accepted atomic.Int64 // connections the backend accepted
 	requests atomic.Int64 // request heads it read
-	logs     *logBuffer
+	logs     *testutil.Buffer
 }
 
 // newHostile starts a raw backend that reads each request head and hands
@@ -43,7 +43,7 @@ type hostile struct {
 // connection; cfg adjusts the backend's section.
 func newHostile(t *testing.T, cfg func(*config.Backend), serve func(c net.Conn, br *bufio.Reader, req *http.Request) bool) *hostile {
 	t.Helper()
-	h := &hostile{logs: &logBuffer{}}
+	h := &hostile{logs: &testutil.Buffer{}}
 	addr := rawBackend(t, func(c net.Conn, br *bufio.Reader) {
 		h.accepted.Add(1)
 		for {
@@ -552,23 +552,11 @@ func tlsBackend(t *testing.T, logs io.Writer, serve func(c net.Conn, br *bufio.R
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c, bufio.NewReader(c))
-			}()
-		}
-	}()
+	ln := tls.NewListener(testutil.Listen(t), &tls.Config{Certificates: []tls.Certificate{cert}})
+	testutil.Serve(ln, func(c net.Conn) {
+		defer c.Close()
+		serve(c, bufio.NewReader(c))
+	})
 	caPEM, err := os.ReadFile(certFile)
 	if err != nil {
 		t.Fatal(err)
@@ -592,7 +580,7 @@ func idleConns(b *Backend) int {
 func TestRedteamTLSStrayBytes(t *testing.T) {
 	t.Parallel()
 	strayed := make(chan struct{}, 1)
-	logs := &logBuffer{}
+	logs := &testutil.Buffer{}
 	b := tlsBackend(t, logs, func(c net.Conn, br *bufio.Reader) {
 		for {
 			req, err := http.ReadRequest(br)
@@ -632,7 +620,7 @@ func TestRedteamTLSStrayBytes(t *testing.T) {
 			}
 		}
 	}
-	if n := logs.count("Unsolicited response received on idle HTTP channel"); n != 5 {
+	if n := strings.Count(logs.String(), "Unsolicited response received on idle HTTP channel"); n != 5 {
 		t.Errorf("%d warnings about stray bytes, want 5", n)
 	}
 	testutil.Eventually(t, "every slot back", func() bool { return b.InFlight() == 0 })
@@ -872,7 +860,7 @@ func TestRedteamStrayBytesUnderConcurrency(t *testing.T) {
 		}
 	}
 	h.settled(t)
-	if n := h.logs.count("Unsolicited response"); n != clients*requests/5 {
+	if n := strings.Count(h.logs.String(), "Unsolicited response"); n != clients*requests/5 {
 		t.Errorf("%d warnings about stray bytes, want %d", n, clients*requests/5)
 	}
 }
@@ -932,7 +920,7 @@ func TestRedteamSendProxyStrayBytes(t *testing.T) {
 			}
 		}
 	})
-	logs := &logBuffer{}
+	logs := &testutil.Buffer{}
 	b := NewBackend(config.Backend{Name: "sp", Address: addr, Weight: 1, SendProxy: 1, ResponseTimeout: 5 * time.Second,
 		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, nil, slog.New(slog.NewTextHandler(logs, nil)))
 	t.Cleanup(b.Close)
@@ -963,7 +951,7 @@ func TestRedteamSendProxyStrayBytes(t *testing.T) {
 			t.Fatalf("asked for %s, got %d %q", path, resp.StatusCode, got)
 		}
 	}
-	if n := logs.count("Unsolicited response"); n != 3 {
+	if n := strings.Count(logs.String(), "Unsolicited response"); n != 3 {
 		t.Errorf("%d warnings about stray bytes, want 3", n)
 	}
 	if n := conns.Load(); n != 4 {
@@ -990,18 +978,10 @@ func TestRedteamBackendStopsReadingHead(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				<-stop // reads nothing
-				c.Close()
-			}()
-		}
-	}()
+	testutil.Serve(ln, func(c net.Conn) {
+		<-stop // reads nothing
+		c.Close()
+	})
 	b := NewBackend(config.Backend{Name: "deaf", Address: ln.Addr().String(), Weight: 1, ResponseTimeout: 300 * time.Millisecond,
 		Health: config.HealthCheck{Rise: 2, Fall: 1000}}, nil, discard)
 	t.Cleanup(b.Close)
