@@ -233,8 +233,8 @@ func (x *Exchange) Tunnel(head int64) {
 }
 
 // End ends the exchange: its slot is released, the sinks get its record
-// and a request's configuration is let go (Frontend.Release). Call it once; a request's
-// handler does, unless it became a tunnel.
+// and a request's configuration is let go (Frontend.Release). Call it
+// once; a request's handler does, unless it became a tunnel.
 func (x *Exchange) End() {
 	if x.slot != nil {
 		x.slot.Release()
