@@ -144,3 +144,34 @@ func TestTunnelCounts(t *testing.T) {
 		t.Errorf("bytes out %d", n)
 	}
 }
+
+// A tcp connection is a tunnel once a backend took it; one no backend took
+// (the pool named the backend it tried) is neither counted open nor closed.
+func TestTCPCounts(t *testing.T) {
+	t.Parallel()
+	f := newFrontend("raw", "tcp")
+	echo := f.Route("echo")
+	front := &exchange.Frontend{Sinks: []exchange.Sink{f}}
+	refused := front.NewTCP(context.Background(), "192.0.2.1:1", time.Now())
+	refused.Series = echo
+	refused.End()
+	if n := echo.tunnels.Load(); n != 0 {
+		t.Errorf("open tunnels after a connection no backend took: %d", n)
+	}
+	x := front.NewTCP(context.Background(), "192.0.2.1:2", time.Now())
+	x.Series, x.Tunneled = echo, true
+	x.BytesIn.Store(3)
+	x.Begin()
+	if n := echo.tunnels.Load(); n != 1 {
+		t.Errorf("open tunnels: %d", n)
+	}
+	x.BytesIn.Add(4)
+	x.BytesOut = 5
+	x.End()
+	if n := echo.tunnels.Load(); n != 0 {
+		t.Errorf("open tunnels after the end: %d", n)
+	}
+	if in, out := f.bytesIn.Load(), f.bytesOut.Load(); in != 7 || out != 5 {
+		t.Errorf("bytes in %d, out %d; want 7, 5", in, out)
+	}
+}
