@@ -155,8 +155,8 @@ func TestTCPCounts(t *testing.T) {
 	refused := front.NewTCP(context.Background(), "192.0.2.1:1", time.Now())
 	refused.Series = echo
 	refused.End()
-	if n := echo.tunnels.Load(); n != 0 {
-		t.Errorf("open tunnels after a connection no backend took: %d", n)
+	if n, r := echo.tunnels.Load(), f.inflight.Load(); n != 0 || r != 0 || echo.codes[200].Load() != 0 {
+		t.Errorf("after a connection no backend took: %d tunnels open, %d requests in flight, %d 200s", n, r, echo.codes[200].Load())
 	}
 	x := front.NewTCP(context.Background(), "192.0.2.1:2", time.Now())
 	x.Series, x.Tunneled = echo, true
