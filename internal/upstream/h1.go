@@ -152,11 +152,17 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 	// The head goes at once, body or not: the backend may answer it
 	// before the body comes (a 401, a 413, a 100 Continue), as with
 	// net/http's Transport, which flushes the head of a body not in memory.
-	if err := pc.bw.Flush(); err != nil {
+	var ferr error
+	if body {
+		ferr = pc.bw.Flush()
+	} else {
+		ferr = pc.flushAwait()
+	}
+	if ferr != nil {
 		if pc.out.n == 0 {
-			return nil, faultUnsent, err
+			return nil, faultUnsent, ferr
 		}
-		return nil, faultLost, err
+		return nil, faultLost, ferr
 	}
 	if body {
 		w = &bodyWriter{conn: pc, done: make(chan struct{})}
