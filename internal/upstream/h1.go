@@ -156,17 +156,11 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 	// The head goes at once, body or not: the backend may answer it
 	// before the body comes (a 401, a 413, a 100 Continue), as with
 	// net/http's Transport, which flushes the head of a body not in memory.
-	var ferr error
-	if body {
-		ferr = pc.bw.Flush()
-	} else {
-		ferr = pc.flushAwait()
-	}
-	if ferr != nil {
+	if err := pc.bw.Flush(); err != nil {
 		if pc.out.n == 0 {
-			return nil, faultUnsent, ferr
+			return nil, faultUnsent, err
 		}
-		return nil, faultLost, ferr
+		return nil, faultLost, err
 	}
 	if body {
 		w = &bodyWriter{conn: pc, done: make(chan struct{})}

@@ -10,10 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sockOps are a backend connection's raw socket calls: a peek without
-// waiting, and a flush followed by a wait for the answer; their functions
-// are made once per connection so that using them allocates nothing per
-// request.
+// sockOps are a backend connection's raw socket call: a peek without
+// waiting, made once per connection so that checking it allocates nothing
+// per request.
 type sockOps struct {
 	rc     syscall.RawConn // nil: not a socket
 	plain  bool            // no TLS: bytes on the socket are bytes of HTTP
@@ -21,10 +20,6 @@ type sockOps struct {
 	n      int
 	errno  syscall.Errno
 	peekFn func(fd uintptr)
-
-	flushed  bool
-	flushErr error
-	flushFn  func(fd uintptr) bool
 }
 
 func (pc *h1Conn) initSock() {
@@ -48,35 +43,6 @@ func (pc *h1Conn) initSock() {
 			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 		s.n, s.errno = int(n), errno
 	}
-	s.flushFn = func(uintptr) bool {
-		if s.flushed {
-			return true // woken: something to read, or a deadline
-		}
-		s.flushed, s.flushErr = true, pc.bw.Flush()
-		return s.flushErr != nil
-	}
-}
-
-// flushAwait sends the request head buffered in bw, then waits until the
-// backend's answer can be read, or the read deadline passes (the caller's
-// next read reports it). A read straight after the write would find
-// nothing: the backend has not run yet, the more so on one CPU. That read
-// costs a system call per request, which the wait spares: the socket's
-// readiness is reset (RawConn.Read's prepareRead) before the request goes
-// out, so that no answer to it can come unseen. Bytes that came before,
-// unasked, were looked for before the connection was taken (fit), and any
-// left unseen arrive with the answer, as they would without the wait.
-func (pc *h1Conn) flushAwait() error {
-	s := &pc.sock
-	if !s.plain || pc.br.Buffered() > 0 {
-		return pc.bw.Flush()
-	}
-	s.flushed, s.flushErr = false, nil
-	s.rc.Read(s.flushFn)
-	if !s.flushed {
-		return pc.bw.Flush() // the deadline had passed before the wait
-	}
-	return s.flushErr
 }
 
 // peekSocket looks at a plain connection's socket without blocking: stray

@@ -10,5 +10,3 @@ func (pc *h1Conn) initSock() {}
 
 func (pc *h1Conn) peekSocket() (stray []byte, open, ok bool) { return nil, false, false }
 func (pc *h1Conn) peekRaw() (queued []byte, open, ok bool)   { return nil, false, false }
-
-func (pc *h1Conn) flushAwait() error { return pc.bw.Flush() }
