@@ -120,13 +120,9 @@ func (t *h1Transport) roundTrip(req *http.Request, s *Slot) (*http.Response, err
 func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request, s *Slot) (resp *http.Response, kind fault, err error) {
 	var w *bodyWriter // set once the head is sent
 	body := hasBody(req)
-	// Set before the abort can come, which no later deadline may undo.
-	// A request with a body waits for the response without a deadline
-	// until its writer has sent the body.
-	if body {
-		pc.readWithin(0)
-	} else {
-		pc.readWithin(t.timeout)
+	if !body && t.timeout > 0 {
+		// Set before the abort can come, which no later deadline may undo.
+		pc.SetReadDeadline(time.Now().Add(t.timeout))
 	}
 	// The client going away aborts the exchange, and the body after it.
 	stop := context.AfterFunc(ctx, pc.abort)
@@ -167,7 +163,6 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 		if expectsContinue(req) {
 			w.cont = make(chan bool, 1)
 		}
-		pc.rdlKnown, pc.wdl = false, true // the writer moves them
 		go w.run(t, pc, req)
 	}
 	pc.head.left = MaxResponseHeaderBytes

@@ -85,14 +85,14 @@ func (b *h1Body) arm() {
 		// Called at the head only: the header deadline must not cut
 		// the body (a request body's writer cleared it already).
 		if b.pc.t.timeout > 0 && b.w == nil {
-			b.pc.setRead(time.Time{})
+			b.pc.SetReadDeadline(time.Time{})
 		}
 		return
 	}
 	st := &b.pc.body
 	if d := time.Now().Add(timeout); d.Sub(st.deadline) > timeout/8 {
 		st.deadline = d
-		b.pc.setRead(d)
+		b.pc.SetReadDeadline(d)
 		if st.ctx.Err() != nil {
 			b.pc.abort()
 		}

@@ -23,38 +23,6 @@ type h1Conn struct {
 	owner *ClientConn
 	sock  sockOps
 	body  bodyState // of the response under way
-	// rdl is the read deadline in force (zero: none) when rdlKnown; a
-	// request body's writer moves it from its own goroutine, after which
-	// it is not known. A kept connection keeps its read deadline while
-	// idle, and the next exchange moves it only when it must (readWithin).
-	rdl      time.Time
-	rdlKnown bool
-	// wdl is set when a write deadline may be in force.
-	wdl bool
-}
-
-// setRead sets the read deadline to d (zero: none), and records it.
-func (pc *h1Conn) setRead(d time.Time) {
-	pc.rdl, pc.rdlKnown = d, true
-	pc.SetReadDeadline(d)
-}
-
-// readWithin gives the reads that follow at least d, and at most an eighth
-// more (d zero: no limit). The deadline moves only when the one in force
-// would come too early or an eighth too late, which spares a busy
-// connection two timer updates per request (set, then clear at release).
-func (pc *h1Conn) readWithin(d time.Duration) {
-	if d <= 0 {
-		if !pc.rdlKnown || !pc.rdl.IsZero() {
-			pc.setRead(time.Time{})
-		}
-		return
-	}
-	now := time.Now()
-	if pc.rdlKnown && !pc.rdl.Before(now.Add(d)) && !pc.rdl.After(now.Add(d+d/8)) {
-		return
-	}
-	pc.setRead(now.Add(d + d/8))
 }
 
 func (t *h1Transport) newConn(c net.Conn) *h1Conn {
@@ -143,7 +111,7 @@ func (pc *h1Conn) peekBuffered() (stray []byte, open bool) {
 	}
 	pc.SetReadDeadline(deadline)
 	_, err := pc.br.Peek(1)
-	pc.setRead(time.Time{})
+	pc.SetReadDeadline(time.Time{})
 	if n := pc.br.Buffered(); n > 0 {
 		stray, _ = pc.br.Peek(min(n, 64))
 		return stray, false

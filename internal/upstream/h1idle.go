@@ -46,14 +46,8 @@ func (t *h1Transport) get() *h1Conn {
 
 func (t *h1Transport) put(pc *h1Conn) {
 	pc.idleAt = time.Now()
-	// No write deadline of the exchange outlives it; the read deadline
-	// stays for the next exchange to keep or move (readWithin). Nothing
-	// reads an idle connection but its checks: a raw peek, which no
-	// deadline affects, or peekBuffered, which sets its own.
-	if pc.wdl {
-		pc.SetWriteDeadline(time.Time{})
-		pc.wdl = false
-	}
+	// No deadline of the exchange outlives it.
+	pc.SetDeadline(time.Time{})
 	if pc.owner != nil || t.sendProxy {
 		// Checked at its next use; closed with its client connection.
 		if pc.owner == nil || !pc.owner.put(pc) {
