@@ -408,9 +408,10 @@ func TestIdleConnectionKeepsNoDeadline(t *testing.T) {
 	}
 }
 
-// A kept connection carries its read deadline into the next exchange
-// (readWithin): the response timeout of a request on it still fires, never
-// sooner than response-timeout, and at most an eighth later.
+// The response timeout of a request on a kept connection fires, never
+// sooner than response-timeout, whatever deadline the connection's earlier
+// exchanges left behind: for any change that carries deadlines across
+// exchanges to spare timer updates.
 func TestResponseTimeoutOnKeptConnection(t *testing.T) {
 	t.Parallel()
 	const timeout = 400 * time.Millisecond
@@ -457,8 +458,8 @@ func TestResponseTimeoutOnKeptConnection(t *testing.T) {
 	if took < timeout {
 		t.Errorf("504 after %v, sooner than response-timeout %v", took, timeout)
 	}
-	// An eighth late at most, plus the machine's slack.
-	if limit := timeout + timeout/8 + 300*time.Millisecond; took > limit {
+	// Plus the machine's slack.
+	if limit := timeout + 300*time.Millisecond; took > limit {
 		t.Errorf("504 after %v, later than %v", took, limit)
 	}
 	if n := conns.Load(); n != 1 {
