@@ -367,6 +367,65 @@ func TestIdleConnectionKeepsNoDeadline(t *testing.T) {
 	}
 }
 
+// The response timeout of a request on a kept connection fires, never
+// sooner than response-timeout, whatever deadline the connection's earlier
+// exchanges left behind: for any change that carries deadlines across
+// exchanges to spare timer updates.
+func TestResponseTimeoutOnKeptConnection(t *testing.T) {
+	t.Parallel()
+	const timeout = 400 * time.Millisecond
+	var conns atomic.Int64
+	addr := rawBackend(t, func(c net.Conn, br *bufio.Reader) {
+		conns.Add(1)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/silent" {
+				io.Copy(io.Discard, br) // never answers
+				return
+			}
+			answer(c, req)
+		}
+	})
+	b := NewBackend(config.Backend{Name: "b", Address: addr, Weight: 1, ResponseTimeout: timeout,
+		Health: config.HealthCheck{Rise: 2, Fall: 3}}, nil, discard)
+	defer b.Close()
+	front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
+	defer front.Close()
+	for _, path := range []string{"/a", "/b"} {
+		resp, err := http.Get(front.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+	}
+	start := time.Now()
+	resp, err := http.Get(front.URL + "/silent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	took := time.Since(start)
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("silent backend: %d, want 504", resp.StatusCode)
+	}
+	if took < timeout {
+		t.Errorf("504 after %v, sooner than response-timeout %v", took, timeout)
+	}
+	// Plus the machine's slack.
+	if limit := timeout + 300*time.Millisecond; took > limit {
+		t.Errorf("504 after %v, later than %v", took, limit)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d backend connections, want 1: the requests did not share the kept one", n)
+	}
+}
+
 // A TLS handshake that fails is a failed connect, for requests as for
 // tunnels: the next backend gets the request, and the failure counts.
 func TestTLSHandshakeFailureIsAConnectFailure(t *testing.T) {
