@@ -21,8 +21,8 @@ import (
 	"time"
 )
 
-// Defaults. They live here, next to the keys they belong to; the README's key
-// table repeats them.
+// Defaults. They live here, next to the keys they belong to; the key tables
+// of docs/configuration.md and docs/hipsterd.ini.5 repeat them.
 const (
 	DefaultConnectTimeout    = 5 * time.Second
 	DefaultResponseTimeout   = 60 * time.Second

@@ -232,7 +232,7 @@ func sameServer(a, b config.Frontend) bool {
 }
 
 // The HTTP/2 limits of https frontends, set here so that they are
-// deliberate (they are Go's defaults) and listed in the README.
+// deliberate (they are Go's defaults) and listed in docs/configuration.md.
 const (
 	// h2MaxStreams is the most concurrent streams a client may open on a
 	// connection; a HEADERS frame past it gets RST_STREAM, and the

@@ -161,7 +161,7 @@ func run(o options, ps *procs, dir string) error {
 	}
 	limit := raiseFileLimit()
 	// The proxy holds two descriptors per connection, and hipsterd keeps
-	// about 330 for itself (see the README's "Limits and timeouts").
+	// about 330 for itself (see "Limits and timeouts" in docs/configuration.md).
 	if most := int(limit)/2 - o.conns - 400; o.idle > most {
 		logf("open-file limit %d: idle connections lowered from %d to %d", limit, o.idle, max(most, 0))
 		o.idle = max(most, 0)
