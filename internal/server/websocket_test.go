@@ -210,7 +210,9 @@ func TestShutdownClosesTunnelsAtDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Wide enough for the echo below to come first under -race on a
+	// loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	done := make(chan struct{})
 	go func() {
@@ -243,7 +245,9 @@ func TestShutdownClosesTunnelsAtDeadline(t *testing.T) {
 
 func TestWebSocketTunnelTimeout(t *testing.T) {
 	t.Parallel()
-	s, addr, closed, logPath := wsFrontend(t, "tunnel-timeout = 200ms")
+	// Wide enough for the echo below to come first under -race on a
+	// loaded machine.
+	s, addr, closed, logPath := wsFrontend(t, "tunnel-timeout = 1s")
 	c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/echo", nil)
 	if err != nil {
 		t.Fatal(err)

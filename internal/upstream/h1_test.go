@@ -287,6 +287,13 @@ func TestLostOnReusedConnection(t *testing.T) {
 			if code, body := send(); code != 200 || body != "ok" {
 				t.Fatalf("first: %d %q", code, body)
 			}
+			// A POST's connection may go back to the pool a moment after
+			// its response, from the goroutine that sent its body.
+			testutil.Eventually(t, "the first connection back in the pool", func() bool {
+				b.h1.mu.Lock()
+				defer b.h1.mu.Unlock()
+				return len(b.h1.idle) == 1
+			})
 			code, _ := send()
 			want, resends := 200, uint64(1)
 			if method == "POST" {

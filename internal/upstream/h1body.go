@@ -114,15 +114,19 @@ func (b *h1Body) release(complete bool) {
 	pc.body = bodyState{} // holds the request's context no longer
 	b.slot.Release()
 	// stop fails when the client went away: the deadline may be set.
-	if !b.stop() || !complete || !b.keep || (b.w != nil && !b.w.sent()) {
+	if !b.stop() || !complete || !b.keep {
 		pc.Close()
 		return
 	}
-	if n := pc.br.Buffered(); n > 0 {
-		stray, _ := pc.br.Peek(min(n, 64))
-		pc.t.unsolicited(stray)
-		pc.Close()
-		return
+	if b.w != nil {
+		// The backend may answer in full before the writer is done with
+		// the body it read whole: the writer decides then.
+		if taken, sent := b.w.keepAfter(pc); taken || !sent {
+			if !taken {
+				pc.Close()
+			}
+			return
+		}
 	}
-	pc.t.put(pc)
+	pc.t.keep(pc)
 }

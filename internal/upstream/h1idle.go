@@ -44,6 +44,18 @@ func (t *h1Transport) get() *h1Conn {
 	}
 }
 
+// keep puts pc, whose exchange is over, back in the pool, unless its
+// backend sent more than was asked.
+func (t *h1Transport) keep(pc *h1Conn) {
+	if n := pc.br.Buffered(); n > 0 {
+		stray, _ := pc.br.Peek(min(n, 64))
+		t.unsolicited(stray)
+		pc.Close()
+		return
+	}
+	t.put(pc)
+}
+
 func (t *h1Transport) put(pc *h1Conn) {
 	pc.idleAt = time.Now()
 	// No deadline of the exchange outlives it.

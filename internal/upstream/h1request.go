@@ -53,6 +53,10 @@ type bodyWriter struct {
 
 	mu       sync.Mutex
 	response bool // the response header came
+	finished bool // err is set: done closes
+	// kept is the connection whose response was read whole before the
+	// body was done: the writer keeps it if the body goes out whole.
+	kept *h1Conn
 }
 
 // run sends req's body on pc (for Expect: 100-continue, once the backend
@@ -84,10 +88,17 @@ func (w *bodyWriter) run(t *h1Transport, pc *h1Conn, req *http.Request) {
 	// Once the answer came, it is passed on whole: a body that broke
 	// only keeps the connection from being reused.
 	abort := client && !w.response
+	w.finished = true
+	kept := w.kept
 	w.mu.Unlock()
 	close(w.done)
-	if abort {
+	switch {
+	case abort:
 		pc.abort()
+	case kept != nil && err == nil:
+		t.keep(kept)
+	case kept != nil:
+		kept.Close()
 	}
 }
 
@@ -131,14 +142,19 @@ func (w *bodyWriter) answered() {
 	w.mu.Unlock()
 }
 
-// sent reports whether the whole body went out.
-func (w *bodyWriter) sent() bool {
-	select {
-	case <-w.done:
-		return w.err == nil
-	default:
-		return false
+// keepAfter is called when the response was read whole. A writer still at
+// work takes pc (taken), to keep it once the body went out whole; a write
+// blocked on a backend that reads no more of it fails now, which closes pc.
+// Otherwise sent reports whether the whole body went out.
+func (w *bodyWriter) keepAfter(pc *h1Conn) (taken, sent bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.finished {
+		w.kept = pc
+		pc.SetWriteDeadline(time.Unix(1, 0))
+		return true, false
 	}
+	return false, w.err == nil
 }
 
 // clientErr is the client's error, if its body failed already.
