@@ -148,6 +148,14 @@ func TestTunnelEndsOnce(t *testing.T) {
 	if s.released.Load() != 0 || released.Load() != 0 {
 		t.Fatal("slot or configuration let go while the tunnel runs")
 	}
+	// An idle tunnel's exchange holds nothing of net/http's connection:
+	// not its writer, not the request's context or header.
+	if x.w.ResponseWriter != nil || x.clock.w != nil || x.in.Header != nil || x.Context.Done() != nil {
+		t.Error("the tunnel's exchange still holds the server's writer, the request or its context")
+	}
+	if r := x.Request; r.Method != "GET" || r.RequestURI != "/ws" || len(r.Header) != 0 {
+		t.Errorf("the record keeps %q %q and %d header fields; want GET /ws and none", r.Method, r.RequestURI, len(r.Header))
+	}
 	x.BytesOut += 100
 	x.End()
 	got := rec.one(t)
