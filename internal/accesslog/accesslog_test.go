@@ -62,7 +62,7 @@ func TestTunnelLine(t *testing.T) {
 	var x *exchange.Exchange
 	h := logged(NewLogger("ws", f, Hipster), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		x = exchange.FromContext(r.Context())
-		x.Tunnel(0)
+		x = x.Tunnel(0)
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/chat", nil))
 	f.Reopen() // flushes

@@ -201,17 +201,7 @@ func (x *Exchange) handlerDone() {
 	x.clock.stop(x.body.x != nil)
 	if !x.Tunneled {
 		x.End()
-		return
 	}
-	// A tunnel's exchange lives as long as the tunnel, idle for hours
-	// maybe: it lets go of net/http's connection and its buffers, which
-	// the writer, the clock, the handoff and the request's context hold
-	// (15.9 KiB of RSS per idle tunnel in bench.sh's wsidle, 7.0 without
-	// them). End, which may run already, reads none of these: a tunnel's
-	// status is set, so Status never asks the context.
-	x.w, x.in, x.body, x.Handoff, x.Edit = writer{}, http.Request{}, body{}, nil, nil
-	x.clock.w = nil
-	x.Context = context.Background()
 }
 
 // Status is the status of the response: the final one sent; when none
@@ -231,34 +221,41 @@ func (x *Exchange) Status() int {
 func (x *Exchange) Keep(slot Releaser) { x.slot = slot }
 
 // Tunnel makes a request's exchange a tunnel, which outlives its handler:
-// the sinks hear of it now (its 101 and the bytes of head counted as
-// sent), its Request becomes what the record needs of it (recordOf), and
-// End ends it, letting its configuration go only then.
-func (x *Exchange) Tunnel(head int64) {
-	x.Request = recordOf(x.Request)
+// it returns the exchange the tunnel ends, which takes x's record and slot
+// (the sinks hear of it now, with its 101 and the bytes of head counted as
+// sent). End ends it, letting its configuration go only then. It keeps of
+// the request only what the record shows (recordOf) and nothing of net/http's
+// connection: an idle tunnel may live for hours.
+func (x *Exchange) Tunnel(head int64) *Exchange {
 	x.Tunneled = true
-	x.status = http.StatusSwitchingProtocols
-	x.BytesOut = head
+	t := &Exchange{Context: context.Background(), f: x.f, RemoteAddr: x.RemoteAddr, Start: x.Start,
+		Backend: x.Backend, Retries: x.Retries, Header: x.Header, Series: x.Series, Route: x.Route, RouteSeries: x.RouteSeries,
+		BytesOut: head, Tunneled: true, status: http.StatusSwitchingProtocols, slot: x.slot}
+	t.BytesIn.Store(x.BytesIn.Load())
+	x.slot = nil
+	recordOf(&t.in, x.Request)
+	t.Request = &t.in
 	for _, s := range x.f.Sinks {
-		s.Tunnel(x)
+		s.Tunnel(t)
 	}
+	return t
 }
 
-// recordOf returns what the record of a tunnel keeps of its request r: the
-// fields the access log writes, and none that hold the client connection's
-// buffers or the request's header whole.
-func recordOf(r *http.Request) *http.Request {
-	kept := &http.Request{Method: r.Method, URL: r.URL, Proto: r.Proto, ProtoMajor: r.ProtoMajor, ProtoMinor: r.ProtoMinor,
+// recordOf sets kept to what the record of a tunnel keeps of its request
+// r: the fields the access log writes (not URL: it writes RequestURI), none
+// that hold the client connection's buffers, and copies of the header values
+// (net/http's share one array for the whole header).
+func recordOf(kept, r *http.Request) {
+	*kept = http.Request{Method: r.Method, Proto: r.Proto, ProtoMajor: r.ProtoMajor, ProtoMinor: r.ProtoMinor,
 		Host: r.Host, RemoteAddr: r.RemoteAddr, RequestURI: r.RequestURI}
 	for _, k := range loggedHeaders {
-		if v, ok := r.Header[k]; ok {
+		if v := r.Header.Get(k); v != "" {
 			if kept.Header == nil {
 				kept.Header = make(http.Header, len(loggedHeaders))
 			}
-			kept.Header[k] = v
+			kept.Header[k] = []string{v}
 		}
 	}
-	return kept
 }
 
 // loggedHeaders are the request's header fields that access log lines show.

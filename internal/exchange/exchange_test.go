@@ -137,10 +137,13 @@ func TestTunnelEndsOnce(t *testing.T) {
 	f := &Frontend{Sinks: []Sink{&rec}, Release: func() { released.Add(1) }}
 	var x *Exchange
 	var s slot
-	serve(f, httptest.NewRecorder(), httptest.NewRequest("GET", "/ws", nil), func(w http.ResponseWriter, r *http.Request) {
+	req := httptest.NewRequest("GET", "/ws", nil)
+	req.Header.Set("User-Agent", "ua")
+	req.Header.Set("Cookie", "secret")
+	serve(f, httptest.NewRecorder(), req, func(w http.ResponseWriter, r *http.Request) {
 		x = FromContext(r.Context())
 		x.Keep(&s)
-		x.Tunnel(20)
+		x = x.Tunnel(20)
 	})
 	if len(rec.ended) != 0 || rec.tunnels.Load() != 1 {
 		t.Fatalf("at the handler's return: ended %d, tunnels %d; want 0 1", len(rec.ended), rec.tunnels.Load())
@@ -150,11 +153,11 @@ func TestTunnelEndsOnce(t *testing.T) {
 	}
 	// An idle tunnel's exchange holds nothing of net/http's connection:
 	// not its writer, not the request's context or header.
-	if x.w.ResponseWriter != nil || x.clock.w != nil || x.in.Header != nil || x.Context.Done() != nil {
-		t.Error("the tunnel's exchange still holds the server's writer, the request or its context")
+	if x.w.ResponseWriter != nil || x.clock.w != nil || x.Context.Done() != nil || x.Request != &x.in {
+		t.Error("the tunnel's exchange holds the server's writer, the request's context or a request of its own")
 	}
-	if r := x.Request; r.Method != "GET" || r.RequestURI != "/ws" || len(r.Header) != 0 {
-		t.Errorf("the record keeps %q %q and %d header fields; want GET /ws and none", r.Method, r.RequestURI, len(r.Header))
+	if r := x.Request; r.Method != "GET" || r.RequestURI != "/ws" || r.Header.Get("User-Agent") != "ua" || len(r.Header) != 1 {
+		t.Errorf("the record keeps %q %q and %v; want GET /ws and the User-Agent only", r.Method, r.RequestURI, r.Header)
 	}
 	x.BytesOut += 100
 	x.End()

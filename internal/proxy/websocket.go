@@ -35,7 +35,8 @@ func (h *Handler) serveWebSocket(x *exchange.Exchange, w http.ResponseWriter, r 
 
 // tunnel takes over the client connection of w, answers it with resp's head
 // and the bytes the backend sent after it, and tunnels it to bconn. From
-// then on the exchange x owns slot, and ends when the tunnel does.
+// then on the tunnel's exchange (x.Tunnel) owns slot, and ends when the
+// tunnel does.
 func (h *Handler) tunnel(x *exchange.Exchange, w http.ResponseWriter, resp *http.Response, bconn net.Conn, early []byte, slot exchange.Releaser) error {
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -47,12 +48,12 @@ func (h *Handler) tunnel(x *exchange.Exchange, w http.ResponseWriter, resp *http
 
 	x.Keep(slot)
 	head := append(responseHead(resp), early...)
-	x.Tunnel(int64(len(head)))
+	t := x.Tunnel(int64(len(head)))
 	if _, err := conn.Write(head); err != nil {
 		conn.Close()
 		bconn.Close()
-		x.BytesOut = 0
-		x.End()
+		t.BytesOut = 0
+		t.End()
 		return nil
 	}
 	// Bytes the client sent after its request sit in brw.
@@ -61,13 +62,13 @@ func (h *Handler) tunnel(x *exchange.Exchange, w http.ResponseWriter, resp *http
 		if _, err := bconn.Write(more); err != nil {
 			conn.Close()
 			bconn.Close()
-			x.End()
+			t.End()
 			return nil
 		}
 	}
 	h.Tunnels.Start(conn, bconn, tunnel.Options{Timeout: h.TunnelTimeout, HalfClosed: wsHalfClosed}, func(toClient, _ int64, _ tunnel.End) {
-		x.BytesOut += toClient
-		x.End()
+		t.BytesOut += toClient
+		t.End()
 	})
 	return nil
 }

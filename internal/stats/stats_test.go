@@ -115,7 +115,7 @@ func TestTunnelCounts(t *testing.T) {
 	h := (&exchange.Frontend{Sinks: []exchange.Sink{f, other}}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		x = exchange.FromContext(r.Context())
 		x.Series = echo
-		x.Tunnel(10)
+		x = x.Tunnel(10)
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
 	if n := echo.codes[101].Load(); n != 1 {
