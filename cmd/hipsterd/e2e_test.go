@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -46,15 +47,26 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a loopback address that was free a moment ago.
+// givenPorts are the ports freePort handed out: the kernel may give a port
+// just closed to the next bind on port 0, and two frontends of one test
+// must not get the same one.
+var givenPorts sync.Map
+
+// freePort returns a loopback address that was free a moment ago, and that
+// no other call in this test binary returned.
 func freePort(t *testing.T, network, host string) string {
 	t.Helper()
-	ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Skipf("cannot listen on %s: %v", host, err)
+	for {
+		ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Skipf("cannot listen on %s: %v", host, err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, taken := givenPorts.LoadOrStore(network+" "+addr, true); !taken {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func writeConfig(t *testing.T, text string) string {
