@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/testcert"
 )
 
 // rawStatus sends raw on a new connection and returns the status of the
@@ -194,5 +197,90 @@ func TestOptionsStarForwarded(t *testing.T) {
 	}
 	if line := logLines(t, logPath, 1)[0]; !strings.Contains(line, `"OPTIONS * HTTP/1.1" 200`) {
 		t.Errorf("access log line %q", line)
+	}
+}
+
+// On an https frontend net/http's refusals are written under TLS, where
+// they cannot be read: they are found by net/http's order of events
+// instead (a request read, no handler, a write, the close), logged and
+// counted as 400, or 431 for a head over the limit. A request served, a
+// connection closed before any request, and HTTP/2 leave no such line.
+func TestRefusedRequestsLoggedOverTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := testcert.Files(t, dir, "localhost")
+	logPath := filepath.Join(dir, "access.log")
+	front, stats := freePort(t, "tcp", "127.0.0.1"), freePort(t, "tcp", "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf(`
+[global]
+stats = %s
+[frontend f]
+bind = %s
+https = true
+certfile = %s
+keyfile = %s
+backends = b
+accesslog = %s
+[backend b]
+connect = %s
+`, stats, front, cert, key, logPath, backend(t, "b", nil)))
+	startHipsterd(t, cfg, front)
+	tlsConf := &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost", NextProtos: []string{"http/1.1"}}
+	send := func(raw string, closeEarly bool) int {
+		t.Helper()
+		c, err := tls.Dial("tcp", front, tlsConf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if len(raw) > 64<<10 {
+			go io.WriteString(c, raw)
+		} else {
+			io.WriteString(c, raw)
+		}
+		if closeEarly {
+			return 0
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%.40q: %v", raw, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	send("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false) // served: 200
+	send("", true)                                                        // a handshake, then nothing: no request, no line
+	if got := send("GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n", false); got != 400 {
+		t.Errorf("control byte: %d, want 400", got)
+	}
+	if got := send("GET / HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("x", 1<<20+8192)+"\r\n\r\n", false); got != 431 {
+		t.Errorf("head over the limit: %d, want 431", got)
+	}
+	h2 := &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost"}}}
+	resp, err := h2.Get("https://" + front + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	h2.CloseIdleConnections()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("protocol %s, want HTTP/2", resp.Proto)
+	}
+	lines := logLines(t, logPath, 4)
+	var refusedLines []string
+	for _, l := range lines {
+		if strings.Contains(l, "<BADREQ>") {
+			refusedLines = append(refusedLines, l)
+		}
+	}
+	if len(refusedLines) != 2 || !strings.Contains(refusedLines[0], `" 400 `) || !strings.Contains(refusedLines[1], `" 431 `) {
+		t.Errorf("refused lines %q, want a 400 and a 431 among:\n%s", refusedLines, strings.Join(lines, "\n"))
+	}
+	m := metricsText(t, stats)
+	for _, s := range []string{`hipsterd_requests_total{backend="-",code="400",frontend="f"} 1`, `hipsterd_requests_total{backend="-",code="431",frontend="f"} 1`} {
+		if !strings.Contains(m, s+"\n") {
+			t.Errorf("/metrics lacks %s", s)
+		}
 	}
 }

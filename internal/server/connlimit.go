@@ -172,6 +172,16 @@ type countedConn struct {
 	refused   func(top net.Conn, status int, body int64)
 	top       net.Conn    // as net/http serves it, if refusals are looked for
 	answering atomic.Bool // the next write may be a refusal
+	// Under TLS (refused.go): tlsTop is the connection net/http serves;
+	// proto is 0 until known, then protoH1 or protoH2; unanswered is set
+	// while a request read has reached no handler; wrote, if something was
+	// written then; read counts the bytes read since the connection was
+	// new or idle.
+	tlsTop     *tls.Conn
+	proto      atomic.Int32
+	unanswered atomic.Bool
+	wrote      atomic.Bool
+	read       atomic.Int64
 }
 
 func (c *countedConn) Close() error {
@@ -417,10 +427,19 @@ func setConnState(c net.Conn, st http.ConnState) {
 		cc.watchAnswers(c)
 	case http.StateActive, http.StateHijacked:
 		cc.state.Store(connBusy)
+		if st == http.StateActive && cc.tlsTop != nil {
+			cc.tlsActive()
+		}
 	case http.StateIdle:
 		cc.since.Store(time.Now().UnixNano())
 		cc.state.Store(connIdle)
 		cc.answering.Store(cc.top != nil)
+		cc.unanswered.Store(false)
+		cc.read.Store(0)
+	case http.StateClosed:
+		if cc.tlsTop != nil {
+			cc.tlsClosed()
+		}
 	}
 }
 
@@ -430,6 +449,9 @@ func setConnState(c net.Conn, st http.ConnState) {
 // has read a whole request head, which may take long.
 func (c *countedConn) Read(p []byte) (int, error) {
 	n, err := c.TCPConn.Read(p)
+	if c.tlsTop != nil {
+		c.read.Add(int64(n))
+	}
 	if n > 0 {
 		switch st := c.state.Load(); st {
 		case connNew:

@@ -199,6 +199,7 @@ func procAddress(s string) (config.Address, bool) {
 // exchange: the exchange leaves the generation as it ends (for a WebSocket,
 // when its tunnel has closed).
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	markServed(r)
 	l.enter().handler.ServeHTTP(w, r)
 }
 
@@ -291,6 +292,11 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			cc := &upstream.ClientConn{}
 			clients.Store(c, cc)
+			if tc, ok := c.(*tls.Conn); ok {
+				if counted := countedOf(tc); counted != nil {
+					ctx = context.WithValue(ctx, servedKey{}, counted)
+				}
+			}
 			return upstream.WithClientConn(ctx, cc)
 		},
 		ConnState: func(c net.Conn, st http.ConnState) {
