@@ -15,18 +15,13 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
-func closedPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+// closedPort returns a loopback address that refuses connections while the
+// test runs.
+func closedPort(t *testing.T) string { return testutil.RefusingAddr(t) }
 
 // tally sends n GETs and counts the answers by body.
 func tally(t *testing.T, client *http.Client, url string, n int, header http.Header) map[string]int {

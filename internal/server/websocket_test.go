@@ -160,9 +160,7 @@ func TestWebSocketRefusedPassesThrough(t *testing.T) {
 
 func TestWebSocketBackendDown(t *testing.T) {
 	t.Parallel()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testutil.RefusingAddr(t)
 	_, addrs := start(t, "[frontend f]\nbind = 127.0.0.1:0\nbackends = d\n[backend d]\nconnect = "+dead+"\n")
 	_, resp, err := websocket.DefaultDialer.Dial("ws://"+addrs["f"]+"/", nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusBadGateway {

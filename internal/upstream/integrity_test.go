@@ -497,9 +497,7 @@ func TestSlotsAllComeBack(t *testing.T) {
 			answer(c, req)
 		}
 	})
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testutil.RefusingAddr(t)
 	b := NewBackend(config.Backend{Name: "b", Address: addr, Weight: 1, ResponseTimeout: 100 * time.Millisecond,
 		Health: config.HealthCheck{Rise: 2, Fall: 100}}, nil, discard)
 	d := NewBackend(config.Backend{Name: "d", Address: dead, Weight: 1, Health: config.HealthCheck{Rise: 2, Fall: 100}}, nil, discard)

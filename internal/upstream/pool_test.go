@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -222,9 +222,7 @@ func TestRoundTripRetriesOnConnectFailure(t *testing.T) {
 		fmt.Fprintf(w, "%s %s", r.Method, body)
 	}))
 	defer srv.Close()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testutil.RefusingAddr(t)
 	up, down := newBackend("up", srv.Listener.Addr().String(), 1), newBackend("down", dead, 1)
 	p := NewPool([]*Backend{down, up}, config.RoundRobin, false, discard)
 	front := httptest.NewServer(p)
