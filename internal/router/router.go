@@ -177,8 +177,13 @@ func (rt *Router) Decide(host, p string) Decision {
 	if len(rt.routes) == 0 {
 		return d
 	}
-	if p == "*" || p == "" {
-		return d // OPTIONS *, or an authority form: no path to route by
+	switch p {
+	case "*":
+		return d // OPTIONS *: no path to route by
+	case "":
+		// An absolute-form target without a path ("GET http://a.example
+		// HTTP/1.1"): the backend gets "/", and so must the route for /.
+		p = "/"
 	}
 	norm, err := urlpath.Normalize(p)
 	if err != nil {

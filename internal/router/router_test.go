@@ -123,6 +123,8 @@ func TestPrecedence(t *testing.T) {
 		// A route for / of a host takes the rest of that host.
 		{"other.com", "/anything", "root-named", "/anything", ""},
 		{"other.com", "/api/x", "any-api", "/x", ""},
+		// An absolute-form target without a path is the backend's "/".
+		{"other.com", "", "root-named", "/", ""},
 		// Dressed paths match as the backend reads them.
 		{"x", "/api/../admin/x", "admin", "/x", ""},
 		{"x", "/%61dmin/x", "admin", "/x", ""},
