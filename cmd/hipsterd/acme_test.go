@@ -305,7 +305,7 @@ func TestACMEStorageUnderSystemd(t *testing.T) {
 		if code != 0 {
 			t.Errorf("%s: exit %d: %s", tc.name, code, stderr)
 		}
-		warned := strings.Contains(stderr, "[global] acme-storage: ") && strings.Contains(stderr, "ProtectSystem=strict")
+		warned := strings.Contains(stderr, tc.config+":2: [global] acme-storage: ") && strings.Contains(stderr, "ProtectSystem=strict")
 		if warned != tc.warning {
 			t.Errorf("%s: stderr %q; warning wanted: %v", tc.name, stderr, tc.warning)
 		}

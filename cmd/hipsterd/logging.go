@@ -171,7 +171,7 @@ func systemdWarnings(cfg *config.Config) []string {
 		state = strings.Split(v, ":")
 	}
 	if storage := cfg.Global.ACME.Storage; len(cfg.ACMENames()) > 0 && !within(storage, state) {
-		out = append(out, (&config.Error{File: cfg.File, Section: "global", Key: "acme-storage",
+		out = append(out, (&config.Error{File: cfg.File, Line: cfg.Line("global", "acme-storage"), Section: "global", Key: "acme-storage",
 			Msg: fmt.Sprintf("%s is outside %s: under the unit's ProtectSystem=strict hipsterd cannot keep its certificates there (leave acme-storage out, or add its directory to ReadWritePaths=)",
 				storage, strings.Join(state, " and "))}).Error())
 	}

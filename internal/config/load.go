@@ -180,7 +180,7 @@ func parseFile(name string, data []byte, checkSystem bool) (*Config, error) {
 	if err != nil {
 		return nil, Errors{{File: name, Msg: "not a valid INI file: " + strings.TrimSpace(err.Error())}}
 	}
-	p := &parser{file: name, cfg: &Config{File: name, lines: lines}, dualStack: dualStack(), lines: lines, occ: map[string]int{}, ruleLines: ruleOrder(data)}
+	p := &parser{file: name, cfg: &Config{File: name, lines: lines}, dualStack: dualStack(), lines: lines, occ: map[string]int{}}
 	p.cfg.Global = Global{
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
@@ -214,8 +214,6 @@ type parser struct {
 	hostSecs     []*ini.Section
 	routeSecs    []*ini.Section
 	logs         []setting // the accesslog keys set
-	// ruleLines are the header rule keys of each section in file order.
-	ruleLines map[string][]string
 	// acmeStorageSet is whether acme-storage is set (else its default).
 	acmeStorageSet bool
 	// lines tells where sections and keys are; occ, by sectionKey, which

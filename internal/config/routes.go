@@ -1,8 +1,7 @@
 package config
 
 import (
-	"bufio"
-	"bytes"
+	"maps"
 	"net/textproto"
 	"net/url"
 	"slices"
@@ -210,9 +209,8 @@ type keyValue struct{ key, value string }
 
 // ruleValues returns a section's header rule lines in file order. The INI
 // library gives a repeated key's values together, losing how the lines of
-// different keys interleave; ruleLines, scanned from the file, puts them
-// back in order. Should the scan disagree with the library, the library's
-// order stands.
+// different keys interleave; the line index puts them back in order.
+// Should the index disagree with the library, the library's order stands.
 func (p *parser) ruleValues(sec *ini.Section) []keyValue {
 	values := map[string][]string{}
 	var byKey []keyValue
@@ -227,7 +225,7 @@ func (p *parser) ruleValues(sec *ini.Section) []keyValue {
 			total += len(vs)
 		}
 	}
-	order := p.ruleLines[sec.Name()]
+	order := p.ruleOrder(sec.Name())
 	if len(order) != total {
 		return byKey
 	}
@@ -244,28 +242,23 @@ func (p *parser) ruleValues(sec *ini.Section) []keyValue {
 	return out
 }
 
-// ruleOrder scans an INI file for the header rule keys of each section,
-// in file order.
-func ruleOrder(data []byte) map[string][]string {
-	out := map[string][]string{}
-	section := ""
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(nil, len(data)+1)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if strings.HasPrefix(line, "[") {
-			if end := strings.IndexByte(line, ']'); end > 0 {
-				section = strings.TrimSpace(line[1:end])
-			}
-			continue
+// ruleOrder returns the header rule keys of the section called name, one
+// for each line setting one, in file order.
+func (p *parser) ruleOrder(name string) []string {
+	s := p.occurrence(name)
+	if s == nil {
+		return nil
+	}
+	keyAt := map[int]string{}
+	for _, k := range headerRuleKeys {
+		for _, n := range s.keys[k] {
+			keyAt[n] = k
 		}
-		i := strings.IndexAny(line, "=:")
-		if i < 0 {
-			continue
-		}
-		if key := strings.ToLower(strings.TrimSpace(line[:i])); slices.Contains(headerRuleKeys, key) {
-			out[section] = append(out[section], key)
-		}
+	}
+	lines := slices.Sorted(maps.Keys(keyAt))
+	out := make([]string, len(lines))
+	for i, n := range lines {
+		out[i] = keyAt[n]
 	}
 	return out
 }
