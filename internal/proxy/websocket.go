@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -85,21 +84,7 @@ const wsHalfClosed = 5 * time.Second
 const tunnelKeepAlive = 30 * time.Second
 
 func keepAlive(c net.Conn) {
-	for unwrapped := false; !unwrapped; {
-		switch x := c.(type) {
-		case *tls.Conn:
-			c = x.NetConn()
-		case interface{ Raw() net.Conn }: // under a PROXY header
-			c = x.Raw()
-		default:
-			unwrapped = true
-		}
-	}
-	// A *net.TCPConn, or a wrapper of one.
-	if tc, ok := c.(interface {
-		SetKeepAlive(bool) error
-		SetKeepAlivePeriod(time.Duration) error
-	}); ok {
+	if tc := tunnel.Socket(c); tc != nil {
 		tc.SetKeepAlive(true)
 		tc.SetKeepAlivePeriod(tunnelKeepAlive)
 	}

@@ -231,7 +231,7 @@ func (t *tunnel) setWhy(why End) {
 func (t *tunnel) abort(failed End) {
 	t.setWhy(failed)
 	for _, c := range []net.Conn{t.a, t.b} {
-		if tc := socket(c); tc != nil {
+		if tc := Socket(c); tc != nil {
 			tc.SetLinger(0)
 		}
 	}
@@ -250,9 +250,9 @@ func (t *tunnel) abort(failed End) {
 	}
 }
 
-// socket returns the TCP connection under c's wrappers (TLS, PROXY header,
+// Socket returns the TCP connection under c's wrappers (TLS, PROXY header,
 // connection counting), or nil.
-func socket(c net.Conn) *net.TCPConn {
+func Socket(c net.Conn) *net.TCPConn {
 	for {
 		switch x := c.(type) {
 		case *net.TCPConn:
