@@ -20,7 +20,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +46,9 @@ type Options struct {
 	// finding them taken, leaves the answering to those frontends instead
 	// of binding its own listener.
 	HTTPAddr, TLSAddr string
+	// CARootPEM is the content of CARoot as the configuration check read
+	// it: a reload that changes the file builds a new Manager.
+	CARootPEM string
 	// RenewCheck is how often certificates are checked for renewal (and
 	// OCSP staples refreshed); zero for certmagic's default (10 minutes).
 	RenewCheck time.Duration
@@ -77,12 +79,8 @@ func New(opts Options, log *slog.Logger) (*Manager, error) {
 	m := &Manager{opts: opts, log: log, names: map[string]bool{}, failed: map[string]failure{}}
 	var roots *x509.CertPool
 	if opts.CARoot != "" {
-		pem, err := os.ReadFile(opts.CARoot)
-		if err != nil {
-			return nil, fmt.Errorf("[global] acme-ca-root: %w", err)
-		}
 		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
+		if !roots.AppendCertsFromPEM([]byte(opts.CARootPEM)) {
 			return nil, fmt.Errorf("[global] acme-ca-root: %s holds no PEM certificate", opts.CARoot)
 		}
 	}

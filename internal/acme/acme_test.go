@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -72,8 +73,13 @@ func TestRenewalWithoutFailedHandshakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	peb := acmetest.Start(t, acmetest.Options{HTTPPort: httpLn.Addr().(*net.TCPAddr).Port, TLSPort: acmetest.FreePort(t), Validity: 15 * time.Second})
+	root, err := os.ReadFile(peb.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
 	m, err := New(Options{
 		ACME:       config.ACME{CA: peb.Directory, CARoot: peb.Root, Storage: t.TempDir()},
+		CARootPEM:  string(root),
 		HTTPAddr:   httpLn.Addr().String(),
 		RenewCheck: time.Second,
 	}, log)

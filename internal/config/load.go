@@ -396,7 +396,7 @@ func (p *parser) acme(sec *ini.Section) {
 	}
 	if sec.HasKey("acme-ca-root") {
 		a.CARoot = value(sec, "acme-ca-root")
-		if data, err := os.ReadFile(a.CARoot); err != nil {
+		if data, err := p.readFile(a.CARoot); err != nil {
 			p.errorf(sec.Name(), "acme-ca-root", "cannot read %s: %v", a.CARoot, unwrapPathError(err))
 		} else if !x509.NewCertPool().AppendCertsFromPEM(data) {
 			p.errorf(sec.Name(), "acme-ca-root", "%s holds no PEM certificate", a.CARoot)

@@ -16,7 +16,7 @@ func (s *Server) acmeManager(cfg *config.Config, socks map[string]*listener) (*a
 	if len(cfg.ACMENames()) == 0 {
 		return nil, nil
 	}
-	opts := acme.Options{ACME: cfg.Global.ACME, RenewCheck: s.ACMERenewCheck}
+	opts := acme.Options{ACME: cfg.Global.ACME, CARootPEM: string(cfg.Files[cfg.Global.ACME.CARoot]), RenewCheck: s.ACMERenewCheck}
 	for _, fc := range cfg.Frontends {
 		addr := socks[bindKey(fc)].sock.Addr().String()
 		switch {
