@@ -126,15 +126,7 @@ func (s *Server) limitOf(frontend string) ConnLimit {
 
 func TestFrontendMaxConnectionsWaits(t *testing.T) {
 	t.Parallel()
-	s, addrs, logs := startLogged(t, fmt.Sprintf(`
-[frontend f]
-bind = 127.0.0.1:0
-backends = b
-max-connections = 2
-[backend b]
-connect = %s
-`, holdBackend(t)))
-	addr := addrs["f"]
+	s, addr, logs := limitedFrontend(t)
 	first := busy(t, addr)
 	second := busy(t, addr)
 	testutil.Eventually(t, "2 open connections counted", func() bool { return s.limitOf("f").Open == 2 })
@@ -294,15 +286,7 @@ func TestReloadChangesMaxConnections(t *testing.T) {
 // does: idle clients cannot keep out those with a request to make.
 func TestLimitReclaimsIdleConnections(t *testing.T) {
 	t.Parallel()
-	s, addrs, _ := startLogged(t, fmt.Sprintf(`
-[frontend f]
-bind = 127.0.0.1:0
-backends = b
-max-connections = 2
-[backend b]
-connect = %s
-`, holdBackend(t)))
-	addr := addrs["f"]
+	s, addr, _ := limitedFrontend(t)
 	idle := keepAlive(t, addr)
 	held := busy(t, addr)
 	defer held.Close()
@@ -383,15 +367,7 @@ connect = %s
 // passed, and one that sent part of a request head is not.
 func TestLimitClosesSilentNotStarted(t *testing.T) {
 	t.Parallel()
-	_, addrs, _ := startLogged(t, fmt.Sprintf(`
-[frontend f]
-bind = 127.0.0.1:0
-backends = b
-max-connections = 2
-[backend b]
-connect = %s
-`, holdBackend(t)))
-	addr := addrs["f"]
+	_, addr, _ := limitedFrontend(t)
 	started := dialRaw(t, addr)
 	defer started.Close()
 	io.WriteString(started, "GET / HTTP/1.1\r\nHo")
@@ -414,15 +390,7 @@ connect = %s
 // went quiet is closed before a keep-alive connection that served one.
 func TestLimitClosesStalledBeforeIdle(t *testing.T) {
 	t.Parallel()
-	_, addrs, _ := startLogged(t, fmt.Sprintf(`
-[frontend f]
-bind = 127.0.0.1:0
-backends = b
-max-connections = 2
-[backend b]
-connect = %s
-`, holdBackend(t)))
-	addr := addrs["f"]
+	_, addr, _ := limitedFrontend(t)
 	idle := keepAlive(t, addr)
 	defer idle.Close()
 	stalled := dialRaw(t, addr)
@@ -496,4 +464,20 @@ connect = %s
 		t.Errorf("the HTTP/2 request in flight ended: %v", err)
 	default:
 	}
+}
+
+// limitedFrontend starts a frontend f with max-connections = 2 before a
+// backend that holds its requests, and returns the server, f's address and
+// the server's log.
+func limitedFrontend(t *testing.T) (*Server, string, *logBuffer) {
+	t.Helper()
+	s, addrs, logs := startLogged(t, fmt.Sprintf(`
+[frontend f]
+bind = 127.0.0.1:0
+backends = b
+max-connections = 2
+[backend b]
+connect = %s
+`, holdBackend(t)))
+	return s, addrs["f"], logs
 }
