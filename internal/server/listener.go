@@ -200,6 +200,10 @@ func procAddress(s string) (config.Address, bool) {
 // when its tunnel has closed).
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	markServed(r)
+	if r.ProtoMajor == 2 {
+		serveOnWorker(l.enter().handler, w, r)
+		return
+	}
 	l.enter().handler.ServeHTTP(w, r)
 }
 
