@@ -1,7 +1,9 @@
 package server
 
 import (
+	"fmt"
 	"net/http"
+	"runtime/debug"
 	"sync"
 )
 
@@ -60,8 +62,14 @@ func h2Worker(c *h2Call) {
 	}
 }
 
+// run calls c's handler; a panic other than http.ErrAbortHandler comes back
+// with the worker's stack, which net/http's log of it would lack.
 func run(c *h2Call) (p any) {
-	defer func() { p = recover() }()
+	defer func() {
+		if p = recover(); p != nil && p != http.ErrAbortHandler {
+			p = fmt.Sprintf("%v\n\nhandler goroutine's stack:\n%s", p, debug.Stack())
+		}
+	}()
 	c.h.ServeHTTP(c.w, c.r)
 	return nil
 }
