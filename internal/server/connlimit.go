@@ -182,10 +182,18 @@ type countedConn struct {
 	unanswered atomic.Bool
 	wrote      atomic.Bool
 	read       atomic.Int64
+
+	// net/http's background read (reads.go): bg is bgOff, bgOn or
+	// bgParked; bgWake wakes it when parked; bgTimer is used by
+	// the reading goroutine only.
+	bg      atomic.Int32
+	bgWake  chan struct{}
+	bgTimer *time.Timer
 }
 
 func (c *countedConn) Close() error {
 	err := c.TCPConn.Close()
+	c.wakeBackgroundRead()
 	if l := c.reclaim; l != nil {
 		l.remove(c)
 	}
@@ -448,6 +456,7 @@ func setConnState(c net.Conn, st http.ConnState) {
 // progress from then on. net/http reports a connection active only once it
 // has read a whole request head, which may take long.
 func (c *countedConn) Read(p []byte) (int, error) {
+	c.waitBeforeRead()
 	n, err := c.TCPConn.Read(p)
 	if c.tlsTop != nil {
 		c.read.Add(int64(n))

@@ -204,6 +204,9 @@ func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		serveOnWorker(l.enter().handler, w, r)
 		return
 	}
+	if c := backgroundReadQuiet(r); c != nil {
+		defer c.handled()
+	}
 	l.enter().handler.ServeHTTP(w, r)
 }
 
@@ -296,10 +299,8 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			cc := &upstream.ClientConn{}
 			clients.Store(c, cc)
-			if tc, ok := c.(*tls.Conn); ok {
-				if counted := countedOf(tc); counted != nil {
-					ctx = context.WithValue(ctx, servedKey{}, counted)
-				}
+			if counted := countedOf(c); counted != nil {
+				ctx = context.WithValue(ctx, servedKey{}, counted)
 			}
 			return upstream.WithClientConn(ctx, cc)
 		},
@@ -466,7 +467,7 @@ func (v *acceptView) Accept() (net.Conn, error) {
 		v.takeGlobal()
 		// A connection accepted as the view closes is still served, by
 		// this server, which then closes it after its request.
-		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global, reclaim: v.httpConns, refused: v.refused}
+		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global, reclaim: v.httpConns, refused: v.refused, bgWake: make(chan struct{}, 1)}
 		if v.httpConns != nil {
 			v.httpConns.add(cc)
 		}

@@ -120,7 +120,7 @@ func (c *countedConn) tlsClosed() {
 	c.refused(c.tlsTop, status, 0)
 }
 
-// servedKey is the context key of a TLS connection's countedConn, which
+// servedKey is the context key of a connection's countedConn, which
 // its requests mark served.
 type servedKey struct{}
 

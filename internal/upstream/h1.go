@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -166,6 +167,10 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 		go w.run(t, pc, req)
 	}
 	pc.head.left = MaxResponseHeaderBytes
+	// Other goroutines first: the backend has had no time to answer yet,
+	// and a read now would most often find nothing, a system call for
+	// nothing before the wait.
+	runtime.Gosched()
 	if _, err := pc.br.Peek(1); err != nil {
 		// The backend may have closed the connection before it read the
 		// request, or after.
