@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -153,9 +152,12 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 	// The head goes at once, body or not: the backend may answer it
 	// before the body comes (a 401, a 413, a 100 Continue), as with
 	// net/http's Transport, which flushes the head of a body not in memory.
-	if err := pc.bw.Flush(); err != nil {
+	if err := pc.send(body); err != nil {
 		if pc.out.n == 0 {
 			return nil, faultUnsent, err
+		}
+		if IsTimeout(err) {
+			return nil, faultTimeout, err
 		}
 		return nil, faultLost, err
 	}
@@ -167,10 +169,6 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 		go w.run(t, pc, req)
 	}
 	pc.head.left = MaxResponseHeaderBytes
-	// Other goroutines first: the backend has had no time to answer yet,
-	// and a read now would most often find nothing, a system call for
-	// nothing before the wait.
-	runtime.Gosched()
 	if _, err := pc.br.Peek(1); err != nil {
 		// The backend may have closed the connection before it read the
 		// request, or after.

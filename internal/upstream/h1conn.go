@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"runtime"
 	"time"
 )
 
@@ -117,4 +118,33 @@ func (pc *h1Conn) peekBuffered() (stray []byte, open bool) {
 		return stray, false
 	}
 	return nil, IsTimeout(err)
+}
+
+// send flushes the request. A request without a body on a plain
+// connection is written from inside the wait for the answer: the wait's
+// readiness is reset before the request goes, so no answer can come before
+// it, and the goroutine parks until the answer is there instead of first
+// reading a socket that holds nothing yet (a system call for nothing).
+func (pc *h1Conn) send(body bool) error {
+	if body || !pc.sock.plain {
+		err := pc.bw.Flush()
+		// Other goroutines first: the backend has had no time to answer
+		// yet, and a read now would most often find nothing.
+		runtime.Gosched()
+		return err
+	}
+	var werr error
+	sent := false
+	err := pc.sock.rc.Read(func(uintptr) bool {
+		if sent {
+			return true
+		}
+		sent = true
+		werr = pc.bw.Flush()
+		return werr != nil
+	})
+	if werr != nil {
+		return werr
+	}
+	return err
 }
