@@ -24,6 +24,10 @@ type h1Conn struct {
 	owner *ClientConn
 	sock  sockOps
 	body  bodyState // of the response under way
+	// send's state, and its callback made once (no allocation per request).
+	sending bool
+	sendErr error
+	sendFn  func(uintptr) bool
 }
 
 func (t *h1Transport) newConn(c net.Conn) *h1Conn {
@@ -32,6 +36,7 @@ func (t *h1Transport) newConn(c net.Conn) *h1Conn {
 	pc.out.c = c
 	pc.bw = bufio.NewWriter(&pc.out)
 	pc.abort = func() { pc.SetDeadline(time.Unix(1, 0)) }
+	pc.sendFn = pc.sendInWait
 	pc.initSock()
 	return pc
 }
@@ -133,18 +138,22 @@ func (pc *h1Conn) send(body bool) error {
 		runtime.Gosched()
 		return err
 	}
-	var werr error
-	sent := false
-	err := pc.sock.rc.Read(func(uintptr) bool {
-		if sent {
-			return true
-		}
-		sent = true
-		werr = pc.bw.Flush()
-		return werr != nil
-	})
-	if werr != nil {
-		return werr
+	pc.sending = true
+	pc.sendErr = nil
+	err := pc.sock.rc.Read(pc.sendFn)
+	if pc.sendErr != nil {
+		return pc.sendErr
 	}
 	return err
+}
+
+// sendInWait is send's RawConn.Read callback: the first call writes the
+// request, and the next ones, once the socket has something, end the wait.
+func (pc *h1Conn) sendInWait(uintptr) bool {
+	if !pc.sending {
+		return true
+	}
+	pc.sending = false
+	pc.sendErr = pc.bw.Flush()
+	return pc.sendErr != nil
 }
