@@ -35,9 +35,10 @@ const (
 	bgParked              // and its background read waits
 )
 
-// backgroundReadQuiet marks c as handling r, if r is an HTTP/1 request without a
-// body (then net/http's only read until the handler returns is its
-// background read), and returns the function that ends the mark.
+// backgroundReadQuiet marks r's connection as handling r, if r is an HTTP/1
+// request without a body (then net/http's only read of the connection until
+// the handler returns is its background read), and returns the connection,
+// whose handled ends the mark; nil if not marked.
 func backgroundReadQuiet(r *http.Request) *countedConn {
 	if r.ProtoMajor != 1 || r.Body != http.NoBody {
 		return nil
@@ -49,8 +50,9 @@ func backgroundReadQuiet(r *http.Request) *countedConn {
 	return c
 }
 
-// handled ends the mark of backgroundReadQuiet. A background read still waiting
-// stays so until net/http calls it off (SetReadDeadline), as it does next.
+// handled ends the mark of backgroundReadQuiet. A background read still
+// waiting stays so until net/http calls it off (SetReadDeadline), as it does
+// next.
 func (c *countedConn) handled() { c.bg.CompareAndSwap(bgOn, bgOff) }
 
 // waitBeforeRead is called before each read of c.
