@@ -2,6 +2,8 @@ package server
 
 import (
 	"bytes"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testcert"
 	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
@@ -132,4 +135,46 @@ func rawBackend(c net.Conn, response []byte) {
 			have = copy(buf, buf[end+4:have])
 		}
 	}
+}
+
+// BenchmarkProxyHTTP2 is a proxied request over HTTP/2 with TLS (streams of
+// a few connections at once, as browsers send them), to the raw backend of
+// BenchmarkProxyOnly: the path of serveOnWorker.
+func BenchmarkProxyHTTP2(b *testing.B) {
+	response := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + strings.Repeat("x", 100))
+	addr := testutil.Serve(testutil.Listen(b), func(c net.Conn) { rawBackend(c, response) })
+	cert, key := testcert.Files(b, b.TempDir(), "localhost")
+	cfg, err := config.Parse("bench.ini", []byte(fmt.Sprintf("[frontend f]\nbind = 127.0.0.1:0\nhttps = true\ncertfile = %s\nkeyfile = %s\nbackends = a\n[backend a]\nconnect = %s\n", cert, key, addr)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := s.Start(cfg); err != nil {
+		b.Fatal(err)
+	}
+	defer s.Shutdown(b.Context())
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: testcert.Pool(b, cert), ServerName: "localhost"},
+		ForceAttemptHTTP2: true,
+	}}
+	defer client.CloseIdleConnections()
+	url := "https://" + s.Addrs()["f"].String() + "/small"
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := client.Get(url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.ProtoMajor != 2 {
+				b.Errorf("%s, want HTTP/2", resp.Proto)
+				return
+			}
+		}
+	})
 }
