@@ -24,7 +24,9 @@ type h1Conn struct {
 	owner *ClientConn
 	sock  sockOps
 	body  bodyState // of the response under way
-	// send's state, and its callback made once (no allocation per request).
+	// send's state, and its callback made once (no allocation per request);
+	// quiet: fit found the socket empty and open, just before this request.
+	quiet   bool
 	sending bool
 	sendErr error
 	sendFn  func(uintptr) bool
@@ -91,6 +93,7 @@ func (pc *h1Conn) headErr(err error) error {
 // would reach the wrong client.
 func (pc *h1Conn) fit() bool {
 	stray, open, ok := pc.peekSocket()
+	pc.quiet = ok && open && len(stray) == 0
 	if !ok {
 		stray, open = pc.peekBuffered()
 	}
@@ -127,11 +130,18 @@ func (pc *h1Conn) peekBuffered() (stray []byte, open bool) {
 
 // send flushes the request. A request without a body on a plain
 // connection is written from inside the wait for the answer: the wait's
-// readiness is reset before the request goes, so no answer can come before
-// it, and the goroutine parks until the answer is there instead of first
-// reading a socket that holds nothing yet (a system call for nothing).
+// readiness is reset before the request goes, and the goroutine parks
+// until the answer is there instead of first reading a socket that holds
+// nothing yet (a system call for nothing). The reset forgets bytes or a
+// close already there, which would then wake nothing: only when fit has
+// just seen the socket empty (a kept connection), and the whole head goes
+// in that write, can nothing have come before it. A new connection's
+// backend may speak first, and a large head's first writes may be answered
+// before the last.
 func (pc *h1Conn) send(body bool) error {
-	if body || !pc.sock.plain {
+	quiet := pc.quiet
+	pc.quiet = false
+	if body || !quiet || pc.out.n > 0 {
 		err := pc.bw.Flush()
 		// Other goroutines first: the backend has had no time to answer
 		// yet, and a read now would most often find nothing.

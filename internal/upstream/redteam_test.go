@@ -1011,3 +1011,112 @@ func TestRedteamBackendStopsReadingHead(t *testing.T) {
 	}
 	testutil.Eventually(t, "every slot back", func() bool { return b.InFlight() == 0 })
 }
+
+// queued waits until c's socket holds bytes from its peer, or its close.
+func queued(t *testing.T, c net.Conn) {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf [1]byte
+	testutil.Eventually(t, "the backend's bytes on the socket", func() bool {
+		there := false
+		rc.Control(func(fd uintptr) {
+			_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			there = err != syscall.EAGAIN
+		})
+		return there
+	})
+}
+
+// A backend that speaks before the request has reached it all: its
+// answer, or its close, is on the connection before the request's last
+// write (a connection just made, where the backend answers at once and
+// the proxy waited for a CPU; a large head, which goes in several writes,
+// answered before it is all read). The exchange sees it at once, as it
+// would have seen it a moment later.
+func TestRedteamBackendSpeaksFirst(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		big  bool // the second request, on the kept connection, has a large head
+		// first is what the backend does before it reads a request
+		// (for a big one, once its first bytes came).
+		first func(c *net.TCPConn)
+		want  int
+	}{
+		{"answers at once", false, func(c *net.TCPConn) { okAnswer(c, "early") }, 200},
+		{"half-closes at once", false, func(c *net.TCPConn) { c.CloseWrite() }, 502},
+		{"answers a large head early", true, func(c *net.TCPConn) {
+			io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 5\r\nConnection: close\r\n\r\nearly")
+		}, 431},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			addr := rawBackend(t, func(c net.Conn, br *bufio.Reader) {
+				if tc.big {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					answer(c, req)
+					if _, err := br.Peek(1); err != nil {
+						return
+					}
+				}
+				tc.first(c.(*net.TCPConn))
+				io.Copy(io.Discard, br) // and nothing more
+			})
+			b := NewBackend(config.Backend{Name: "first", Address: addr, Weight: 1, ResponseTimeout: 5 * time.Second,
+				Health: config.HealthCheck{Rise: 2, Fall: 1000}}, nil, discard)
+			t.Cleanup(b.Close)
+			dial := b.h1.dial
+			b.h1.dial = func(ctx context.Context) (net.Conn, error) {
+				c, err := dial(ctx)
+				if err != nil {
+					return nil, err
+				}
+				if tc.big {
+					// A small send buffer: the large head's writes wait for
+					// the backend to read, which it does after it answered.
+					rc, _ := c.(*net.TCPConn).SyscallConn()
+					rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4096) })
+				} else {
+					queued(t, c)
+				}
+				return c, nil
+			}
+			front := httptest.NewServer(NewPool([]*Backend{b}, config.RoundRobin, false, discard))
+			t.Cleanup(front.Close)
+			if tc.big {
+				if _, got := do(t, "GET", front.URL+"/a", nil); got != "/a" {
+					t.Fatalf("first request got %q", got)
+				}
+			}
+			req, _ := http.NewRequest("GET", front.URL+"/b", nil)
+			if tc.big {
+				for i := range 20 {
+					req.Header.Set(fmt.Sprintf("X-Big-%d", i), strings.Repeat("h", 10000))
+				}
+			}
+			start := time.Now()
+			resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			took := time.Since(start)
+			if resp.StatusCode != tc.want {
+				t.Errorf("status %d after %v, want %d", resp.StatusCode, took, tc.want)
+			}
+			if tc.want != 502 && string(got) != "early" {
+				t.Errorf("body %q, want %q", got, "early")
+			}
+			if took > 2*time.Second {
+				t.Errorf("answered after %v: the backend's bytes were not seen", took)
+			}
+		})
+	}
+}
