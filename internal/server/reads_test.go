@@ -2,6 +2,8 @@ package server
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // net/http's background read waits without reading while a request without
@@ -109,5 +114,85 @@ func TestPipelinedRequestsWhileBackgroundReadWaits(t *testing.T) {
 	close(release)
 	for _, want := range []string{"/1", "/2", "/3"} {
 		read(want)
+	}
+}
+
+// Bytes a client sends right after its upgrade request, before the 101
+// comes, all reach the backend through the tunnel, in order: while the
+// background read waits without reading (the backend answers at once),
+// and once it read (the backend answers after the wait ran out), over
+// plain connections and TLS.
+func TestUpgradeBytesAfterRequestWhileBackgroundReadWaits(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := testcert.Files(t, dir, "localhost")
+	for _, tc := range []struct {
+		name  string
+		tls   bool
+		delay time.Duration // before the backend answers, once the bytes went
+	}{
+		{"plain, prompt backend", false, 0},
+		{"plain, slow backend", false, 3 * bgReadWait},
+		{"tls, prompt backend", true, 0},
+		{"tls, slow backend", true, 3 * bgReadWait},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			sent := make(chan struct{})
+			backend := testutil.RawServer(t, func(c net.Conn) {
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				<-sent
+				time.Sleep(tc.delay) // a slow backend, not a synchronisation
+				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+				io.Copy(c, br)
+			})
+			fe := "[frontend f]\nbind = 127.0.0.1:0\nbackends = b\n"
+			if tc.tls {
+				fe += fmt.Sprintf("https = true\ncertfile = %s\nkeyfile = %s\n", cert, key)
+			}
+			_, addrs := start(t, fe+fmt.Sprintf("[backend b]\nconnect = %s\n", backend))
+			var c net.Conn
+			var err error
+			if tc.tls {
+				c, err = tls.Dial("tcp", addrs["f"], &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+			} else {
+				c, err = net.Dial("tcp", addrs["f"])
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(c, "GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+			after := make([]byte, 300)
+			for i := range after {
+				after[i] = byte(i)
+			}
+			// In three writes, each its own TCP segment (or TLS record).
+			for i := 0; i < len(after); i += 100 {
+				if _, err := c.Write(after[i : i+100]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			close(sent)
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("status %d, want 101", resp.StatusCode)
+			}
+			got := make([]byte, len(after))
+			if _, err := io.ReadFull(br, got); err != nil {
+				t.Fatalf("echo: %v (got % x)", err, got)
+			}
+			if !bytes.Equal(got, after) {
+				t.Errorf("echo % x, want % x", got, after)
+			}
+		})
 	}
 }
