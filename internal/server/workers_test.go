@@ -7,11 +7,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/hipsterd/hipsterd/internal/testcert"
+	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
 // A handler's panic reaches the goroutine net/http called, which turns
@@ -92,5 +94,48 @@ func TestHTTP2Workers(t *testing.T) {
 	}
 	if got, err := get("/after"); got != "/after" || err != nil {
 		t.Errorf("after the reset: %q, %v", got, err)
+	}
+}
+
+// workers counts the goroutines in h2Worker, busy or idle.
+func workers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "server.h2Worker(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// A burst of handlers wider than the idle workers kept leaves no more
+// than cap(h2IdleLimit) workers behind once it is over, and they serve the
+// next calls.
+func TestIdleWorkersBounded(t *testing.T) {
+	t.Parallel()
+	const burst = 1000
+	release := make(chan struct{})
+	var started, done sync.WaitGroup
+	started.Add(burst)
+	for range burst {
+		done.Go(func() {
+			serveOnWorker(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+				started.Done()
+				<-release
+			}), nil, nil)
+		})
+	}
+	started.Wait()
+	if n := workers(); n < burst {
+		t.Fatalf("%d workers for %d handlers at once", n, burst)
+	}
+	close(release)
+	done.Wait()
+	testutil.Eventually(t, "the idle workers to be bounded", func() bool { return workers() <= cap(h2IdleLimit) })
+	ran := false
+	serveOnWorker(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { ran = true }), nil, nil)
+	if !ran {
+		t.Error("the handler did not run after the burst")
 	}
 }
