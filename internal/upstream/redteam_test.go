@@ -1120,3 +1120,59 @@ func TestRedteamBackendSpeaksFirst(t *testing.T) {
 		})
 	}
 }
+
+// A request without a body on a kept connection, written from inside the
+// wait for its answer: whatever the backend does then ends the exchange as
+// it would otherwise. Interim answers come before the final one; a close
+// or a reset once the request is read is a lost connection, tried again
+// on a new one (the GET may be); silence is a 504 at response-timeout.
+func TestRedteamKeptConnectionAnswers(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		serve func(c net.Conn, br *bufio.Reader, req *http.Request) bool
+		want  int
+		body  string
+	}{
+		{"103 then 200", func(c net.Conn, _ *bufio.Reader, req *http.Request) bool {
+			io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+			answer(c, req)
+			return true
+		}, 200, "/b"},
+		{"100 then 200", func(c net.Conn, _ *bufio.Reader, req *http.Request) bool {
+			io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+			answer(c, req)
+			return true
+		}, 200, "/b"},
+		{"closes", func(net.Conn, *bufio.Reader, *http.Request) bool { return false }, 200, "/b"},
+		{"resets", func(c net.Conn, _ *bufio.Reader, _ *http.Request) bool {
+			c.(*net.TCPConn).SetLinger(0)
+			return false
+		}, 200, "/b"},
+		{"says nothing", func(_ net.Conn, br *bufio.Reader, _ *http.Request) bool {
+			io.Copy(io.Discard, br) // until the proxy gives up
+			return false
+		}, 504, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var once atomic.Bool
+			h := newHostile(t, func(b *config.Backend) { b.ResponseTimeout = 300 * time.Millisecond },
+				func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+					if req.URL.Path == "/b" && once.CompareAndSwap(false, true) {
+						return tc.serve(c, br, req)
+					}
+					answer(c, req)
+					return true
+				})
+			if _, got := do(t, "GET", h.front.URL+"/a", nil); got != "/a" {
+				t.Fatalf("first request got %q", got)
+			}
+			resp, got := do(t, "GET", h.front.URL+"/b", nil)
+			if resp.StatusCode != tc.want || tc.body != "" && got != tc.body {
+				t.Errorf("got %d %q, want %d %q", resp.StatusCode, got, tc.want, tc.body)
+			}
+			h.settled(t)
+		})
+	}
+}
