@@ -76,44 +76,72 @@ func TestClientLeavingSeenByWaitingBackgroundRead(t *testing.T) {
 }
 
 // Requests sent back to back, before the first is answered (pipelining),
-// are all answered, in order, while the background read waits.
+// are all answered, in order, while the background read waits: over plain
+// connections, TLS, and either behind a PROXY header.
 func TestPipelinedRequestsWhileBackgroundReadWaits(t *testing.T) {
 	t.Parallel()
-	first, release := make(chan struct{}), make(chan struct{})
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/1" {
-			close(first)
-			<-release
-		}
-		io.WriteString(w, r.URL.Path)
-	}))
-	t.Cleanup(backend.Close)
-	_, addrs := start(t, fmt.Sprintf("[frontend f]\nbind = 127.0.0.1:0\nbackends = b\n[backend b]\nconnect = %s\n", backend.Listener.Addr()))
-	c, err := net.Dial("tcp", addrs["f"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
-	br := bufio.NewReader(c)
-	read := func(want string) {
-		t.Helper()
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, err := io.ReadAll(resp.Body)
-		if err != nil || string(body) != want {
-			t.Fatalf("body %q, %v; want %q", body, err, want)
-		}
-	}
-	// The second and third come while the first is with the backend.
-	<-first
-	io.WriteString(c, "GET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
-	close(release)
-	for _, want := range []string{"/1", "/2", "/3"} {
-		read(want)
+	cert, key := testcert.Files(t, t.TempDir(), "localhost")
+	for _, tc := range []struct {
+		name        string
+		tls, header bool
+	}{
+		{"plain", false, false},
+		{"tls", true, false},
+		{"accept-proxy", false, true},
+		{"tls, accept-proxy", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			first, release := make(chan struct{}), make(chan struct{})
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/1" {
+					close(first)
+					<-release
+				}
+				io.WriteString(w, r.URL.Path)
+			}))
+			t.Cleanup(backend.Close)
+			fe := "[frontend f]\nbind = 127.0.0.1:0\nbackends = b\n"
+			if tc.tls {
+				fe += fmt.Sprintf("https = true\ncertfile = %s\nkeyfile = %s\n", cert, key)
+			}
+			if tc.header {
+				fe += "accept-proxy = true\naccept-proxy-from = 127.0.0.0/8\n"
+			}
+			_, addrs := start(t, fe+fmt.Sprintf("[backend b]\nconnect = %s\n", backend.Listener.Addr()))
+			c, err := net.Dial("tcp", addrs["f"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if tc.header {
+				io.WriteString(c, "PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n")
+			}
+			if tc.tls {
+				c = tls.Client(c, &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+			}
+			io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+			br := bufio.NewReader(c)
+			read := func(want string) {
+				t.Helper()
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, err := io.ReadAll(resp.Body)
+				if err != nil || string(body) != want {
+					t.Fatalf("body %q, %v; want %q", body, err, want)
+				}
+			}
+			// The second and third come while the first is with the backend.
+			<-first
+			io.WriteString(c, "GET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+			close(release)
+			for _, want := range []string{"/1", "/2", "/3"} {
+				read(want)
+			}
+		})
 	}
 }
 
