@@ -133,11 +133,12 @@ func (pc *h1Conn) peekBuffered() (stray []byte, open bool) {
 // readiness is reset before the request goes, and the goroutine parks
 // until the answer is there instead of first reading a socket that holds
 // nothing yet (a system call for nothing). The reset forgets bytes or a
-// close already there, which would then wake nothing: only when fit has
-// just seen the socket empty (a kept connection), and the whole head goes
-// in that write, can nothing have come before it. A new connection's
+// close already there, which would then wake nothing until the backend
+// sends more: so only when fit has just seen the socket empty (a kept
+// connection) and the whole head goes in that write; a new connection's
 // backend may speak first, and a large head's first writes may be answered
-// before the last.
+// before the last. What comes in the moment between fit's look and the
+// reset is missed that way still.
 func (pc *h1Conn) send(body bool) error {
 	quiet := pc.quiet
 	pc.quiet = false
