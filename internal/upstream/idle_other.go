@@ -2,9 +2,12 @@
 
 package upstream
 
+import "syscall"
+
 // sockOps: no raw socket calls here; the buffered reader checks idle
-// connections at their next use, and the sweep cannot look.
-type sockOps struct{}
+// connections at their next use, and the sweep cannot look. rc stays nil:
+// fit never finds a socket empty, so send never waits on it.
+type sockOps struct{ rc syscall.RawConn }
 
 func (pc *h1Conn) initSock() {}
 
