@@ -287,9 +287,13 @@ func (l *Logger) Begin(*exchange.Exchange) {}
 // has closed, with the bytes it sent and, in JSON, its lifetime.
 func (l *Logger) Tunnel(*exchange.Exchange) {}
 
+// WritesLines tells a tunnel's exchange to keep its request's line
+// (exchange.LineWriter).
+func (l *Logger) WritesLines() {}
+
 // End writes the line of x: a request's, or a tcp connection's (see TCP).
 func (l *Logger) End(x *exchange.Exchange) {
-	if x.Request == nil {
+	if !x.HTTP() {
 		l.TCP(&TCPLine{RemoteAddr: x.RemoteAddr, Backend: x.Backend, BytesIn: x.BytesIn.Load(), BytesOut: x.BytesOut,
 			Duration: time.Since(x.Start), Termination: x.Termination})
 		return
@@ -341,15 +345,26 @@ func requestOf(r *http.Request) request {
 	return request{remoteAddr: r.RemoteAddr, host: r.Host, method: r.Method, uri: r.RequestURI, proto: r.Proto}
 }
 
-// request returns what the line of x's request tells.
+// request returns what the line of x's request tells: its request's, or
+// the Line a tunnel kept of it.
 func (l *Logger) request(x *exchange.Exchange) request {
-	r := x.Request
-	req := requestOf(r)
-	if l.format != Hipster {
-		req.referer, req.userAgent = r.Header.Get("Referer"), r.Header.Get("User-Agent")
+	var req request
+	if r := x.Request; r != nil {
+		req = requestOf(r)
+		if l.format != Hipster {
+			req.referer, req.userAgent = r.Header.Get("Referer"), r.Header.Get("User-Agent")
+		}
+		if l.format == JSON {
+			req.requestID = r.Header.Get("X-Request-Id")
+		}
+	} else {
+		req.remoteAddr = x.RemoteAddr
+		if k := x.Line; k != nil {
+			req.host, req.method, req.uri, req.proto = k.Host, k.Method, k.RequestURI, k.Proto
+			req.referer, req.userAgent, req.requestID = k.Referer, k.UserAgent, k.RequestID
+		}
 	}
 	if l.format == JSON {
-		req.requestID = r.Header.Get("X-Request-Id")
 		req.start, req.x = x.Start, x
 	}
 	return req

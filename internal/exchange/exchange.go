@@ -47,6 +47,23 @@ type Sink interface {
 	End(x *Exchange)
 }
 
+// LineWriter is a Sink that writes request lines: the access log. A
+// tunnel's exchange keeps its request's Line only for a frontend with one.
+type LineWriter interface {
+	Sink
+	WritesLines()
+}
+
+// writesLines reports whether a sink of f writes request lines.
+func (f *Frontend) writesLines() bool {
+	for _, s := range f.Sinks {
+		if _, ok := s.(LineWriter); ok {
+			return true
+		}
+	}
+	return false
+}
+
 // Releaser is a backend slot (upstream.Slot), which an exchange that
 // became a tunnel releases as it ends.
 type Releaser interface{ Release() }
@@ -78,15 +95,24 @@ type Frontend struct {
 
 // Exchange is one request or tcp connection. It is the request's context
 // too, carrying itself: putting it there costs no allocation of its own.
+//
+// It holds the record and what the backend pool needs; what only a request
+// being served needs (its copy, writer, body and clock) is in the request
+// around it, so that the exchange a tunnel ends (Tunnel) is small.
 type Exchange struct {
 	context.Context
 	f *Frontend
 
 	// The record: what the access log writes and the metrics count.
 
-	// Request is the request as it came from the client; nil for a tcp
-	// connection.
+	// Request is the request as it came from the client while its handler
+	// runs; nil for a tcp connection, and for a tunnel, which keeps its
+	// Line instead.
 	Request *http.Request
+	// Line is what a tunnel keeps of its request for the access log; nil
+	// for a request, a tcp connection, and a tunnel whose frontend writes
+	// no request lines (no LineWriter).
+	Line *Line
 	// RemoteAddr is the client's host:port.
 	RemoteAddr string
 	Start      time.Time
@@ -116,6 +142,7 @@ type Exchange struct {
 	// Tunneled: the exchange became a tunnel (a WebSocket's 101, a tcp
 	// connection); Termination says how a tcp connection ended.
 	Tunneled    bool
+	tcp         bool // a tcp connection's (NewTCP)
 	Termination string
 
 	// For the backend pool: a WebSocket's Handoff, and the change of the
@@ -123,12 +150,26 @@ type Exchange struct {
 	Handoff Handoff
 	Edit    func(http.Header)
 
-	in     http.Request // the request as the handler gets it
 	status int
 	slot   Releaser
-	w      writer
-	body   body
-	clock  clock
+}
+
+// Line is what the access log shows of a request: its request line, Host
+// and the header fields some formats write. The strings are the request's
+// own, so keeping them copies nothing.
+type Line struct {
+	Method, RequestURI, Proto, Host string
+	Referer, UserAgent, RequestID   string
+}
+
+// request is a request's exchange while its handler runs: one allocation
+// for the exchange and what serving the request takes.
+type request struct {
+	Exchange
+	in    http.Request // the request as the handler gets it
+	w     writer
+	body  body
+	clock clock
 }
 
 type key struct{}
@@ -162,32 +203,33 @@ type handler struct {
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f := h.f
-	x := &Exchange{Context: r.Context(), f: f, Request: r, RemoteAddr: r.RemoteAddr, Start: time.Now()}
-	x.w = writer{ResponseWriter: w, x: x}
-	x.clock = clock{w: w, timeout: f.ClientTimeout, slack: f.ClientTimeout / 8}
+	q := &request{Exchange: Exchange{Context: r.Context(), f: f, Request: r, RemoteAddr: r.RemoteAddr, Start: time.Now()}}
+	x := &q.Exchange
+	q.w = writer{ResponseWriter: w, q: q}
+	q.clock = clock{w: w, timeout: f.ClientTimeout, slack: f.ClientTimeout / 8}
 	// A copy carries the exchange: net/http looks at the original's
 	// body to decide what to do with what is left unread. The copy
-	// lives in the exchange, which saves it an allocation.
-	x.in = *r.WithContext(x)
-	in := &x.in
+	// lives with the exchange, which saves it an allocation.
+	q.in = *r.WithContext(x)
+	in := &q.in
 	if r.Body != nil && r.Body != http.NoBody {
-		x.body = body{ReadCloser: r.Body, x: x}
-		in.Body = &x.body
+		q.body = body{ReadCloser: r.Body, q: q}
+		in.Body = &q.body
 	}
 	for _, s := range f.Sinks {
 		s.Begin(x)
 	}
 	// Deferred, so that a handler that aborts with a panic (as
 	// ReverseProxy does when a response body breaks) ends it too.
-	defer x.handlerDone()
-	h.next.ServeHTTP(&x.w, in)
+	defer q.handlerDone()
+	h.next.ServeHTTP(&q.w, in)
 }
 
 // NewTCP returns the exchange of a tcp connection from remoteAddr, which
 // started at start. Once a backend took it, it is Tunneled, and Begin
 // tells the sinks; one that never was is only ended (logged, not counted).
 func (f *Frontend) NewTCP(ctx context.Context, remoteAddr string, start time.Time) *Exchange {
-	return &Exchange{Context: ctx, f: f, RemoteAddr: remoteAddr, Start: start}
+	return &Exchange{Context: ctx, f: f, RemoteAddr: remoteAddr, Start: start, tcp: true}
 }
 
 // Begin tells the sinks of a tcp exchange that a backend took it.
@@ -197,10 +239,10 @@ func (x *Exchange) Begin() {
 	}
 }
 
-func (x *Exchange) handlerDone() {
-	x.clock.stop(x.body.x != nil)
-	if !x.Tunneled {
-		x.End()
+func (q *request) handlerDone() {
+	q.clock.stop(q.body.q != nil)
+	if !q.Tunneled {
+		q.End()
 	}
 }
 
@@ -223,43 +265,42 @@ func (x *Exchange) Keep(slot Releaser) { x.slot = slot }
 // Tunnel makes a request's exchange a tunnel, which outlives its handler:
 // it returns the exchange the tunnel ends, which takes x's record and slot
 // (the sinks hear of it now, with its 101 and the bytes of head counted as
-// sent). End ends it, letting its configuration go only then. It keeps of
-// the request only what the record shows (recordOf) and nothing of net/http's
-// connection: an idle tunnel may live for hours.
+// sent). End ends it, letting its configuration go only then. An idle
+// tunnel may live for hours: its exchange keeps of the request only its
+// Line, and that only for a frontend that writes it (a LineWriter), and nothing of
+// net/http's connection or of the request's exchange.
 func (x *Exchange) Tunnel(head int64) *Exchange {
 	x.Tunneled = true
-	t := &Exchange{Context: context.Background(), f: x.f, RemoteAddr: x.RemoteAddr, Start: x.Start,
-		Backend: x.Backend, Retries: x.Retries, Header: x.Header, Series: x.Series, Route: x.Route, RouteSeries: x.RouteSeries,
-		BytesOut: head, Tunneled: true, status: http.StatusSwitchingProtocols, slot: x.slot}
+	var t *Exchange
+	if x.f.writesLines() {
+		// One allocation for the exchange and its line.
+		tl := &struct {
+			Exchange
+			line Line
+		}{}
+		tl.line = lineOf(x.Request)
+		t = &tl.Exchange
+		t.Line = &tl.line
+	} else {
+		t = &Exchange{}
+	}
+	t.Context, t.f, t.RemoteAddr, t.Start = context.Background(), x.f, x.RemoteAddr, x.Start
+	t.Backend, t.Retries, t.Header, t.Series, t.Route, t.RouteSeries = x.Backend, x.Retries, x.Header, x.Series, x.Route, x.RouteSeries
 	t.BytesIn.Store(x.BytesIn.Load())
+	t.BytesOut, t.Tunneled, t.status, t.slot = head, true, http.StatusSwitchingProtocols, x.slot
 	x.slot = nil
-	recordOf(&t.in, x.Request)
-	t.Request = &t.in
 	for _, s := range x.f.Sinks {
 		s.Tunnel(t)
 	}
 	return t
 }
 
-// recordOf sets kept to what the record of a tunnel keeps of its request
-// r: the fields the access log writes (not URL: it writes RequestURI), none
-// that hold the client connection's buffers, and copies of the header values
-// (net/http's share one array for the whole header).
-func recordOf(kept, r *http.Request) {
-	*kept = http.Request{Method: r.Method, Proto: r.Proto, ProtoMajor: r.ProtoMajor, ProtoMinor: r.ProtoMinor,
-		Host: r.Host, RemoteAddr: r.RemoteAddr, RequestURI: r.RequestURI}
-	for _, k := range loggedHeaders {
-		if v := r.Header.Get(k); v != "" {
-			if kept.Header == nil {
-				kept.Header = make(http.Header, len(loggedHeaders))
-			}
-			kept.Header[k] = []string{v}
-		}
-	}
+// lineOf is the Line of r: the fields the access log writes (not URL: it
+// writes RequestURI).
+func lineOf(r *http.Request) Line {
+	return Line{Method: r.Method, RequestURI: r.RequestURI, Proto: r.Proto, Host: r.Host,
+		Referer: r.Header.Get("Referer"), UserAgent: r.Header.Get("User-Agent"), RequestID: r.Header.Get("X-Request-Id")}
 }
-
-// loggedHeaders are the request's header fields that access log lines show.
-var loggedHeaders = []string{"Referer", "User-Agent", "X-Request-Id"}
 
 // End ends the exchange: its slot is released, the sinks get its record
 // and a request's configuration is let go (Frontend.Release). Call it
@@ -271,10 +312,14 @@ func (x *Exchange) End() {
 	for _, s := range x.f.Sinks {
 		s.End(x)
 	}
-	if x.Request != nil && x.f.Release != nil {
+	if !x.tcp && x.f.Release != nil {
 		x.f.Release()
 	}
 }
+
+// HTTP reports whether the exchange is a request's (or the tunnel a
+// request became), not a tcp connection's.
+func (x *Exchange) HTTP() bool { return !x.tcp }
 
 // writer is the exchange's response writer: it records the status and
 // the bytes of the response, and moves the client-timeout's write
@@ -282,33 +327,33 @@ func (x *Exchange) End() {
 // reachable.
 type writer struct {
 	http.ResponseWriter
-	x *Exchange
+	q *request
 }
 
 // WriteHeader may write to the connection: interim (1xx) responses go out
 // at once.
 func (w *writer) WriteHeader(code int) {
 	// 1xx responses other than 101 are interim; the final status follows.
-	if w.x.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
-		w.x.status = code
+	if w.q.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		w.q.status = code
 	}
-	w.x.clock.extendWrite()
+	w.q.clock.extendWrite()
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *writer) Write(p []byte) (int, error) {
-	if w.x.status == 0 {
-		w.x.status = http.StatusOK
+	if w.q.status == 0 {
+		w.q.status = http.StatusOK
 	}
-	w.x.clock.extendWrite()
+	w.q.clock.extendWrite()
 	n, err := w.ResponseWriter.Write(p)
-	w.x.BytesOut += int64(n)
+	w.q.BytesOut += int64(n)
 	return n, err
 }
 
 // FlushError is what http.ResponseController.Flush calls.
 func (w *writer) FlushError() error {
-	w.x.clock.extendWrite()
+	w.q.clock.extendWrite()
 	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
@@ -319,15 +364,15 @@ func (w *writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // under the client-timeout.
 type body struct {
 	io.ReadCloser
-	x *Exchange
+	q *request
 }
 
 func (b *body) Read(p []byte) (int, error) {
-	b.x.clock.extendRead()
+	b.q.clock.extendRead()
 	n, err := b.ReadCloser.Read(p)
-	b.x.BytesIn.Add(int64(n))
+	b.q.BytesIn.Add(int64(n))
 	if err != nil {
-		b.x.clock.bodyEnded(err)
+		b.q.clock.bodyEnded(err)
 	}
 	return n, err
 }

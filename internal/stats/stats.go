@@ -168,7 +168,7 @@ func (f *Frontend) routeOf(x *exchange.Exchange) *Route {
 // Begin counts a request in flight, or a tcp connection's tunnel open
 // (exchange.Sink).
 func (f *Frontend) Begin(x *exchange.Exchange) {
-	if x.Request == nil {
+	if !x.HTTP() {
 		f.routeOf(x).tunnels.Add(1)
 		return
 	}
@@ -188,7 +188,7 @@ func (f *Frontend) End(x *exchange.Exchange) {
 	switch {
 	case x.Tunneled:
 		f.routeOf(x).tunnels.Add(-1)
-	case x.Request == nil:
+	case !x.HTTP():
 		return // a tcp connection no backend took: never counted open
 	default:
 		f.count(x, x.Status())
