@@ -45,17 +45,73 @@ const (
 	again              // busy, and an event came meanwhile
 )
 
-// side is one direction of a tunnel: bytes from src to dst.
+// side is one direction of a tunnel: bytes from src to dst, the other
+// side's src. It is small, as an idle tunnel keeps two: what follows from
+// its direction (its count, how the tunnel ends when src or dst breaks)
+// is worked out.
 type side struct {
-	t            *tunnel
-	src, dst     *net.TCPConn
-	srcRC, dstRC syscall.RawConn
-	count        *atomic.Int64 // bytes written to dst
-	state        atomic.Int32
-	hup          atomic.Bool // src's stream ended or failed behind its bytes
-	key          uint64      // the side's slot in its reactor; guarded by reactor.mu
-	// How the tunnel ends when src or dst breaks.
-	srcFailed, dstFailed End
+	t     *tunnel
+	src   *net.TCPConn
+	srcRC syscall.RawConn
+	state atomic.Int32
+	hup   atomic.Bool // src's stream ended or failed behind its bytes
+	key   uint64      // the side's slot in its reactor; guarded by reactor.mu
+}
+
+// sides are a tunnel's two directions in their reactor.
+type sides struct {
+	re     *reactor
+	ab, ba side // from a to b, from b to a
+}
+
+// watched is a tunnel on a reactor, with its sides: one allocation.
+type watched struct {
+	tunnel
+	sides
+}
+
+// unwatch takes the tunnel's sockets out of the reactor.
+func (ss *sides) unwatch() {
+	ss.re.remove(&ss.ab)
+	ss.re.remove(&ss.ba)
+}
+
+// fromB reports whether s is the direction from b to a.
+func (s *side) fromB() bool { return s == &s.t.sides.ba }
+
+// other is the side that writes to s's src.
+func (s *side) other() *side {
+	if s.fromB() {
+		return &s.t.sides.ab
+	}
+	return &s.t.sides.ba
+}
+
+func (s *side) dst() *net.TCPConn      { return s.other().src }
+func (s *side) dstRC() syscall.RawConn { return s.other().srcRC }
+
+// count is the bytes written to dst.
+func (s *side) count() *atomic.Int64 {
+	if s.fromB() {
+		return &s.t.toA
+	}
+	return &s.t.toB
+}
+
+// srcFailed is how the tunnel ends when src breaks; dstFailed, when dst
+// does.
+func (s *side) srcFailed() End {
+	if s.fromB() {
+		return FailedB
+	}
+	return FailedA
+}
+
+func (s *side) dstFailed() End {
+	if s.fromB() {
+		return FailedA
+	}
+	return FailedB
 }
 
 type reactor struct {
@@ -190,32 +246,32 @@ func (re *reactor) remove(s *side) {
 	}
 }
 
-// watch prepares t for a reactor if both its connections are TCP, and
-// returns what registers it; nil when t must run on goroutines.
-func watch(t *tunnel) (arm func()) {
-	a, ok1 := tcpConn(t.a)
-	b, ok2 := tcpConn(t.b)
+// watch returns a tunnel on a reactor for a and b if both are TCP, and
+// what registers it; nil, nil when the tunnel must run on goroutines.
+func watch(a, b net.Conn) (*tunnel, func()) {
+	ta, ok1 := tcpConn(a)
+	tb, ok2 := tcpConn(b)
 	if !ok1 || !ok2 {
-		return nil
+		return nil, nil
 	}
 	startOnce.Do(startReactors)
 	if len(reactors) == 0 {
-		return nil
+		return nil, nil
 	}
 	re := reactors[int(nextReactor.Add(1))%len(reactors)]
-	ra, err1 := a.SyscallConn()
-	rb, err2 := b.SyscallConn()
+	ra, err1 := ta.SyscallConn()
+	rb, err2 := tb.SyscallConn()
 	if err1 != nil || err2 != nil {
-		return nil
+		return nil, nil
 	}
-	toB := &side{t: t, src: a, dst: b, srcRC: ra, dstRC: rb, count: &t.toB, srcFailed: FailedA, dstFailed: FailedB}
-	toA := &side{t: t, src: b, dst: a, srcRC: rb, dstRC: ra, count: &t.toA, srcFailed: FailedB, dstFailed: FailedA}
-	t.unwatch = func() {
-		re.remove(toB)
-		re.remove(toA)
-	}
-	return func() {
-		if re.add(toB) != nil || re.add(toA) != nil {
+	w := &watched{}
+	t := &w.tunnel
+	t.sides = &w.sides
+	w.re = re
+	w.ab = side{t: t, src: ta, srcRC: ra}
+	w.ba = side{t: t, src: tb, srcRC: rb}
+	return t, func() {
+		if re.add(&w.ab) != nil || re.add(&w.ba) != nil {
 			t.close(Closed) // the kernel refused a watch (out of memory)
 		}
 	}
@@ -284,10 +340,10 @@ func (s *side) copyInline(rio *rawIO) {
 			continue
 		}
 		w, err := s.writeNow(rio, (*bp)[:n])
-		s.count.Add(int64(w))
+		s.count().Add(int64(w))
 		if err != nil && err != unix.EAGAIN {
 			burstPool.Put(bp)
-			s.t.abort(s.dstFailed)
+			s.t.abort(s.dstFailed())
 			return
 		}
 		if w < n || n == burstSize {
@@ -311,19 +367,19 @@ func (s *side) work(bp *[]byte, off, n int) {
 		if off < n {
 			var w int
 			s.armWrite()
-			w, err = s.dst.Write((*bp)[off:n])
-			s.count.Add(int64(w))
+			w, err = s.dst().Write((*bp)[off:n])
+			s.count().Add(int64(w))
 		}
 		burstPool.Put(bp)
 		if err != nil {
-			s.fail(err, s.dstFailed)
+			s.fail(err, s.dstFailed())
 			return
 		}
 		if n == burstSize {
 			if err := s.spliceQueued(); err != nil {
-				failed := s.dstFailed
+				failed := s.dstFailed()
 				if peerGone(s.srcRC) {
-					failed = s.srcFailed
+					failed = s.srcFailed()
 				}
 				s.fail(err, failed)
 				return
@@ -354,13 +410,13 @@ func (s *side) work(bp *[]byte, off, n int) {
 // complete: a peer that stopped reading ends the tunnel.
 func (s *side) armWrite() {
 	if s.t.timeout > 0 {
-		s.dst.SetWriteDeadline(time.Now().Add(s.t.timeout))
+		s.dst().SetWriteDeadline(time.Now().Add(s.t.timeout))
 	}
 }
 
 func (s *side) disarmWrite() {
 	if s.t.timeout > 0 {
-		s.dst.SetWriteDeadline(time.Time{})
+		s.dst().SetWriteDeadline(time.Time{})
 	}
 }
 
@@ -378,8 +434,8 @@ func (s *side) spliceQueued() error {
 	for avail > 0 {
 		chunk := min(avail, spliceChunk)
 		s.armWrite()
-		m, err := io.CopyN(s.dst, s.src, int64(chunk))
-		s.count.Add(m)
+		m, err := io.CopyN(s.dst(), s.src, int64(chunk))
+		s.count().Add(m)
 		if err == io.EOF {
 			return nil // the end of the stream comes as a read of nothing
 		}
@@ -426,9 +482,9 @@ func (s *side) ended(err error) bool {
 	case err == unix.EAGAIN:
 		return false
 	case err != nil:
-		s.t.abort(s.srcFailed)
-	case s.dst.CloseWrite() != nil:
-		s.t.abort(s.dstFailed)
+		s.t.abort(s.srcFailed())
+	case s.dst().CloseWrite() != nil:
+		s.t.abort(s.dstFailed())
 	default:
 		// Stays busy: no more bytes will come from src.
 		s.t.endedOne()
@@ -450,7 +506,7 @@ func (s *side) read(rio *rawIO, p []byte) (int, error) {
 // writeNow writes what dst takes now of p.
 func (s *side) writeNow(rio *rawIO, p []byte) (int, error) {
 	rio.p = p
-	err := s.dstRC.Write(rio.write)
+	err := s.dstRC().Write(rio.write)
 	rio.p = nil
 	if err != nil {
 		return 0, err

@@ -93,15 +93,21 @@ type tunnel struct {
 	closeOnce sync.Once
 	mu        sync.Mutex
 	lingering *time.Timer
-	// unwatch takes the tunnel's sockets out of the reactor; nil for a
-	// tunnel run by goroutines.
-	unwatch func()
+	// sides are the tunnel's two directions in a reactor, allocated with
+	// it; nil for a tunnel run by goroutines.
+	sides *sides
 
 	// For sweepIdle, guarded by reg.mu: the bytes moved when it last
-	// looked, and since when that count has stood still.
+	// looked, and since when (monotonic) that count has stood still.
 	moved int64
-	still time.Time
+	still time.Duration
 }
+
+// clockBase makes monotonic times of time.Since, which are smaller to keep
+// than a time.Time.
+var clockBase = time.Now()
+
+func monotonic() time.Duration { return time.Since(clockBase) }
 
 // Start copies bytes from a to b and from b to a until both directions have
 // ended, then closes both and calls done with the bytes copied to a and to
@@ -114,8 +120,12 @@ type tunnel struct {
 // Callers should pass the raw connections (*net.TCPConn where possible),
 // having forwarded any bytes they buffered.
 func (r *Registry) Start(a, b net.Conn, o Options, done func(toA, toB int64, end End)) {
-	t := &tunnel{a: a, b: b, reg: r, done: done, linger: max(o.HalfClosed, 0), timeout: max(o.Timeout, 0)}
-	arm := watch(t)
+	// A tunnel on a reactor is allocated with its sides.
+	t, arm := watch(a, b)
+	if t == nil {
+		t = &tunnel{}
+	}
+	t.a, t.b, t.reg, t.done, t.linger, t.timeout = a, b, r, done, max(o.HalfClosed, 0), max(o.Timeout, 0)
 	r.add(t)
 	if arm != nil {
 		arm()
@@ -235,7 +245,7 @@ func (t *tunnel) abort(failed End) {
 			tc.SetLinger(0)
 		}
 	}
-	if t.unwatch != nil {
+	if t.sides != nil {
 		t.close(failed)
 		return
 	}
@@ -280,8 +290,8 @@ func (t *tunnel) close(why End) {
 			t.lingering.Stop()
 		}
 		t.mu.Unlock()
-		if t.unwatch != nil {
-			t.unwatch()
+		if t.sides != nil {
+			t.sides.unwatch()
 		}
 		t.shut()
 		t.reg.remove(t)
@@ -294,7 +304,7 @@ func (t *tunnel) close(why End) {
 // nothing running that would notice.
 func (t *tunnel) end(why End) {
 	t.setWhy(why)
-	if t.unwatch != nil {
+	if t.sides != nil {
 		t.close(why)
 	} else {
 		t.shut()
@@ -308,7 +318,7 @@ func (r *Registry) add(t *tunnel) {
 	}
 	r.open[t] = struct{}{}
 	if t.timeout > 0 {
-		t.still = time.Now()
+		t.still = monotonic()
 		if tick := sweepTick(t.timeout); r.tick == 0 || tick < r.tick {
 			r.tick = tick
 			if r.sweep == nil {
@@ -333,7 +343,7 @@ func sweepTick(d time.Duration) time.Duration {
 // since the last look restarts the tunnel's quiet time from now, so a
 // tunnel is never closed early, and at most two ticks late.
 func (r *Registry) sweepIdle() {
-	now := time.Now()
+	now := monotonic()
 	var idle []*tunnel
 	r.mu.Lock()
 	r.tick = 0
@@ -343,7 +353,7 @@ func (r *Registry) sweepIdle() {
 		}
 		if moved := t.toA.Load() + t.toB.Load(); moved != t.moved {
 			t.moved, t.still = moved, now
-		} else if now.Sub(t.still) >= t.timeout {
+		} else if now-t.still >= t.timeout {
 			idle = append(idle, t)
 			continue
 		}

@@ -42,7 +42,7 @@ func TestWrappedConnUsesReactorAndItsClose(t *testing.T) {
 	r.mu.Lock()
 	var onReactor bool
 	for tn := range r.open {
-		onReactor = tn.unwatch != nil
+		onReactor = tn.sides != nil
 	}
 	r.mu.Unlock()
 	if !onReactor {
