@@ -59,18 +59,16 @@ func TestTunnelLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var x *exchange.Exchange
+	var end exchange.TunnelEnd
 	h := logged(NewLogger("ws", f, Hipster), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		x = exchange.FromContext(r.Context())
-		x = x.Tunnel(0)
+		end = exchange.FromContext(r.Context()).Tunnel(0)
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/chat", nil))
 	f.Reopen() // flushes
 	if data, _ := os.ReadFile(path); len(data) != 0 {
 		t.Fatalf("a tunnel's request was logged when its handler returned: %q", data)
 	}
-	x.BytesOut = 1234
-	x.End()
+	end.EndTunnel(1234)
 	f.Close()
 	if data, _ := os.ReadFile(path); !strings.HasSuffix(string(data), `"GET /chat HTTP/1.1" 101 1234`+"\n") {
 		t.Errorf("line when the tunnel closed: %q", data)

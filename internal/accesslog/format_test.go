@@ -301,18 +301,16 @@ func TestTunnelJSONDuration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var x *exchange.Exchange
+	var end exchange.TunnelEnd
 	h := logged(NewLogger("ws", f, JSON), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		x = exchange.FromContext(r.Context())
-		x = x.Tunnel(0)
+		end = exchange.FromContext(r.Context()).Tunnel(0)
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/chat", nil))
 	start := time.Now()
 	for time.Since(start) < 20*time.Millisecond {
 		time.Sleep(time.Millisecond) // the tunnel's lifetime, to be measured
 	}
-	x.BytesOut = 77
-	x.End()
+	end.EndTunnel(77)
 	f.Close()
 	data, _ := os.ReadFile(path)
 	var got jsonLine

@@ -263,14 +263,22 @@ func (x *Exchange) Status() int {
 func (x *Exchange) Keep(slot Releaser) { x.slot = slot }
 
 // Tunnel makes a request's exchange a tunnel, which outlives its handler:
-// it returns the exchange the tunnel ends, which takes x's record and slot
-// (the sinks hear of it now, with its 101 and the bytes of head counted as
-// sent). End ends it, letting its configuration go only then. An idle
-// tunnel may live for hours: its exchange keeps of the request only its
-// Line, and that only for a frontend that writes it (a LineWriter), and nothing of
-// net/http's connection or of the request's exchange.
-func (x *Exchange) Tunnel(head int64) *Exchange {
+// the sinks hear of it now, with its 101 and the bytes of head counted as
+// sent, and the TunnelEnd returned ends it once the tunnel has closed,
+// letting its slot and its configuration go only then.
+//
+// An idle tunnel may live for hours, so what ends it keeps little: an
+// exchange of its own with x's record (the one the sinks hear of), which
+// keeps of the request only its Line, and that only for a frontend that
+// writes it (a LineWriter), and nothing of net/http's connection; for a
+// frontend without sinks, which reads no record, only the slot.
+func (x *Exchange) Tunnel(head int64) TunnelEnd {
 	x.Tunneled = true
+	slot := x.slot
+	x.slot = nil
+	if len(x.f.Sinks) == 0 {
+		return &bareTunnel{f: x.f, slot: slot}
+	}
 	var t *Exchange
 	if x.f.writesLines() {
 		// One allocation for the exchange and its line.
@@ -287,12 +295,40 @@ func (x *Exchange) Tunnel(head int64) *Exchange {
 	t.Context, t.f, t.RemoteAddr, t.Start = context.Background(), x.f, x.RemoteAddr, x.Start
 	t.Backend, t.Retries, t.Header, t.Series, t.Route, t.RouteSeries = x.Backend, x.Retries, x.Header, x.Series, x.Route, x.RouteSeries
 	t.BytesIn.Store(x.BytesIn.Load())
-	t.BytesOut, t.Tunneled, t.status, t.slot = head, true, http.StatusSwitchingProtocols, x.slot
-	x.slot = nil
+	t.BytesOut, t.Tunneled, t.status, t.slot = head, true, http.StatusSwitchingProtocols, slot
 	for _, s := range x.f.Sinks {
 		s.Tunnel(t)
 	}
 	return t
+}
+
+// TunnelEnd ends the exchange of a request that became a tunnel.
+type TunnelEnd interface {
+	// EndTunnel ends it, once, when the tunnel has closed having sent
+	// sent bytes to the client, its response's head included.
+	EndTunnel(sent int64)
+}
+
+// EndTunnel ends a tunnel's exchange, which sent sent bytes to the client
+// (TunnelEnd).
+func (x *Exchange) EndTunnel(sent int64) {
+	x.BytesOut = sent
+	x.End()
+}
+
+// bareTunnel ends the tunnel of a frontend without sinks.
+type bareTunnel struct {
+	f    *Frontend
+	slot Releaser
+}
+
+func (b *bareTunnel) EndTunnel(int64) {
+	if b.slot != nil {
+		b.slot.Release()
+	}
+	if b.f.Release != nil {
+		b.f.Release()
+	}
 }
 
 // lineOf is the Line of r: the fields the access log writes (not URL: it

@@ -30,12 +30,16 @@ func (h *hijackable) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // recorder is a sink that keeps what it was told.
 type recorder struct {
 	begun, tunnels atomic.Int32
+	tunnel         *Exchange // the last tunnel's
 	ended          []*Exchange
 }
 
-func (r *recorder) Begin(*Exchange)  { r.begun.Add(1) }
-func (r *recorder) Tunnel(*Exchange) { r.tunnels.Add(1) }
-func (r *recorder) End(x *Exchange)  { r.ended = append(r.ended, x) }
+func (r *recorder) Begin(*Exchange) { r.begun.Add(1) }
+func (r *recorder) Tunnel(x *Exchange) {
+	r.tunnels.Add(1)
+	r.tunnel = x
+}
+func (r *recorder) End(x *Exchange) { r.ended = append(r.ended, x) }
 func (r *recorder) one(t *testing.T) *Exchange {
 	t.Helper()
 	if len(r.ended) != 1 || r.begun.Load() != 1 {
@@ -141,17 +145,18 @@ func TestTunnelEndsOnce(t *testing.T) {
 	var rec recorder
 	var released atomic.Int32
 	f := &Frontend{Sinks: []Sink{&lineRecorder{&rec}}, Release: func() { released.Add(1) }}
-	var x *Exchange
+	var end TunnelEnd
 	var s slot
 	req := httptest.NewRequest("GET", "/ws", nil)
 	req.Header.Set("User-Agent", "ua")
 	req.Header.Set("X-Request-Id", "r1")
 	req.Header.Set("Cookie", "secret")
 	serve(f, httptest.NewRecorder(), req, func(w http.ResponseWriter, r *http.Request) {
-		x = FromContext(r.Context())
+		x := FromContext(r.Context())
 		x.Keep(&s)
-		x = x.Tunnel(20)
+		end = x.Tunnel(20)
 	})
+	x := rec.tunnel
 	if len(rec.ended) != 0 || rec.tunnels.Load() != 1 {
 		t.Fatalf("at the handler's return: ended %d, tunnels %d; want 0 1", len(rec.ended), rec.tunnels.Load())
 	}
@@ -167,8 +172,10 @@ func TestTunnelEndsOnce(t *testing.T) {
 	if x.Line == nil || *x.Line != want {
 		t.Errorf("the tunnel keeps the line %+v, want %+v", x.Line, want)
 	}
-	x.BytesOut += 100
-	x.End()
+	if x.BytesOut != 20 {
+		t.Errorf("the tunnel's head counts %d bytes sent, want 20", x.BytesOut)
+	}
+	end.EndTunnel(120)
 	got := rec.one(t)
 	if got.Status() != http.StatusSwitchingProtocols || got.BytesOut != 120 || !got.Tunneled {
 		t.Errorf("tunnel record: status %d, bytes %d, tunneled %v", got.Status(), got.BytesOut, got.Tunneled)
@@ -183,15 +190,40 @@ func TestTunnelWithoutLines(t *testing.T) {
 	t.Parallel()
 	var rec recorder
 	f := &Frontend{Sinks: []Sink{&rec}}
-	var x *Exchange
+	var end TunnelEnd
 	serve(f, httptest.NewRecorder(), httptest.NewRequest("GET", "/ws", nil), func(w http.ResponseWriter, r *http.Request) {
-		x = FromContext(r.Context()).Tunnel(20)
+		end = FromContext(r.Context()).Tunnel(20)
 	})
-	if x.Line != nil || x.Request != nil || !x.HTTP() {
-		t.Errorf("the tunnel keeps line %v and request %v, HTTP %v; want none, none, true", x.Line, x.Request, x.HTTP())
+	if x := rec.tunnel; x == nil || x.Line != nil || x.Request != nil || !x.HTTP() {
+		t.Fatalf("the tunnel's exchange is %+v; want one without line or request, an HTTP one", x)
 	}
-	x.End()
-	if got := rec.one(t); got.Status() != http.StatusSwitchingProtocols || got.BytesOut != 20 {
+	end.EndTunnel(50)
+	if got := rec.one(t); got.Status() != http.StatusSwitchingProtocols || got.BytesOut != 50 {
 		t.Errorf("tunnel record: status %d, bytes %d", got.Status(), got.BytesOut)
+	}
+}
+
+// A frontend without sinks reads no record: its tunnels keep none, and
+// still let go of their slot and configuration once, at their end.
+func TestTunnelWithoutSinks(t *testing.T) {
+	t.Parallel()
+	var released atomic.Int32
+	f := &Frontend{Release: func() { released.Add(1) }}
+	var end TunnelEnd
+	var s slot
+	serve(f, httptest.NewRecorder(), httptest.NewRequest("GET", "/ws", nil), func(w http.ResponseWriter, r *http.Request) {
+		x := FromContext(r.Context())
+		x.Keep(&s)
+		end = x.Tunnel(20)
+	})
+	if _, ok := end.(*Exchange); ok {
+		t.Error("a tunnel of a frontend without sinks keeps an exchange")
+	}
+	if s.released.Load() != 0 || released.Load() != 0 {
+		t.Fatal("slot or configuration let go while the tunnel runs")
+	}
+	end.EndTunnel(50)
+	if s.released.Load() != 1 || released.Load() != 1 {
+		t.Errorf("slot released %d times, configuration %d times; want once each", s.released.Load(), released.Load())
 	}
 }

@@ -34,8 +34,8 @@ func (h *Handler) serveWebSocket(x *exchange.Exchange, w http.ResponseWriter, r 
 
 // tunnel takes over the client connection of w, answers it with resp's head
 // and the bytes the backend sent after it, and tunnels it to bconn. From
-// then on the tunnel's exchange (x.Tunnel) owns slot, and ends when the
-// tunnel does.
+// then on the tunnel's end of the exchange (x.Tunnel) owns slot, and ends
+// the exchange when the tunnel closes.
 func (h *Handler) tunnel(x *exchange.Exchange, w http.ResponseWriter, resp *http.Response, bconn net.Conn, early []byte, slot exchange.Releaser) error {
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -47,12 +47,12 @@ func (h *Handler) tunnel(x *exchange.Exchange, w http.ResponseWriter, resp *http
 
 	x.Keep(slot)
 	head := append(responseHead(resp), early...)
-	t := x.Tunnel(int64(len(head)))
+	sent := int64(len(head))
+	end := x.Tunnel(sent)
 	if _, err := conn.Write(head); err != nil {
 		conn.Close()
 		bconn.Close()
-		t.BytesOut = 0
-		t.End()
+		end.EndTunnel(0)
 		return nil
 	}
 	// Bytes the client sent after its request sit in brw.
@@ -61,13 +61,12 @@ func (h *Handler) tunnel(x *exchange.Exchange, w http.ResponseWriter, resp *http
 		if _, err := bconn.Write(more); err != nil {
 			conn.Close()
 			bconn.Close()
-			t.End()
+			end.EndTunnel(sent)
 			return nil
 		}
 	}
 	h.Tunnels.Start(conn, bconn, tunnel.Options{Timeout: h.TunnelTimeout, HalfClosed: wsHalfClosed}, func(toClient, _ int64, _ tunnel.End) {
-		t.BytesOut += toClient
-		t.End()
+		end.EndTunnel(sent + toClient)
 	})
 	return nil
 }

@@ -111,11 +111,11 @@ func TestTunnelCounts(t *testing.T) {
 	f := newFrontend("web", "http")
 	echo := f.Route("echo")
 	other := endSink{ended: make(chan int, 1)}
-	var x *exchange.Exchange
+	var end exchange.TunnelEnd
 	h := (&exchange.Frontend{Sinks: []exchange.Sink{f, other}}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		x = exchange.FromContext(r.Context())
+		x := exchange.FromContext(r.Context())
 		x.Series = echo
-		x = x.Tunnel(10)
+		end = x.Tunnel(10)
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
 	if n := echo.codes[101].Load(); n != 1 {
@@ -132,8 +132,7 @@ func TestTunnelCounts(t *testing.T) {
 		t.Fatalf("the exchange ended (%d) before its tunnel", got)
 	default:
 	}
-	x.BytesOut += 32
-	x.End()
+	end.EndTunnel(42)
 	if n := echo.tunnels.Load(); n != 0 {
 		t.Errorf("open tunnels after the end: %d", n)
 	}
