@@ -91,8 +91,7 @@ type tunnel struct {
 
 	ended     atomic.Int32 // directions that ended cleanly
 	closeOnce sync.Once
-	mu        sync.Mutex
-	lingering *time.Timer
+	lingering atomic.Pointer[time.Timer]
 	// sides are the tunnel's two directions in a reactor, allocated with
 	// it; nil for a tunnel run by goroutines.
 	sides *sides
@@ -218,9 +217,7 @@ func (t *tunnel) endedOne() {
 		return
 	}
 	if t.linger > 0 {
-		t.mu.Lock()
-		t.lingering = time.AfterFunc(t.linger, func() { t.close(Timeout) })
-		t.mu.Unlock()
+		t.lingering.Store(time.AfterFunc(t.linger, func() { t.close(Timeout) }))
 	}
 }
 
@@ -285,11 +282,9 @@ func Socket(c net.Conn) *net.TCPConn {
 func (t *tunnel) close(why End) {
 	t.setWhy(why)
 	t.closeOnce.Do(func() {
-		t.mu.Lock()
-		if t.lingering != nil {
-			t.lingering.Stop()
+		if lt := t.lingering.Load(); lt != nil {
+			lt.Stop()
 		}
-		t.mu.Unlock()
 		if t.sides != nil {
 			t.sides.unwatch()
 		}
