@@ -27,12 +27,12 @@ import (
 // maxIdleTunnelBytes is the live heap one idle WebSocket tunnel may keep in
 // the proxy, after a collection, for a frontend without and with an access
 // log (which keeps the request's line and logged header fields). Each byte
-// counts about twice in the process's memory (GOGC=100 lets the heap grow
-// to twice what is live), on top of the runtime's own per socket (the
-// poller's descriptors, about 300 bytes each, left out here: they come in
-// chunks too coarse to count). Measured 2026-12-03: bare 2370 and logged
-// 2650 before the tunnel's exchange shrank; xxx and xxx since.
-var maxIdleTunnelBytes = map[string]int64{"bare": 1500, "logged": 1800}
+// counts about twice in the process's memory, as GOGC=100 lets the heap grow
+// to twice what is live. Measured 2026-12-03 (bare, logged): 2370 and 2650
+// before the tunnel's exchange shrank; 1090-1215 and 1540-1590 since (with the
+// sockets out of Go's poller, which also saves 512 bytes per socket outside
+// the heap, not counted here).
+var maxIdleTunnelBytes = map[string]int64{"bare": 1300, "logged": 1750}
 
 // idleTunnels is how many tunnels TestAllocsRetainedByIdleTunnel opens:
 // enough that what is shared (the reactor's tables, the registry's map)

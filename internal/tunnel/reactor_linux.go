@@ -4,7 +4,6 @@ package tunnel
 
 import (
 	"errors"
-	"io"
 	"net"
 	"os"
 	"runtime"
@@ -23,8 +22,15 @@ import (
 // of state. When a side has bytes queued, the reactor's goroutine reads them
 // into a pooled buffer and writes them on; a burst that does not fit one
 // such read and one non-blocking write (bulk data, a slow reader) goes to a
-// worker goroutine, which splices the rest and returns the side to the
-// reactor once nothing is queued.
+// worker goroutine, which copies the rest, waiting for the writer with
+// poll(2), and returns the side to the reactor once nothing is queued.
+//
+// The sockets leave Go's poller: each is a duplicate descriptor in an
+// os.File that Go does not poll (its net.TCPConn is closed), read and
+// written with MSG_DONTWAIT. A descriptor in Go's poller costs 512 bytes
+// outside the heap (its padded pollDesc) besides the net.TCPConn's own, as
+// much as the rest of an idle tunnel; the os.File still guards it against
+// a close during a read or write, as the net.TCPConn did.
 //
 // Sockets are watched edge-triggered, as Go's own poller does: a read that
 // returns less than the buffer emptied the socket, and new bytes bring a new
@@ -51,7 +57,7 @@ const (
 // is worked out.
 type side struct {
 	t     *tunnel
-	src   *net.TCPConn
+	src   *os.File // its socket, out of Go's poller
 	srcRC syscall.RawConn
 	state atomic.Int32
 	hup   atomic.Bool // src's stream ended or failed behind its bytes
@@ -76,6 +82,21 @@ func (ss *sides) unwatch() {
 	ss.re.remove(&ss.ba)
 }
 
+// close closes the sockets.
+func (ss *sides) close() {
+	ss.ab.src.Close()
+	ss.ba.src.Close()
+}
+
+// reset makes the sockets' close a reset (SO_LINGER 0).
+func (ss *sides) reset() {
+	for _, s := range []*side{&ss.ab, &ss.ba} {
+		s.srcRC.Control(func(fd uintptr) {
+			unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		})
+	}
+}
+
 // fromB reports whether s is the direction from b to a.
 func (s *side) fromB() bool { return s == &s.t.sides.ba }
 
@@ -87,7 +108,6 @@ func (s *side) other() *side {
 	return &s.t.sides.ba
 }
 
-func (s *side) dst() *net.TCPConn      { return s.other().src }
 func (s *side) dstRC() syscall.RawConn { return s.other().srcRC }
 
 // count is the bytes written to dst.
@@ -247,7 +267,9 @@ func (re *reactor) remove(s *side) {
 }
 
 // watch returns a tunnel on a reactor for a and b if both are TCP, and
-// what registers it; nil, nil when the tunnel must run on goroutines.
+// what registers it; nil, nil when the tunnel must run on goroutines. The
+// tunnel's sockets leave Go's poller: a and b stay only for their Close,
+// and only if they are wrappers (which may give back a slot as they close).
 func watch(a, b net.Conn) (*tunnel, func()) {
 	ta, ok1 := tcpConn(a)
 	tb, ok2 := tcpConn(b)
@@ -259,22 +281,71 @@ func watch(a, b net.Conn) (*tunnel, func()) {
 		return nil, nil
 	}
 	re := reactors[int(nextReactor.Add(1))%len(reactors)]
-	ra, err1 := ta.SyscallConn()
-	rb, err2 := tb.SyscallConn()
-	if err1 != nil || err2 != nil {
+	fa, err := detachable(ta)
+	if err != nil {
 		return nil, nil
 	}
+	fb, err := detachable(tb)
+	if err != nil {
+		fa.Close()
+		return nil, nil
+	}
+	ra, err1 := fa.SyscallConn()
+	rb, err2 := fb.SyscallConn()
+	if err1 != nil || err2 != nil {
+		fa.Close()
+		fb.Close()
+		return nil, nil
+	}
+	// The duplicates hold the sockets now.
+	ta.Close()
+	tb.Close()
 	w := &watched{}
 	t := &w.tunnel
 	t.sides = &w.sides
+	t.a, t.b = wrapper(a), wrapper(b)
 	w.re = re
-	w.ab = side{t: t, src: ta, srcRC: ra}
-	w.ba = side{t: t, src: tb, srcRC: rb}
+	w.ab = side{t: t, src: fa, srcRC: ra}
+	w.ba = side{t: t, src: fb, srcRC: rb}
 	return t, func() {
 		if re.add(&w.ab) != nil || re.add(&w.ba) != nil {
 			t.close(Closed) // the kernel refused a watch (out of memory)
 		}
 	}
+}
+
+// detachable returns a duplicate of c's socket in an os.File that Go does
+// not poll: the descriptor is in blocking mode (which only MSG_DONTWAIT
+// reads and writes see, here) when NewFile gets it.
+func detachable(c *net.TCPConn) (*os.File, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	if cerr := rc.Control(func(s uintptr) {
+		fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); cerr != nil {
+		return nil, cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "tunnel"), nil
+}
+
+// wrapper is c if closing it does more than close its socket (it gives
+// back a slot of a connection limit), else nil: a bare *net.TCPConn whose
+// socket a tunnel took need not be kept.
+func wrapper(c net.Conn) net.Conn {
+	if _, bare := c.(*net.TCPConn); bare {
+		return nil
+	}
+	return c
 }
 
 // tcpConn returns c's TCP connection: c itself, or the connection a wrapper
@@ -358,32 +429,19 @@ func (s *side) copyInline(rio *rawIO) {
 	}
 }
 
-// work is a worker goroutine: it writes the rest of a burst, blocking as
+// work is a worker goroutine: it writes the rest of a burst, waiting as
 // needed, and copies on until src has nothing queued.
 func (s *side) work(bp *[]byte, off, n int) {
 	rio := newRawIO()
 	for {
 		var err error
 		if off < n {
-			var w int
-			s.armWrite()
-			w, err = s.dst().Write((*bp)[off:n])
-			s.count().Add(int64(w))
+			err = s.writeAll(rio, (*bp)[off:n])
 		}
 		burstPool.Put(bp)
 		if err != nil {
 			s.fail(err, s.dstFailed())
 			return
-		}
-		if n == burstSize {
-			if err := s.spliceQueued(); err != nil {
-				failed := s.dstFailed()
-				if peerGone(s.srcRC) {
-					failed = s.srcFailed()
-				}
-				s.fail(err, failed)
-				return
-			}
 		}
 		for {
 			bp = burstPool.Get().(*[]byte)
@@ -392,13 +450,7 @@ func (s *side) work(bp *[]byte, off, n int) {
 				break
 			}
 			burstPool.Put(bp)
-			if s.ended(err) {
-				return
-			}
-			// The reactor's own writes do not block, and a deadline
-			// left behind would fail them once it has passed.
-			s.disarmWrite()
-			if s.rest() {
+			if s.ended(err) || s.rest() {
 				return
 			}
 		}
@@ -406,43 +458,34 @@ func (s *side) work(bp *[]byte, off, n int) {
 	}
 }
 
-// armWrite gives the worker's next blocking write the tunnel's timeout to
-// complete: a peer that stopped reading ends the tunnel.
-func (s *side) armWrite() {
-	if s.t.timeout > 0 {
-		s.dst().SetWriteDeadline(time.Now().Add(s.t.timeout))
-	}
-}
+// writeWait is the longest a worker waits for dst to take bytes before it
+// looks whether the tunnel closed or timed out meanwhile.
+const writeWait = 100 * time.Millisecond
 
-func (s *side) disarmWrite() {
-	if s.t.timeout > 0 {
-		s.dst().SetWriteDeadline(time.Time{})
-	}
-}
-
-// spliceChunk is the most spliced under one write deadline: what Go's
-// splice pipe holds, so chunks cost no extra system calls.
-const spliceChunk = 1 << 20
-
-// spliceQueued moves what src has queued to dst with splice(2), with no
-// copy through user space.
-func (s *side) spliceQueued() error {
-	var avail int
-	s.srcRC.Control(func(fd uintptr) {
-		avail, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
-	})
-	for avail > 0 {
-		chunk := min(avail, spliceChunk)
-		s.armWrite()
-		m, err := io.CopyN(s.dst(), s.src, int64(chunk))
-		s.count().Add(m)
-		if err == io.EOF {
-			return nil // the end of the stream comes as a read of nothing
+// writeAll writes p to dst, waiting for it to take them: a peer that took
+// nothing for the tunnel's timeout ends the tunnel (os.ErrDeadlineExceeded).
+func (s *side) writeAll(rio *rawIO, p []byte) error {
+	last := time.Now()
+	for len(p) > 0 {
+		w, err := s.writeNow(rio, p)
+		if w > 0 {
+			s.count().Add(int64(w))
+			p = p[w:]
+			last = time.Now()
+			continue
 		}
-		if err != nil {
+		if err != unix.EAGAIN {
 			return err
 		}
-		avail -= chunk
+		if s.t.timeout > 0 && time.Since(last) >= s.t.timeout {
+			return os.ErrDeadlineExceeded
+		}
+		if err := s.dstRC().Control(func(fd uintptr) {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			unix.Poll(fds, int(writeWait/time.Millisecond))
+		}); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -454,25 +497,11 @@ func (s *side) fail(err error, failed End) {
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.t.close(Timeout)
-	case errors.Is(err, net.ErrClosed):
-		s.t.close(Closed) // whoever closed it said why
+	case s.t.why.Load() != 0:
+		s.t.close(Closed) // closed meanwhile: whoever closed it said why
 	default:
 		s.t.abort(failed)
 	}
-}
-
-// peerGone reports whether the connection of rc was closed under the
-// socket: reset by its peer, or dead (TCP_CLOSE), which a failed splice does
-// not tell.
-func peerGone(rc syscall.RawConn) bool {
-	var state uint8
-	rc.Control(func(fd uintptr) {
-		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			state = info.State
-		}
-	})
-	const tcpClose = 7 // TCP_CLOSE of linux/tcp_states.h
-	return state == tcpClose
 }
 
 // ended handles a read that returned no bytes: nothing queued (false), the
@@ -483,13 +512,23 @@ func (s *side) ended(err error) bool {
 		return false
 	case err != nil:
 		s.t.abort(s.srcFailed())
-	case s.dst().CloseWrite() != nil:
+	case s.closeWrite() != nil:
 		s.t.abort(s.dstFailed())
 	default:
 		// Stays busy: no more bytes will come from src.
 		s.t.endedOne()
 	}
 	return true
+}
+
+// closeWrite shuts down dst's sending side, passing the end of src's
+// stream on.
+func (s *side) closeWrite() error {
+	var err error
+	if cerr := s.dstRC().Control(func(fd uintptr) { err = unix.Shutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
+		return cerr
+	}
+	return err
 }
 
 // read reads what src has queued into p, without waiting.
@@ -527,11 +566,11 @@ type rawIO struct {
 func newRawIO() *rawIO {
 	r := &rawIO{}
 	r.read = func(fd uintptr) bool {
-		r.n, r.err = rawSyscall(unix.SYS_READ, fd, r.p)
+		r.n, r.err = rawSyscall(unix.SYS_RECVFROM, fd, r.p, unix.MSG_DONTWAIT)
 		return true
 	}
 	r.write = func(fd uintptr) bool {
-		r.n, r.err = rawSyscall(unix.SYS_WRITE, fd, r.p)
+		r.n, r.err = rawSyscall(unix.SYS_SENDTO, fd, r.p, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		return true
 	}
 	return r
@@ -547,19 +586,19 @@ func epollWaitNow(epfd uintptr, events []unix.EpollEvent) (int, error) {
 	return int(n), nil
 }
 
-// rawSyscall reads or writes p on a non-blocking socket with a raw system
-// call, which the Go scheduler does not see. A write wakes the peer, which
+// rawSyscall receives or sends p on a socket, without waiting, with a raw
+// system call, which the Go scheduler does not see. A write wakes the peer, which
 // often runs on this CPU before the write returns; a system call that long
 // looks blocked to the scheduler's monitor, which then wakes up every 20 µs
 // to take the P away, costing a context switch each time (8 % of the CPU of
 // a busy tunnel). The socket never blocks, so the P is not held for long.
-func rawSyscall(trap, fd uintptr, p []byte) (int, error) {
+func rawSyscall(trap, fd uintptr, p []byte, flags int) (int, error) {
 	var ptr unsafe.Pointer
 	if len(p) > 0 {
 		ptr = unsafe.Pointer(&p[0])
 	}
 	for {
-		n, _, errno := unix.RawSyscall(trap, fd, uintptr(ptr), uintptr(len(p)))
+		n, _, errno := unix.RawSyscall6(trap, fd, uintptr(ptr), uintptr(len(p)), uintptr(flags), 0, 0)
 		switch errno {
 		case 0:
 			return int(n), nil

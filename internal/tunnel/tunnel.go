@@ -3,9 +3,10 @@
 // open tunnels: http.Server.Shutdown does not see hijacked connections.
 //
 // Between two TCP connections on Linux a tunnel costs no goroutine while it
-// is idle: both sockets wait in an epoll set of the package's own, and a
-// burst is copied when it arrives (see reactor_linux.go). Elsewhere, and for
-// TLS connections, each direction is a goroutine.
+// is idle, nor a place in Go's poller: both sockets wait in an epoll set of
+// the package's own, and a burst is copied when it arrives (see
+// reactor_linux.go). Elsewhere, and for TLS connections, each direction is
+// a goroutine.
 //
 // A tunnel may have a timeout: when no byte moved either way for that long,
 // or a write made no progress for that long, it is closed. One timer per
@@ -80,7 +81,7 @@ type Registry struct {
 
 // A tunnel is two connections and the bytes copied to each.
 type tunnel struct {
-	a, b     net.Conn
+	a, b     net.Conn // on a reactor, only wrappers (see watch)
 	toA, toB atomic.Int64
 	linger   time.Duration // zero: none
 	timeout  time.Duration // zero: none
@@ -119,12 +120,13 @@ func monotonic() time.Duration { return time.Since(clockBase) }
 // Callers should pass the raw connections (*net.TCPConn where possible),
 // having forwarded any bytes they buffered.
 func (r *Registry) Start(a, b net.Conn, o Options, done func(toA, toB int64, end End)) {
-	// A tunnel on a reactor is allocated with its sides.
+	// A tunnel on a reactor is allocated with its sides, and keeps of a
+	// and b only their wrappers.
 	t, arm := watch(a, b)
 	if t == nil {
-		t = &tunnel{}
+		t = &tunnel{a: a, b: b}
 	}
-	t.a, t.b, t.reg, t.done, t.linger, t.timeout = a, b, r, done, max(o.HalfClosed, 0), max(o.Timeout, 0)
+	t.reg, t.done, t.linger, t.timeout = r, done, max(o.HalfClosed, 0), max(o.Timeout, 0)
 	r.add(t)
 	if arm != nil {
 		arm()
@@ -222,9 +224,17 @@ func (t *tunnel) endedOne() {
 }
 
 // shut closes both connections, which ends whatever copies between them.
+// A tunnel on a reactor closes its sockets, and what is left of a and b:
+// the wrappers among them.
 func (t *tunnel) shut() {
-	t.a.Close()
-	t.b.Close()
+	if t.sides != nil {
+		t.sides.close()
+	}
+	for _, c := range []net.Conn{t.a, t.b} {
+		if c != nil {
+			c.Close()
+		}
+	}
 }
 
 // setWhy records how the tunnel ended, unless that is known already.
@@ -237,14 +247,15 @@ func (t *tunnel) setWhy(why End) {
 // complete one.
 func (t *tunnel) abort(failed End) {
 	t.setWhy(failed)
+	if t.sides != nil {
+		t.sides.reset()
+		t.close(failed)
+		return
+	}
 	for _, c := range []net.Conn{t.a, t.b} {
 		if tc := Socket(c); tc != nil {
 			tc.SetLinger(0)
 		}
-	}
-	if t.sides != nil {
-		t.close(failed)
-		return
 	}
 	// A goroutine tunnel ends once its copies see their connections
 	// closed. Under TLS, a close_notify would tell the peer that the

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"errors"
 	"io"
 	"net"
 	"runtime"
@@ -67,5 +68,55 @@ func TestWrappedConnUsesReactorAndItsClose(t *testing.T) {
 	}
 	if n := closes.Load(); n == 0 {
 		t.Error("the tunnel never closed the wrapper")
+	}
+}
+
+// A tunnel on the reactor takes its sockets out of Go's poller: the
+// connections it was given are closed at once (their descriptors, each
+// 512 bytes of the runtime's besides the net.TCPConn, go), bare ones are
+// not kept, and bytes still flow both ways through the sockets.
+func TestReactorTunnelLeavesPoller(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("the reactor is Linux's")
+	}
+	var r Registry
+	client, proxyA := testutil.Pair(t)
+	proxyB, backend := testutil.Pair(t)
+	done := make(chan End, 1)
+	r.Start(proxyA, proxyB, Options{}, func(_, _ int64, end End) { done <- end })
+	r.mu.Lock()
+	for tn := range r.open {
+		if tn.sides == nil || tn.a != nil || tn.b != nil {
+			t.Errorf("the tunnel keeps its connections (%v, %v) or runs on goroutines", tn.a, tn.b)
+		}
+	}
+	r.mu.Unlock()
+	for _, c := range []*net.TCPConn{proxyA, proxyB} {
+		if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("a connection handed to the tunnel still writes (%v)", err)
+		}
+	}
+
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	backend.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4)
+	for _, dir := range []struct{ from, to *net.TCPConn }{{client, backend}, {backend, client}} {
+		if _, err := dir.from.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(dir.to, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("read %q, %v", buf, err)
+		}
+	}
+	client.Close()
+	backend.Close()
+	select {
+	case end := <-done:
+		if end != Done {
+			t.Errorf("ended %v, want Done", end)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel did not end")
 	}
 }
