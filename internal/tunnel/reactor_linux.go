@@ -22,12 +22,12 @@ import (
 // of state. When a side has bytes queued, the reactor's goroutine reads them
 // into a pooled buffer and writes them on; a burst that does not fit one
 // such read and one non-blocking write (bulk data, a slow reader) goes to a
-// worker goroutine, which copies the rest, waiting for the writer with
+// worker goroutine, which splices the rest, waiting for the writer with
 // poll(2), and returns the side to the reactor once nothing is queued.
 //
 // The sockets leave Go's poller: each is a duplicate descriptor in an
 // os.File that Go does not poll (its net.TCPConn is closed), read and
-// written with MSG_DONTWAIT. A descriptor in Go's poller costs 512 bytes
+// written without waiting. A descriptor in Go's poller costs 512 bytes
 // outside the heap (its padded pollDesc) besides the net.TCPConn's own, as
 // much as the rest of an idle tunnel; the os.File still guards it against
 // a close during a read or write, as the net.TCPConn did.
@@ -315,8 +315,7 @@ func watch(a, b net.Conn) (*tunnel, func()) {
 }
 
 // detachable returns a duplicate of c's socket in an os.File that Go does
-// not poll: the descriptor is in blocking mode (which only MSG_DONTWAIT
-// reads and writes see, here) when NewFile gets it.
+// not poll, read and written only through its RawConn.
 func detachable(c *net.TCPConn) (*os.File, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -331,11 +330,18 @@ func detachable(c *net.TCPConn) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	// NewFile puts a descriptor in non-blocking mode in Go's poller: it
+	// must see this one blocking, which it then is again for splice(2).
 	if err := unix.SetNonblock(fd, false); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	return os.NewFile(uintptr(fd), "tunnel"), nil
+	f := os.NewFile(uintptr(fd), "tunnel")
+	if err := unix.SetNonblock(fd, true); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // wrapper is c if closing it does more than close its socket (it gives
@@ -430,9 +436,13 @@ func (s *side) copyInline(rio *rawIO) {
 }
 
 // work is a worker goroutine: it writes the rest of a burst, waiting as
-// needed, and copies on until src has nothing queued.
+// needed, and copies on until src has nothing queued. Bulk data (a burst
+// that filled its buffer) goes through a pipe with splice(2), with no copy
+// through user space.
 func (s *side) work(bp *[]byte, off, n int) {
 	rio := newRawIO()
+	var p pipe
+	defer p.close()
 	for {
 		var err error
 		if off < n {
@@ -442,6 +452,12 @@ func (s *side) work(bp *[]byte, off, n int) {
 		if err != nil {
 			s.fail(err, s.dstFailed())
 			return
+		}
+		if n == burstSize {
+			if failed, err := s.spliceQueued(&p); err != nil {
+				s.fail(err, failed)
+				return
+			}
 		}
 		for {
 			bp = burstPool.Get().(*[]byte)
@@ -462,8 +478,7 @@ func (s *side) work(bp *[]byte, off, n int) {
 // looks whether the tunnel closed or timed out meanwhile.
 const writeWait = 100 * time.Millisecond
 
-// writeAll writes p to dst, waiting for it to take them: a peer that took
-// nothing for the tunnel's timeout ends the tunnel (os.ErrDeadlineExceeded).
+// writeAll writes p to dst, waiting for it to take them.
 func (s *side) writeAll(rio *rawIO, p []byte) error {
 	last := time.Now()
 	for len(p) > 0 {
@@ -477,17 +492,106 @@ func (s *side) writeAll(rio *rawIO, p []byte) error {
 		if err != unix.EAGAIN {
 			return err
 		}
-		if s.t.timeout > 0 && time.Since(last) >= s.t.timeout {
-			return os.ErrDeadlineExceeded
-		}
-		if err := s.dstRC().Control(func(fd uintptr) {
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-			unix.Poll(fds, int(writeWait/time.Millisecond))
-		}); err != nil {
+		if err := s.waitWritable(last); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// waitWritable waits up to writeWait for dst to take bytes: a peer that took
+// nothing since last for the tunnel's timeout ends the tunnel
+// (os.ErrDeadlineExceeded).
+func (s *side) waitWritable(last time.Time) error {
+	if s.t.timeout > 0 && time.Since(last) >= s.t.timeout {
+		return os.ErrDeadlineExceeded
+	}
+	return s.dstRC().Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		unix.Poll(fds, int(writeWait/time.Millisecond))
+	})
+}
+
+// pipe is a worker's pipe for splice(2), made at its first bulk burst; n
+// bytes are in it.
+type pipe struct {
+	r, w, n int
+	made    bool
+}
+
+// pipeSize is the capacity asked of a pipe: what one splice moves at most.
+const pipeSize = 1 << 20
+
+func (p *pipe) make() error {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return err
+	}
+	p.r, p.w, p.made = fds[0], fds[1], true
+	unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pipeSize) // else the default 64 KiB
+	return nil
+}
+
+func (p *pipe) close() {
+	if p.made {
+		unix.Close(p.r)
+		unix.Close(p.w)
+	}
+}
+
+// spliceQueued moves what src has queued to dst through p, waiting for dst
+// as writeAll does. It returns with src empty, or at its end, which the
+// read that follows tells; on failure, with how the tunnel ends.
+func (s *side) spliceQueued(p *pipe) (End, error) {
+	if !p.made {
+		if err := p.make(); err != nil {
+			return s.dstFailed(), err
+		}
+	}
+	last := time.Now()
+	for {
+		var n int
+		var err error
+		if cerr := s.srcRC.Control(func(fd uintptr) { n, err = splice(int(fd), p.w, pipeSize) }); cerr != nil {
+			return s.srcFailed(), cerr
+		}
+		if n == 0 && (err == nil || err == unix.EAGAIN) {
+			return 0, nil
+		}
+		if err != nil {
+			return s.srcFailed(), err
+		}
+		p.n += n
+		for p.n > 0 {
+			var m int
+			if cerr := s.dstRC().Control(func(fd uintptr) { m, err = splice(p.r, int(fd), p.n) }); cerr != nil {
+				return s.dstFailed(), cerr
+			}
+			if m > 0 {
+				p.n -= m
+				s.count().Add(int64(m))
+				last = time.Now()
+				continue
+			}
+			if err != unix.EAGAIN {
+				return s.dstFailed(), err
+			}
+			if err := s.waitWritable(last); err != nil {
+				return s.dstFailed(), err
+			}
+		}
+	}
+}
+
+// splice moves up to n bytes from the descriptor in to out, without
+// waiting.
+func splice(in, out, n int) (int, error) {
+	for {
+		m, err := unix.Splice(in, nil, out, nil, n, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		if err != unix.EINTR {
+			return max(int(m), 0), err
+		}
+	}
 }
 
 // fail ends the tunnel after a worker's copy failed with err: a write that
