@@ -438,6 +438,9 @@ func setConnState(c net.Conn, st http.ConnState) {
 		if st == http.StateActive && cc.tlsTop != nil {
 			cc.tlsActive()
 		}
+		if st == http.StateHijacked {
+			cc.hijacked()
+		}
 	case http.StateIdle:
 		cc.since.Store(time.Now().UnixNano())
 		cc.state.Store(connIdle)

@@ -55,6 +55,17 @@ func backgroundReadQuiet(r *http.Request) *countedConn {
 // next.
 func (c *countedConn) handled() { c.bg.CompareAndSwap(bgOn, bgOff) }
 
+// hijacked lets go of what c's background read waited with: the reads of a
+// hijacked connection are net/http's no more (it called its background read
+// off before it let go), and a tunnel may keep the connection for hours.
+func (c *countedConn) hijacked() {
+	c.bg.Store(bgOff)
+	if c.bgTimer != nil {
+		c.bgTimer.Stop()
+		c.bgTimer = nil
+	}
+}
+
 // waitBeforeRead is called before each read of c.
 func (c *countedConn) waitBeforeRead() {
 	if c.bg.CompareAndSwap(bgOn, bgParked) {
