@@ -118,7 +118,9 @@ func monotonic() time.Duration { return time.Since(clockBase) }
 // the tunnel when nothing moved for that long.
 //
 // Callers should pass the raw connections (*net.TCPConn where possible),
-// having forwarded any bytes they buffered.
+// having forwarded any bytes they buffered, and use them no more: a tunnel
+// on the reactor takes their sockets over at once and closes the
+// *net.TCPConns under them (a wrapper's Close is still called at the end).
 func (r *Registry) Start(a, b net.Conn, o Options, done func(toA, toB int64, end End)) {
 	// A tunnel on a reactor is allocated with its sides, and keeps of a
 	// and b only their wrappers.
