@@ -4,6 +4,7 @@ package tunnel
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -22,8 +23,8 @@ import (
 // of state. When a side has bytes queued, the reactor's goroutine reads them
 // into a pooled buffer and writes them on; a burst that does not fit one
 // such read and one non-blocking write (bulk data, a slow reader) goes to a
-// worker goroutine, which splices the rest, waiting for the writer with
-// poll(2), and returns the side to the reactor once nothing is queued.
+// worker goroutine, which splices the rest, waiting for the writer in Go's
+// poller, and returns the side to the reactor once nothing is queued.
 //
 // The sockets leave Go's poller: each is a duplicate descriptor in an
 // os.File that Go does not poll (its net.TCPConn is closed), read and
@@ -62,6 +63,9 @@ type side struct {
 	state atomic.Int32
 	hup   atomic.Bool // src's stream ended or failed behind its bytes
 	key   uint64      // the side's slot in its reactor; guarded by reactor.mu
+	// wait is dst in Go's poller while a worker waits for it to take
+	// bytes (writeWaiting), else nil; closing it ends the wait.
+	wait atomic.Pointer[os.File]
 }
 
 // sides are a tunnel's two directions in their reactor.
@@ -82,10 +86,12 @@ func (ss *sides) unwatch() {
 	ss.re.remove(&ss.ba)
 }
 
-// close closes the sockets.
+// close closes the sockets, and ends a worker's wait on them.
 func (ss *sides) close() {
-	ss.ab.src.Close()
-	ss.ba.src.Close()
+	for _, s := range []*side{&ss.ab, &ss.ba} {
+		s.src.Close()
+		s.endWait()
+	}
 }
 
 // reset makes the sockets' close a reset (SO_LINGER 0).
@@ -443,6 +449,7 @@ func (s *side) work(bp *[]byte, off, n int) {
 	rio := newRawIO()
 	var p pipe
 	defer p.close()
+	defer s.endWait()
 	for {
 		var err error
 		if off < n {
@@ -474,42 +481,80 @@ func (s *side) work(bp *[]byte, off, n int) {
 	}
 }
 
-// writeWait is the longest a worker waits for dst to take bytes before it
-// looks whether the tunnel closed or timed out meanwhile.
-const writeWait = 100 * time.Millisecond
-
 // writeAll writes p to dst, waiting for it to take them.
 func (s *side) writeAll(rio *rawIO, p []byte) error {
 	last := time.Now()
 	for len(p) > 0 {
 		w, err := s.writeNow(rio, p)
+		if err == unix.EAGAIN {
+			w, err = s.writeWaiting(last, func(fd uintptr) (int, error) {
+				return rawSyscall(unix.SYS_SENDTO, fd, p, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+			})
+		}
 		if w > 0 {
 			s.count().Add(int64(w))
 			p = p[w:]
 			last = time.Now()
 			continue
 		}
-		if err != unix.EAGAIN {
-			return err
+		if err == nil {
+			err = io.ErrShortWrite
 		}
-		if err := s.waitWritable(last); err != nil {
-			return err
-		}
+		return err
 	}
 	return nil
 }
 
-// waitWritable waits up to writeWait for dst to take bytes: a peer that took
-// nothing since last for the tunnel's timeout ends the tunnel
-// (os.ErrDeadlineExceeded).
-func (s *side) waitWritable(last time.Time) error {
-	if s.t.timeout > 0 && time.Since(last) >= s.t.timeout {
-		return os.ErrDeadlineExceeded
+// writeWaiting tries op, a write to dst that does not wait, until dst takes
+// bytes or op fails otherwise than for want of room, waiting for room in
+// Go's poller, which holds no thread: dst joins it, as a duplicate
+// descriptor, for the worker's lifetime, and op writes to that one. A peer
+// that took nothing since last for the tunnel's timeout ends the tunnel
+// (os.ErrDeadlineExceeded); the tunnel's close ends the wait.
+func (s *side) writeWaiting(last time.Time, op func(fd uintptr) (int, error)) (int, error) {
+	w := s.wait.Load()
+	if w == nil {
+		var fd int
+		var err error
+		if cerr := s.dstRC().Control(func(d uintptr) { fd, err = unix.FcntlInt(d, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil {
+			return 0, cerr
+		}
+		if err != nil {
+			return 0, err
+		}
+		w = os.NewFile(uintptr(fd), "tunnel-wait") // non-blocking: polled
+		s.wait.Store(w)
+		if s.t.why.Load() != 0 {
+			// Closed meanwhile, maybe before w was there to be closed.
+			return 0, os.ErrClosed
+		}
 	}
-	return s.dstRC().Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-		unix.Poll(fds, int(writeWait/time.Millisecond))
-	})
+	if s.t.timeout > 0 {
+		w.SetWriteDeadline(last.Add(s.t.timeout))
+	}
+	rc, err := w.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	// The write is tried within the wait, after the poller's readiness
+	// was reset, so that no room that came meanwhile goes unnoticed.
+	var n int
+	var opErr error
+	if err := rc.Write(func(fd uintptr) bool {
+		n, opErr = op(fd)
+		n = max(n, 0)
+		return opErr != unix.EAGAIN
+	}); err != nil {
+		return 0, err
+	}
+	return n, opErr
+}
+
+// endWait takes dst out of Go's poller again.
+func (s *side) endWait() {
+	if w := s.wait.Swap(nil); w != nil {
+		w.Close()
+	}
 }
 
 // pipe is a worker's pipe for splice(2), made at its first bulk burst; n
@@ -567,18 +612,19 @@ func (s *side) spliceQueued(p *pipe) (End, error) {
 			if cerr := s.dstRC().Control(func(fd uintptr) { m, err = splice(p.r, int(fd), p.n) }); cerr != nil {
 				return s.dstFailed(), cerr
 			}
+			if err == unix.EAGAIN {
+				m, err = s.writeWaiting(last, func(fd uintptr) (int, error) { return splice(p.r, int(fd), p.n) })
+			}
 			if m > 0 {
 				p.n -= m
 				s.count().Add(int64(m))
 				last = time.Now()
 				continue
 			}
-			if err != unix.EAGAIN {
-				return s.dstFailed(), err
+			if err == nil {
+				err = io.ErrShortWrite
 			}
-			if err := s.waitWritable(last); err != nil {
-				return s.dstFailed(), err
-			}
+			return s.dstFailed(), err
 		}
 	}
 }

@@ -120,3 +120,47 @@ func TestReactorTunnelLeavesPoller(t *testing.T) {
 		t.Fatal("the tunnel did not end")
 	}
 }
+
+// A worker waiting for a peer that takes nothing (no timeout) waits in Go's
+// poller, holding no thread, and the tunnel's close ends the wait: the
+// tunnel reports, and the peer's connection closes.
+func TestCloseEndsStalledWrite(t *testing.T) {
+	t.Parallel()
+	var r Registry
+	client, backend, done := tunnelFor(t, &r, 0)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	// The backend reads nothing: the client's bulk fills the sockets'
+	// buffers, and the worker copying it waits.
+	wrote := make(chan int64, 1)
+	go func() {
+		n, _ := client.Write(make([]byte, 64<<20))
+		wrote <- int64(n)
+	}()
+	var waiting *side
+	testutil.Eventually(t, "the worker to wait for the backend", func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for tn := range r.open {
+			if tn.sides != nil && tn.sides.ab.wait.Load() != nil {
+				waiting = &tn.sides.ab
+			}
+		}
+		return waiting != nil
+	})
+	r.CloseAll()
+	select {
+	case res := <-done:
+		if res.end != Closed || res.toB == 0 {
+			t.Errorf("counted %+v, want bytes to the backend, Closed", res)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel did not end")
+	}
+	// Before the backend reads again, which would end the wait anyway.
+	testutil.Eventually(t, "the worker's wait to end", func() bool { return waiting.wait.Load() == nil })
+	backend.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, backend); err != nil {
+		t.Errorf("the backend's connection ended with %v, want its end", err)
+	}
+	<-wrote
+}
