@@ -460,7 +460,9 @@ func (s *side) work(bp *[]byte, off, n int) {
 			s.fail(err, s.dstFailed())
 			return
 		}
-		if n == burstSize {
+		// Without a pipe to spare (at the descriptor limit), bulk data is
+		// copied through the buffer, as Go's own splice falls back.
+		if n == burstSize && p.make() == nil {
 			if failed, err := s.spliceQueued(&p); err != nil {
 				s.fail(err, failed)
 				return
@@ -510,7 +512,8 @@ func (s *side) writeAll(rio *rawIO, p []byte) error {
 // Go's poller, which holds no thread: dst joins it, as a duplicate
 // descriptor, for the worker's lifetime, and op writes to that one. A peer
 // that took nothing since last for the tunnel's timeout ends the tunnel
-// (os.ErrDeadlineExceeded); the tunnel's close ends the wait.
+// (os.ErrDeadlineExceeded); the tunnel's close ends the wait. Without a
+// descriptor to spare, it waits in pollWrite.
 func (s *side) writeWaiting(last time.Time, op func(fd uintptr) (int, error)) (int, error) {
 	w := s.wait.Load()
 	if w == nil {
@@ -520,7 +523,7 @@ func (s *side) writeWaiting(last time.Time, op func(fd uintptr) (int, error)) (i
 			return 0, cerr
 		}
 		if err != nil {
-			return 0, err
+			return s.pollWrite(last, op)
 		}
 		w = os.NewFile(uintptr(fd), "tunnel-wait") // non-blocking: polled
 		s.wait.Store(w)
@@ -550,6 +553,35 @@ func (s *side) writeWaiting(last time.Time, op func(fd uintptr) (int, error)) (i
 	return n, opErr
 }
 
+// pollWrite is writeWaiting without a descriptor to spare (at the
+// process's limit): it waits in poll(2), holding a thread, pollSlice at a
+// time, so that the tunnel's close is seen.
+func (s *side) pollWrite(last time.Time, op func(fd uintptr) (int, error)) (int, error) {
+	for {
+		if s.t.why.Load() != 0 {
+			return 0, os.ErrClosed
+		}
+		if s.t.timeout > 0 && time.Since(last) >= s.t.timeout {
+			return 0, os.ErrDeadlineExceeded
+		}
+		var n int
+		var err error
+		if cerr := s.dstRC().Control(func(fd uintptr) {
+			if n, err = op(fd); err == unix.EAGAIN {
+				unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, pollSlice)
+			}
+		}); cerr != nil {
+			return 0, cerr
+		}
+		if err != unix.EAGAIN {
+			return max(n, 0), err
+		}
+	}
+}
+
+// pollSlice is how long, in milliseconds, pollWrite waits at a time.
+const pollSlice = 100
+
 // endWait takes dst out of Go's poller again.
 func (s *side) endWait() {
 	if w := s.wait.Swap(nil); w != nil {
@@ -568,6 +600,9 @@ type pipe struct {
 const pipeSize = 1 << 20
 
 func (p *pipe) make() error {
+	if p.made {
+		return nil
+	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return err
@@ -588,11 +623,6 @@ func (p *pipe) close() {
 // as writeAll does. It returns with src empty, or at its end, which the
 // read that follows tells; on failure, with how the tunnel ends.
 func (s *side) spliceQueued(p *pipe) (End, error) {
-	if !p.made {
-		if err := p.make(); err != nil {
-			return s.dstFailed(), err
-		}
-	}
 	last := time.Now()
 	for {
 		var n int
