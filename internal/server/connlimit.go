@@ -184,8 +184,9 @@ type countedConn struct {
 	read       atomic.Int64
 
 	// net/http's background read (reads.go): bg is bgOff, bgOn or
-	// bgParked; bgWake wakes it when parked; bgTimer is used by
-	// the reading goroutine only.
+	// bgParked; bgWake wakes it when parked; bgTimer is used by the
+	// reading goroutine, and let go at hijack (hijacked), once net/http
+	// has ended that read.
 	bg      atomic.Int32
 	bgWake  chan struct{}
 	bgTimer *time.Timer

@@ -337,7 +337,8 @@ func detachable(c *net.TCPConn) (*os.File, error) {
 		return nil, err
 	}
 	// NewFile puts a descriptor in non-blocking mode in Go's poller: it
-	// must see this one blocking, which it then is again for splice(2).
+	// must see this one blocking; it is made non-blocking again below, as
+	// the reactor's raw reads and writes and splice(2) need.
 	if err := unix.SetNonblock(fd, false); err != nil {
 		unix.Close(fd)
 		return nil, err
