@@ -101,17 +101,21 @@ func (c *countedConn) wakeBackgroundRead() {
 // then returns at once.
 func (c *countedConn) SetReadDeadline(t time.Time) error {
 	err := c.TCPConn.SetReadDeadline(t)
-	if c.bg.Load() != bgOff && !t.IsZero() && t.Before(time.Now()) {
-		c.wakeBackgroundRead()
-	}
+	c.wakeIfPast(t)
 	return err
 }
 
 // SetDeadline is SetReadDeadline and the write deadline.
 func (c *countedConn) SetDeadline(t time.Time) error {
 	err := c.TCPConn.SetDeadline(t)
+	c.wakeIfPast(t)
+	return err
+}
+
+// wakeIfPast calls a waiting background read off if the read deadline just
+// set, t, is past.
+func (c *countedConn) wakeIfPast(t time.Time) {
 	if c.bg.Load() != bgOff && !t.IsZero() && t.Before(time.Now()) {
 		c.wakeBackgroundRead()
 	}
-	return err
 }

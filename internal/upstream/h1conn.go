@@ -142,7 +142,10 @@ func (pc *h1Conn) peekBuffered() (stray []byte, open bool) {
 func (pc *h1Conn) send(body bool) error {
 	quiet := pc.quiet
 	pc.quiet = false
-	if body || !quiet || pc.out.n > 0 {
+	if body {
+		return pc.bw.Flush() // its body follows at once
+	}
+	if !quiet || pc.out.n > 0 {
 		err := pc.bw.Flush()
 		// Other goroutines first: the backend has had no time to answer
 		// yet, and a read now would most often find nothing.
