@@ -72,22 +72,13 @@ func dial(t *testing.T, addr string) client {
 // attempt.
 func TestMaxConnectionsClientsWait(t *testing.T) {
 	t.Parallel()
-	front := freePort(t, "tcp", "127.0.0.1")
-	cfg := writeConfig(t, fmt.Sprintf(`
-[frontend f]
-bind = %s
-backends = b
-max-connections = 1
-[backend b]
-connect = %s
-`, front, newServer(t, func(w http.ResponseWriter, r *http.Request) {
+	front, p := startOneFrontend(t, newServer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hold" {
 			<-r.Context().Done() // until its client leaves
 			return
 		}
 		io.WriteString(w, "b")
-	})))
-	p := startHipsterd(t, cfg, front)
+	}), "max-connections = 1", "")
 	// A client with a request in flight: not idle, so not reclaimed.
 	held := dial(t, front)
 	io.WriteString(held.c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")

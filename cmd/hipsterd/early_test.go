@@ -43,8 +43,15 @@ func headBackend(t *testing.T, serve func(c *net.TCPConn, br *bufio.Reader, req 
 // the frontend's address.
 func oneFrontend(t *testing.T, backend, frontKeys, backKeys string) string {
 	t.Helper()
+	front, _ := startOneFrontend(t, backend, frontKeys, backKeys)
+	return front
+}
+
+// startOneFrontend is oneFrontend for a test that needs the process too.
+func startOneFrontend(t *testing.T, backend, frontKeys, backKeys string) (string, *proc) {
+	t.Helper()
 	front := freePort(t, "tcp", "127.0.0.1")
-	startHipsterd(t, writeConfig(t, fmt.Sprintf(`
+	p := startHipsterd(t, writeConfig(t, fmt.Sprintf(`
 [frontend f]
 bind = %s
 backends = b
@@ -53,7 +60,7 @@ backends = b
 connect = %s
 %s
 `, front, frontKeys, backend, backKeys)), front)
-	return front
+	return front, p
 }
 
 // rawClient is a client connection that writes raw bytes and reads

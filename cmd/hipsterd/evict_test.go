@@ -153,16 +153,7 @@ func (l *latencies) p99() time.Duration {
 // the attack or after it.
 func TestLimitEvictsSilentAttackersNotClients(t *testing.T) {
 	t.Parallel()
-	front := freePort(t, "tcp", "127.0.0.1")
-	cfg := writeConfig(t, fmt.Sprintf(`
-[frontend f]
-bind = %s
-backends = b
-max-connections = 10
-[backend b]
-connect = %s
-`, front, okBackend(t)))
-	p := startHipsterd(t, cfg, front)
+	front, p := startOneFrontend(t, okBackend(t), "max-connections = 10", "")
 	url := "http://" + front + "/"
 
 	var lat latencies
@@ -250,16 +241,7 @@ connect = %s
 // request in progress, idle the longest, are closed to make room.
 func TestLimitNeverCutsARequest(t *testing.T) {
 	t.Parallel()
-	front := freePort(t, "tcp", "127.0.0.1")
-	cfg := writeConfig(t, fmt.Sprintf(`
-[frontend f]
-bind = %s
-backends = b
-max-connections = 3
-[backend b]
-connect = %s
-`, front, okBackend(t)))
-	p := startHipsterd(t, cfg, front)
+	front, p := startOneFrontend(t, okBackend(t), "max-connections = 3", "")
 	url := "http://" + front + "/"
 
 	hammer := newCountingClient()
