@@ -113,6 +113,38 @@ func benchmarkRaw(b *testing.B, addr string) {
 	})
 }
 
+// BenchmarkProxyConnection is a new client connection per request
+// (Connection: close), the path of the accept loop and of a connection's
+// setup and end; the allocations counted include the client's dial.
+func BenchmarkProxyConnection(b *testing.B) {
+	response := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + strings.Repeat("x", 100))
+	addr := testutil.Serve(testutil.Listen(b), func(c net.Conn) { rawBackend(c, response) })
+	withAndWithoutLog(b, addr, func(b *testing.B, addr string) {
+		request := []byte("GET /small HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nConnection: close\r\n\r\n")
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			buf := make([]byte, 4096)
+			for pb.Next() {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_, err = c.Write(request)
+				for err == nil {
+					_, err = c.Read(buf)
+				}
+				c.Close()
+				if err != io.EOF {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
 // rawBackend answers every request head on c with response.
 func rawBackend(c net.Conn, response []byte) {
 	defer c.Close()

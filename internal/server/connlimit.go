@@ -183,13 +183,14 @@ type countedConn struct {
 	wrote      atomic.Bool
 	read       atomic.Int64
 
+	// client carries the backend connections of send-proxy backends kept
+	// for this connection, closed with it.
+	client upstream.ClientConn
+
 	// net/http's background read (reads.go): bg is bgOff, bgOn or
-	// bgParked; bgWake wakes it when parked; bgTimer is used by the
-	// reading goroutine, and let go at hijack (hijacked), once net/http
-	// has ended that read.
-	bg      atomic.Int32
-	bgWake  chan struct{}
-	bgTimer *time.Timer
+	// bgParked; bgw is what it waits with while parked.
+	bg  atomic.Int32
+	bgw *bgWaiter
 }
 
 func (c *countedConn) Close() error {

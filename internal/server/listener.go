@@ -273,7 +273,6 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 	l.cfg = cfg
 	conns := new(atomic.Int64)
 	l.conns = conns
-	var clients sync.Map // net.Conn → *upstream.ClientConn
 	l.srv = &http.Server{
 		Handler:           l,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -297,12 +296,12 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 		// Each client connection carries the backend connections of
 		// send-proxy backends kept for it, closed with it.
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			cc := &upstream.ClientConn{}
-			clients.Store(c, cc)
+			// Every connection comes from an acceptView: counted.
 			if counted := countedOf(c); counted != nil {
 				ctx = context.WithValue(ctx, servedKey{}, counted)
+				ctx = upstream.WithClientConn(ctx, &counted.client)
 			}
-			return upstream.WithClientConn(ctx, cc)
+			return ctx
 		},
 		ConnState: func(c net.Conn, st http.ConnState) {
 			setConnState(c, st)
@@ -312,8 +311,8 @@ func (l *listener) startServer(cfg config.Frontend, errs chan<- error) {
 				l.route.Load().countConn()
 			case http.StateClosed, http.StateHijacked:
 				conns.Add(-1)
-				if cc, ok := clients.LoadAndDelete(c); ok {
-					cc.(*upstream.ClientConn).Close()
+				if counted := countedOf(c); counted != nil {
+					counted.client.Close()
 				}
 			}
 		},
@@ -467,7 +466,7 @@ func (v *acceptView) Accept() (net.Conn, error) {
 		v.takeGlobal()
 		// A connection accepted as the view closes is still served, by
 		// this server, which then closes it after its request.
-		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global, reclaim: v.httpConns, refused: v.refused, bgWake: make(chan struct{}, 1)}
+		cc := &countedConn{TCPConn: c, fe: v.fe, global: v.global, reclaim: v.httpConns, refused: v.refused}
 		if v.httpConns != nil {
 			v.httpConns.add(cc)
 		}

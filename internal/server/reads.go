@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 	"runtime"
+	"sync"
 	"time"
 )
 
@@ -55,33 +56,48 @@ func backgroundReadQuiet(r *http.Request) *countedConn {
 // next.
 func (c *countedConn) handled() { c.bg.CompareAndSwap(bgOn, bgOff) }
 
-// hijacked lets go of what c's background read waited with: the reads of a
-// hijacked connection are net/http's no more (it called its background read
-// off before it let go), and a tunnel may keep the connection for hours.
-func (c *countedConn) hijacked() {
-	c.bg.Store(bgOff)
-	if c.bgTimer != nil {
-		c.bgTimer.Stop()
-		c.bgTimer = nil
-	}
+// hijacked ends c's background read's part: the reads of a hijacked
+// connection are net/http's no more (it called its background read off
+// before it let go).
+func (c *countedConn) hijacked() { c.bg.Store(bgOff) }
+
+// bgWaiter is what a parked background read waits with. A connection parks
+// at most one read at a time, and most connections serve few requests:
+// waiters are lent from a pool for the wait rather than made per
+// connection (a channel and a timer each).
+type bgWaiter struct {
+	wake  chan struct{} // buffered: the waker never blocks
+	timer *time.Timer
 }
+
+var bgWaiters = sync.Pool{New: func() any {
+	t := time.NewTimer(bgReadWait)
+	t.Stop()
+	return &bgWaiter{wake: make(chan struct{}, 1), timer: t}
+}}
 
 // waitBeforeRead is called before each read of c.
 func (c *countedConn) waitBeforeRead() {
-	if c.bg.CompareAndSwap(bgOn, bgParked) {
-		if c.bgTimer == nil {
-			c.bgTimer = time.NewTimer(bgReadWait)
-		} else {
-			c.bgTimer.Reset(bgReadWait)
-		}
-		select {
-		case <-c.bgWake:
-		case <-c.bgTimer.C:
-			if !c.bg.CompareAndSwap(bgParked, bgOff) {
-				<-c.bgWake // sent as the timer fired
+	if c.bg.Load() == bgOn {
+		// Set before bg says parked, and read by a waker only after it
+		// saw that: it is c's until the wait below ends.
+		w := bgWaiters.Get().(*bgWaiter)
+		c.bgw = w
+		if c.bg.CompareAndSwap(bgOn, bgParked) {
+			w.timer.Reset(bgReadWait)
+			select {
+			case <-w.wake:
+			case <-w.timer.C:
+				if !c.bg.CompareAndSwap(bgParked, bgOff) {
+					<-w.wake // sent as the timer fired
+				}
 			}
+			w.timer.Stop()
 		}
-		c.bgTimer.Stop()
+		// No waker can hold w now: it sends only after taking bg from
+		// parked, and the wait above took its value.
+		c.bgw = nil
+		bgWaiters.Put(w)
 		return
 	}
 	if c.state.Load() == connIdle {
@@ -92,7 +108,7 @@ func (c *countedConn) waitBeforeRead() {
 // wakeBackgroundRead calls a waiting background read off.
 func (c *countedConn) wakeBackgroundRead() {
 	if c.bg.Swap(bgOff) == bgParked {
-		c.bgWake <- struct{}{}
+		c.bgw.wake <- struct{}{}
 	}
 }
 
