@@ -57,9 +57,9 @@ func backgroundReadQuiet(r *http.Request) *countedConn {
 func (c *countedConn) handled() { c.bg.CompareAndSwap(bgOn, bgOff) }
 
 // hijacked ends c's background read's part: the reads of a hijacked
-// connection are net/http's no more (it called its background read off
-// before it let go).
-func (c *countedConn) hijacked() { c.bg.Store(bgOff) }
+// connection are net/http's no more. net/http called its background read
+// off before it let go; a read still parked would be woken all the same.
+func (c *countedConn) hijacked() { c.wakeBackgroundRead() }
 
 // bgWaiter is what a parked background read waits with. A connection parks
 // at most one read at a time, and most connections serve few requests:

@@ -58,8 +58,9 @@ func (cc *ClientConn) Close() {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	cc.closed = true
-	for t, pc := range cc.idle {
+	for _, pc := range cc.idle {
 		pc.Close()
-		delete(cc.idle, t)
 	}
+	// cc lives on with its client connection (a tunnel, after an upgrade).
+	cc.idle = nil
 }
