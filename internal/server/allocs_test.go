@@ -2,13 +2,10 @@ package server
 
 import (
 	"bytes"
-	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
 
-	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
@@ -43,16 +40,8 @@ func TestAllocsPerRequest(t *testing.T) {
 func allocsPerRequest(t *testing.T, global string) {
 	response := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + strings.Repeat("x", 100))
 	addr := testutil.Serve(testutil.Listen(t), func(c net.Conn) { rawBackend(c, response) })
-	cfg, err := config.Parse("allocs.ini", []byte(global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+addr+"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := s.Start(cfg); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Shutdown(t.Context())
-	c, err := net.Dial("tcp", s.Addrs()["f"].String())
+	_, addrs := startQuiet(t, global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+addr+"\n")
+	c, err := net.Dial("tcp", addrs["f"])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,14 +5,12 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
-	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/testcert"
 	"github.com/hipsterd/hipsterd/internal/testutil"
 )
@@ -55,16 +53,8 @@ func withAndWithoutLog(b *testing.B, backendAddr string, bench func(b *testing.B
 		{"stats+accesslog", "[global]\nstats = 127.0.0.1:0\naccesslog = " + b.TempDir() + "/access.log\n"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			cfg, err := config.Parse("bench.ini", []byte(tc.global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+backendAddr+"\n"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			s := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
-			if err := s.Start(cfg); err != nil {
-				b.Fatal(err)
-			}
-			defer s.Shutdown(b.Context())
-			bench(b, s.Addrs()["f"].String())
+			_, addrs := startQuiet(b, tc.global+"[frontend f]\nbind = 127.0.0.1:0\nbackends = a\n[backend a]\nconnect = "+backendAddr+"\n")
+			bench(b, addrs["f"])
 		})
 	}
 }
@@ -176,21 +166,13 @@ func BenchmarkProxyHTTP2(b *testing.B) {
 	response := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + strings.Repeat("x", 100))
 	addr := testutil.Serve(testutil.Listen(b), func(c net.Conn) { rawBackend(c, response) })
 	cert, key := testcert.Files(b, b.TempDir(), "localhost")
-	cfg, err := config.Parse("bench.ini", []byte(fmt.Sprintf("[frontend f]\nbind = 127.0.0.1:0\nhttps = true\ncertfile = %s\nkeyfile = %s\nbackends = a\n[backend a]\nconnect = %s\n", cert, key, addr)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := s.Start(cfg); err != nil {
-		b.Fatal(err)
-	}
-	defer s.Shutdown(b.Context())
+	_, addrs := startQuiet(b, fmt.Sprintf("[frontend f]\nbind = 127.0.0.1:0\nhttps = true\ncertfile = %s\nkeyfile = %s\nbackends = a\n[backend a]\nconnect = %s\n", cert, key, addr))
 	client := &http.Client{Transport: &http.Transport{
 		TLSClientConfig:   &tls.Config{RootCAs: testcert.Pool(b, cert), ServerName: "localhost"},
 		ForceAttemptHTTP2: true,
 	}}
 	defer client.CloseIdleConnections()
-	url := "https://" + s.Addrs()["f"].String() + "/small"
+	url := "https://" + addrs["f"] + "/small"
 	b.ReportAllocs()
 	b.SetParallelism(8)
 	b.ResetTimer()

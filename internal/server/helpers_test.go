@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/hipsterd/hipsterd/internal/config"
+	"github.com/hipsterd/hipsterd/internal/testcert"
 	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
@@ -25,15 +27,28 @@ import (
 // of each frontend. Every frontend should bind port 0.
 func start(t *testing.T, src string) (*Server, map[string]string) {
 	t.Helper()
+	return startWith(t, src, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+}
+
+// startQuiet is start with the server's log discarded, for tests and
+// benchmarks that count allocations or time, which a log would add to.
+func startQuiet(tb testing.TB, src string) (*Server, map[string]string) {
+	tb.Helper()
+	return startWith(tb, src, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+// startWith is start with the server logging to log.
+func startWith(tb testing.TB, src string, log *slog.Logger) (*Server, map[string]string) {
+	tb.Helper()
 	cfg, err := config.Parse("test.ini", []byte(src))
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	s := New(slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	s := New(log)
 	if err := s.Start(cfg); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		s.Shutdown(ctx)
@@ -153,4 +168,52 @@ func readLog(t *testing.T, path string, n int) []string {
 		return len(lines) >= n
 	})
 	return lines
+}
+
+// clientPath is one way a client reaches a frontend: over TLS or not,
+// behind a PROXY header or not.
+type clientPath struct {
+	name        string
+	tls, header bool
+}
+
+var clientPaths = []clientPath{
+	{"plain", false, false},
+	{"tls", true, false},
+	{"accept-proxy", false, true},
+	{"tls, accept-proxy", true, true},
+}
+
+// frontend returns the frontend lines that take clients this way; cert and
+// key are the certificate's files.
+func (p clientPath) frontend(cert, key string) string {
+	var s string
+	if p.tls {
+		s += fmt.Sprintf("https = true\ncertfile = %s\nkeyfile = %s\n", cert, key)
+	}
+	if p.header {
+		s += "accept-proxy = true\naccept-proxy-from = 127.0.0.0/8\n"
+	}
+	return s
+}
+
+// dial connects to addr this way, for HTTP/1.1, and returns the connection
+// with the client address hipsterd sees (the PROXY header's source).
+func (p clientPath) dial(t *testing.T, addr, cert string) (net.Conn, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(testutil.Patience))
+	src := c.LocalAddr().String()
+	if p.header {
+		io.WriteString(c, "PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n")
+		src = "192.0.2.1:1234"
+	}
+	if p.tls {
+		c = tls.Client(c, &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	}
+	return c, src
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/testcert"
 	"github.com/hipsterd/hipsterd/internal/testutil"
 )
@@ -46,24 +44,8 @@ func (l *logBuffer) String() string {
 // startLogged is start, with the server's log (debug lines included) kept.
 func startLogged(t *testing.T, src string) (*Server, map[string]string, *logBuffer) {
 	t.Helper()
-	cfg, err := config.Parse("test.ini", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
 	logs := &logBuffer{t: t}
-	s := New(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err := s.Start(cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
-	addrs := map[string]string{}
-	for name, a := range s.Addrs() {
-		addrs[name] = a.String()
-	}
+	s, addrs := startWith(t, src, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	return s, addrs, logs
 }
 

@@ -3,7 +3,6 @@ package server
 import (
 	"bufio"
 	"bytes"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -94,15 +93,7 @@ func TestClientLeavingSeenByWaitingBackgroundRead(t *testing.T) {
 func TestPipelinedRequestsWhileBackgroundReadWaits(t *testing.T) {
 	t.Parallel()
 	cert, key := testcert.Files(t, t.TempDir(), "localhost")
-	for _, tc := range []struct {
-		name        string
-		tls, header bool
-	}{
-		{"plain", false, false},
-		{"tls", true, false},
-		{"accept-proxy", false, true},
-		{"tls, accept-proxy", true, true},
-	} {
+	for _, tc := range clientPaths {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			first, release := make(chan struct{}), make(chan struct{})
@@ -114,26 +105,9 @@ func TestPipelinedRequestsWhileBackgroundReadWaits(t *testing.T) {
 				io.WriteString(w, r.URL.Path)
 			}))
 			t.Cleanup(backend.Close)
-			fe := "[frontend f]\nbind = 127.0.0.1:0\nbackends = b\n"
-			if tc.tls {
-				fe += fmt.Sprintf("https = true\ncertfile = %s\nkeyfile = %s\n", cert, key)
-			}
-			if tc.header {
-				fe += "accept-proxy = true\naccept-proxy-from = 127.0.0.0/8\n"
-			}
+			fe := "[frontend f]\nbind = 127.0.0.1:0\nbackends = b\n" + tc.frontend(cert, key)
 			_, addrs := start(t, fe+fmt.Sprintf("[backend b]\nconnect = %s\n", backend.Listener.Addr()))
-			c, err := net.Dial("tcp", addrs["f"])
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			if tc.header {
-				io.WriteString(c, "PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n")
-			}
-			if tc.tls {
-				c = tls.Client(c, &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
-			}
+			c, _ := tc.dial(t, addrs["f"], cert)
 			io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
 			br := bufio.NewReader(c)
 			read := func(want string) {
@@ -167,15 +141,16 @@ func TestUpgradeBytesAfterRequestWhileBackgroundReadWaits(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	cert, key := testcert.Files(t, dir, "localhost")
+	plain, overTLS := clientPaths[0], clientPaths[1]
 	for _, tc := range []struct {
 		name  string
-		tls   bool
+		path  clientPath
 		delay time.Duration // before the backend answers, once the bytes went
 	}{
-		{"plain, prompt backend", false, 0},
-		{"plain, slow backend", false, 3 * bgReadWait},
-		{"tls, prompt backend", true, 0},
-		{"tls, slow backend", true, 3 * bgReadWait},
+		{"plain, prompt backend", plain, 0},
+		{"plain, slow backend", plain, 3 * bgReadWait},
+		{"tls, prompt backend", overTLS, 0},
+		{"tls, slow backend", overTLS, 3 * bgReadWait},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -190,23 +165,9 @@ func TestUpgradeBytesAfterRequestWhileBackgroundReadWaits(t *testing.T) {
 				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
 				io.Copy(c, br)
 			})
-			fe := "[frontend f]\nbind = 127.0.0.1:0\nbackends = b\n"
-			if tc.tls {
-				fe += fmt.Sprintf("https = true\ncertfile = %s\nkeyfile = %s\n", cert, key)
-			}
+			fe := "[frontend f]\nbind = 127.0.0.1:0\nbackends = b\n" + tc.path.frontend(cert, key)
 			_, addrs := start(t, fe+fmt.Sprintf("[backend b]\nconnect = %s\n", backend))
-			var c net.Conn
-			var err error
-			if tc.tls {
-				c, err = tls.Dial("tcp", addrs["f"], &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
-			} else {
-				c, err = net.Dial("tcp", addrs["f"])
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c, _ := tc.path.dial(t, addrs["f"], cert)
 			io.WriteString(c, "GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 			after := make([]byte, 300)
 			for i := range after {

@@ -81,22 +81,9 @@ type spClient struct {
 	src string // as the backend's header should name it
 }
 
-func dialSP(t *testing.T, addr, cert string, useTLS, header bool) *spClient {
+func dialSP(t *testing.T, addr, cert string, path clientPath) *spClient {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(testutil.Patience))
-	src := c.LocalAddr().String()
-	if header {
-		io.WriteString(c, "PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n")
-		src = "192.0.2.1:1234"
-	}
-	if useTLS {
-		c = tls.Client(c, &tls.Config{RootCAs: testcert.Pool(t, cert), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
-	}
+	c, src := path.dial(t, addr, cert)
 	return &spClient{Conn: c, br: bufio.NewReader(c), src: src}
 }
 
@@ -123,27 +110,14 @@ func (c *spClient) get(t *testing.T, path string) string {
 func TestSendProxyConnectionPerClientConnection(t *testing.T) {
 	t.Parallel()
 	cert, key := testcert.Files(t, t.TempDir(), "localhost")
-	for _, tc := range []struct {
-		name        string
-		tls, header bool
-	}{
-		{"plain", false, false},
-		{"tls", true, false},
-		{"accept-proxy", false, true},
-		{"tls, accept-proxy", true, true},
-	} {
+	for _, tc := range clientPaths {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			backend, opened, closed := sendProxyBackend(t)
 			fe := "[frontend f]\nbind = 127.0.0.1:0\nbackends = b\nmax-connections = 2\n"
-			if tc.tls {
-				fe += fmt.Sprintf("https = true\ncertfile = %s\nkeyfile = %s\n", cert, key)
-			}
-			if tc.header {
-				fe += "accept-proxy = true\naccept-proxy-from = 127.0.0.0/8\n"
-			}
+			fe += tc.frontend(cert, key)
 			s, addrs := start(t, fe+fmt.Sprintf("[backend b]\nconnect = %s\nsend-proxy = v2\n", backend))
-			dial := func() *spClient { return dialSP(t, addrs["f"], cert, tc.tls, tc.header) }
+			dial := func() *spClient { return dialSP(t, addrs["f"], cert, tc) }
 			// use makes requests on c, all on one backend connection,
 			// which names c's client, and returns that connection.
 			use := func(c *spClient) spConn {

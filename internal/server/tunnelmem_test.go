@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -20,7 +19,6 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/hipsterd/hipsterd/internal/config"
 	"github.com/hipsterd/hipsterd/internal/testutil"
 )
 
@@ -77,16 +75,8 @@ func TestAllocsRetainedByIdleTunnel(t *testing.T) {
 // under the [global] section global, from a browser if browser is set, and
 // checks the heap they keep.
 func idleTunnelMemory(t *testing.T, peer *tunnelPeerProc, global, backend string, browser bool) {
-	cfg, err := config.Parse("tunnelmem.ini", []byte(global+"[frontend ws]\nbind = 127.0.0.1:0\nbackends = echo\n[backend echo]\nconnect = "+backend+"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := s.Start(cfg); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Shutdown(t.Context())
-	dial := fmt.Sprintf("dial ws://%s/socket?session=abcdef %%d %v", s.Addrs()["ws"], browser)
+	s, addrs := startQuiet(t, global+"[frontend ws]\nbind = 127.0.0.1:0\nbackends = echo\n[backend echo]\nconnect = "+backend+"\n")
+	dial := fmt.Sprintf("dial ws://%s/socket?session=abcdef %%d %v", addrs["ws"], browser)
 
 	// Warm up what is made once: the reactors, the pools, the tables.
 	peer.tell(dial, 50)

@@ -3,7 +3,6 @@ package tunnel
 import (
 	"errors"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"syscall"
@@ -110,17 +109,7 @@ func TestReactorRefusedAtFDLimitLeaksNothing(t *testing.T) {
 	}
 	r.mu.Unlock()
 
-	client.SetDeadline(time.Now().Add(10 * time.Second))
-	backend.SetDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 4)
-	for _, dir := range []struct{ from, to *net.TCPConn }{{client, backend}, {backend, client}} {
-		if _, err := dir.from.Write([]byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(dir.to, buf); err != nil || string(buf) != "ping" {
-			t.Fatalf("read %q, %v", buf, err)
-		}
-	}
+	pingBothWays(t, client, backend)
 	client.Close()
 	backend.Close()
 	if end := <-done; end != Done {

@@ -434,6 +434,23 @@ func TestHalfClosedUnderTimeout(t *testing.T) {
 	}
 }
 
+// pingBothWays sends a few bytes each way through the tunnel between client
+// and backend, and checks they arrive.
+func pingBothWays(t *testing.T, client, backend *net.TCPConn) {
+	t.Helper()
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	backend.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4)
+	for _, dir := range []struct{ from, to *net.TCPConn }{{client, backend}, {backend, client}} {
+		if _, err := dir.from.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(dir.to, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("read %q, %v", buf, err)
+		}
+	}
+}
+
 // reset closes c with a TCP reset.
 func reset(c net.Conn) {
 	for {

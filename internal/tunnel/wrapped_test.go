@@ -98,17 +98,7 @@ func TestReactorTunnelLeavesPoller(t *testing.T) {
 		}
 	}
 
-	client.SetDeadline(time.Now().Add(10 * time.Second))
-	backend.SetDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 4)
-	for _, dir := range []struct{ from, to *net.TCPConn }{{client, backend}, {backend, client}} {
-		if _, err := dir.from.Write([]byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(dir.to, buf); err != nil || string(buf) != "ping" {
-			t.Fatalf("read %q, %v", buf, err)
-		}
-	}
+	pingBothWays(t, client, backend)
 	client.Close()
 	backend.Close()
 	select {
